@@ -117,3 +117,20 @@ def _check_entry(name: str, entry: dict) -> None:
 def counts_file(entry: dict) -> dict:
     """Return the file spec with role ``counts`` of a registry entry."""
     return next(f for f in entry["files"] if f["role"] == "counts")
+
+
+def select_datasets(registry: dict, selection: str | list[str]) -> list[str]:
+    """Return the dataset ids to run: every registry entry for ``"all"``, else the given list.
+
+    An id that is not in the registry is an error that lists the known ids.
+    """
+    if selection == "all":
+        return list(registry)
+    unknown = [name for name in selection if name not in registry]
+    if unknown:
+        msg = (
+            f"config `datasets` names {unknown} which the registry does not have; "
+            f"known datasets: {sorted(registry)}."
+        )
+        raise RegistryError(msg)
+    return list(selection)

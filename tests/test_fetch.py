@@ -1,0 +1,385 @@
+"""Tests of osteoimmune.fetch against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from osteoimmune.errors import FetchError
+from osteoimmune.fetch import (
+    FetchedFiles,
+    fetch_dataset,
+    fetch_file,
+    resolve_mirror,
+    sha256sum,
+    write_manifest,
+)
+from osteoimmune.registry import load_registry
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+DATA = bytes(range(256)) * 40  # 10 KiB of binary "data"
+OTHER = b"not the data\n" * 50
+HTML = b"\n  <!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>login</body></html>\n"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = DATA
+    # Announce more bytes than are sent, then close: a transfer cut off mid-way.
+    extra_length: int = 0
+
+
+@dataclass
+class Server:
+    base: str
+    routes: dict[str, list[Reply]] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+
+    def serve(self, path: str, *replies: Reply) -> str:
+        """Serve the replies in turn at path (the last one repeats); return its URL."""
+        self.routes[path] = list(replies)
+        return self.base + path
+
+    def next_reply(self, path: str) -> Reply:
+        self.requests.append(path)
+        replies = self.routes.get(path)
+        if not replies:
+            return Reply(status=404, body=b"not found")
+        return replies.pop(0) if len(replies) > 1 else replies[0]
+
+
+@pytest.fixture
+def server():
+    state: Server | None = None
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            reply = state.next_reply(self.path)
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(reply.body) + reply.extra_length))
+            self.end_headers()
+            self.wfile.write(reply.body)
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state = Server(base=f"http://127.0.0.1:{httpd.server_address[1]}")
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def spec_for(url: str, data: bytes = DATA, *, filename: str = "counts.rda") -> dict:
+    return {
+        "role": "counts",
+        "url": url,
+        "sha256": sha(data),
+        "filename": filename,
+        "format": "rda",
+    }
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*")) if folder.exists() else []
+
+
+def snapshot(path: Path) -> tuple[bytes, int]:
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+def test_download_then_cache_hit(server, tmp_path):
+    spec = spec_for(server.serve("/data/counts.rda", Reply()))
+    dest = tmp_path / "resources" / "ds"
+
+    first = fetch_file(spec, dataset="ds", dest_dir=dest, progressbar=False)
+    assert first == dest / "counts.rda"
+    assert first.read_bytes() == DATA
+    assert leftovers(dest) == [first]
+
+    second = fetch_file(spec, dataset="ds", dest_dir=dest, progressbar=False)
+    assert second == first
+    assert server.requests == ["/data/counts.rda"]
+
+
+def test_stale_cache_with_wrong_hash_is_refetched(server, tmp_path):
+    spec = spec_for(server.serve("/counts.rda", Reply()))
+    (tmp_path / "counts.rda").write_bytes(DATA[:100])
+
+    path = fetch_file(spec, dataset="ds", dest_dir=tmp_path, progressbar=False)
+
+    assert path.read_bytes() == DATA
+    assert server.requests == ["/counts.rda"]
+
+
+def test_wrong_sha256_in_spec_is_an_error_and_leaves_nothing(server, tmp_path):
+    spec = spec_for(server.serve("/counts.rda", Reply()), data=OTHER)
+    dest = tmp_path / "dest"
+
+    with pytest.raises(FetchError) as info:
+        fetch_file(spec, dataset="paul_test", dest_dir=dest, progressbar=False)
+
+    msg = str(info.value)
+    assert "paul_test" in msg and "counts.rda" in msg
+    assert sha(OTHER) in msg and sha(DATA) in msg
+    assert "truncated or the file changed upstream" in msg
+    assert leftovers(dest) == []
+
+
+def test_short_body_is_a_hash_mismatch_and_leaves_nothing(server, tmp_path):
+    spec = spec_for(server.serve("/counts.rda", Reply(body=DATA[:1000])))
+
+    with pytest.raises(FetchError, match="sha256 mismatch") as info:
+        fetch_file(spec, dataset="ds", dest_dir=tmp_path / "dest", progressbar=False)
+
+    assert sha(DATA[:1000]) in str(info.value)
+    assert leftovers(tmp_path / "dest") == []
+
+
+def test_transfer_cut_off_is_retried_then_an_error_and_leaves_nothing(server, tmp_path):
+    spec = spec_for(server.serve("/counts.rda", Reply(body=DATA[:1000], extra_length=5000)))
+
+    with pytest.raises(FetchError, match="truncated") as info:
+        fetch_file(spec, dataset="ds", dest_dir=tmp_path / "dest", retries=1, progressbar=False)
+
+    assert spec["url"] in str(info.value)
+    assert server.requests == ["/counts.rda", "/counts.rda"]
+    assert leftovers(tmp_path / "dest") == []
+
+
+def test_html_page_instead_of_data_is_named_and_leaves_nothing(server, tmp_path):
+    spec = spec_for(server.serve("/counts.rda", Reply(body=HTML)))
+
+    with pytest.raises(FetchError, match="HTML page instead of data") as info:
+        fetch_file(spec, dataset="ds", dest_dir=tmp_path / "dest", progressbar=False)
+
+    assert "counts.rda" in str(info.value) and spec["url"] in str(info.value)
+    assert leftovers(tmp_path / "dest") == []
+
+
+def test_server_error_is_retried(server, tmp_path):
+    spec = spec_for(server.serve("/counts.rda", Reply(status=500, body=b"oops"), Reply()))
+
+    path = fetch_file(spec, dataset="ds", dest_dir=tmp_path, retries=3, progressbar=False)
+
+    assert path.read_bytes() == DATA
+    assert server.requests == ["/counts.rda", "/counts.rda"]
+
+
+def test_not_found_names_the_url_is_not_retried_and_leaves_nothing(server, tmp_path):
+    spec = spec_for(server.base + "/missing/counts.rda")
+
+    with pytest.raises(FetchError, match="HTTP 404") as info:
+        fetch_file(spec, dataset="ds", dest_dir=tmp_path / "dest", retries=3, progressbar=False)
+
+    msg = str(info.value)
+    assert spec["url"] in msg and "ds" in msg and "counts.rda" in msg
+    assert server.requests == ["/missing/counts.rda"]
+    assert leftovers(tmp_path / "dest") == []
+
+
+def test_connection_refused_is_an_error_and_leaves_nothing(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spec = spec_for(f"http://127.0.0.1:{port}/counts.rda")
+
+    with pytest.raises(FetchError, match="could not connect") as info:
+        fetch_file(spec, dataset="ds", dest_dir=tmp_path / "dest", retries=0, progressbar=False)
+
+    assert spec["url"] in str(info.value)
+    assert leftovers(tmp_path / "dest") == []
+
+
+@pytest.mark.parametrize("where", ["", "ds", "elsewhere/deeper"])
+def test_mirror_hit_copies_without_network(server, tmp_path, where):
+    spec = spec_for(server.serve("/counts.rda", Reply()))
+    mirror = tmp_path / "mirror"
+    mirrored = mirror / where / "counts.rda"
+    mirrored.parent.mkdir(parents=True, exist_ok=True)
+    mirrored.write_bytes(DATA)
+    before = snapshot(mirrored)
+    dest = tmp_path / "dest"
+
+    path = fetch_file(spec, dataset="ds", dest_dir=dest, mirror=mirror, progressbar=False)
+
+    assert path == dest / "counts.rda"
+    assert path.read_bytes() == DATA
+    assert leftovers(dest) == [path]
+    assert snapshot(mirrored) == before
+    assert server.requests == []
+
+
+def test_mirror_file_with_wrong_bytes_is_an_error(server, tmp_path):
+    spec = spec_for(server.serve("/counts.rda", Reply()))
+    mirrored = tmp_path / "mirror" / "ds" / "counts.rda"
+    mirrored.parent.mkdir(parents=True)
+    mirrored.write_bytes(OTHER)
+    before = snapshot(mirrored)
+    dest = tmp_path / "dest"
+
+    with pytest.raises(FetchError) as info:
+        fetch_file(spec, dataset="ds", dest_dir=dest, mirror=tmp_path / "mirror")
+
+    msg = str(info.value)
+    assert str(mirrored) in msg and sha(OTHER) in msg and sha(DATA) in msg and "'ds'" in msg
+    assert leftovers(dest) == []
+    assert snapshot(mirrored) == before
+    assert server.requests == []
+
+
+def test_offline_miss_lists_every_missing_file_without_network(server, tmp_path):
+    entry = {
+        "files": [
+            spec_for(server.serve("/a/counts.rda", Reply()), filename="counts.rda"),
+            spec_for(server.serve("/a/labels.rda", Reply()), filename="labels.rda"),
+        ]
+    }
+
+    with pytest.raises(FetchError, match="offline") as info:
+        fetch_dataset(entry, dataset="ds", dest_dir=tmp_path / "dest", offline=True)
+
+    msg = str(info.value)
+    for spec in entry["files"]:
+        assert spec["filename"] in msg and spec["url"] in msg
+    assert "offline: true" in msg
+    assert server.requests == []
+    assert leftovers(tmp_path / "dest") == []
+
+
+def test_local_path_is_returned_unchanged(tmp_path):
+    own = tmp_path / "own" / "my_counts.h5ad"
+    own.parent.mkdir()
+    own.write_bytes(DATA)
+    before = snapshot(own)
+    dest = tmp_path / "dest"
+    spec = {"role": "counts", "path": str(own), "filename": own.name, "format": "h5ad"}
+
+    assert fetch_file(spec, dataset="mine", dest_dir=dest) == own
+    assert fetch_file({**spec, "sha256": sha(DATA)}, dataset="mine", dest_dir=dest) == own
+    assert snapshot(own) == before
+    assert leftovers(dest) == []
+
+    with pytest.raises(FetchError, match="mine") as info:
+        fetch_file({**spec, "sha256": sha(OTHER)}, dataset="mine", dest_dir=dest)
+    assert str(own) in str(info.value) and sha(OTHER) in str(info.value)
+
+    with pytest.raises(FetchError, match="does not exist"):
+        fetch_file({**spec, "path": str(tmp_path / "nope.h5ad")}, dataset="mine", dest_dir=dest)
+
+
+def test_resolve_mirror(tmp_path):
+    from_config, from_env = tmp_path / "config_mirror", tmp_path / "env_mirror"
+    from_config.mkdir()
+    from_env.mkdir()
+    env = {"OSTEOIMMUNE_MIRROR": str(from_env)}
+
+    assert resolve_mirror(str(from_config), env) == from_config
+    assert resolve_mirror(None, env) == from_env
+    assert resolve_mirror("", env) == from_env
+    assert resolve_mirror(None, {"OSTEOIMMUNE_MIRROR": ""}) is None
+    assert resolve_mirror(None, {}) is None
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(FetchError, match="not a directory"):
+        resolve_mirror(str(a_file), env)
+    with pytest.raises(FetchError, match="OSTEOIMMUNE_MIRROR"):
+        resolve_mirror(None, {"OSTEOIMMUNE_MIRROR": str(tmp_path / "absent")})
+
+
+def test_sha256sum_matches_hashlib(tmp_path):
+    path = tmp_path / "big.bin"
+    data = DATA * 300  # larger than one read chunk
+    path.write_bytes(data)
+    assert sha256sum(path) == sha(data)
+
+
+def test_fetch_dataset_and_manifest_record_sources(server, tmp_path):
+    own = tmp_path / "own.csv"
+    own.write_bytes(OTHER)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "labels.rda").write_bytes(OTHER)
+    entry = {
+        "files": [
+            spec_for(server.serve("/counts.rda", Reply()), filename="counts.rda"),
+            spec_for(server.base + "/labels.rda", OTHER, filename="labels.rda"),
+            {"role": "protein", "path": str(own), "filename": "own.csv", "format": "csv"},
+        ]
+    }
+    dest = tmp_path / "dest"
+
+    paths = fetch_dataset(entry, dataset="ds", dest_dir=dest, mirror=mirror, progressbar=False)
+    assert isinstance(paths, FetchedFiles)
+    assert paths == {
+        "counts.rda": dest / "counts.rda",
+        "labels.rda": dest / "labels.rda",
+        "own.csv": own,
+    }
+    assert paths.sources == {"counts.rda": "download", "labels.rda": "mirror", "own.csv": "local"}
+
+    out = dest / "fetch_manifest.json"
+    write_manifest(paths, entry, dataset="ds", out=out)
+    manifest = json.loads(out.read_text())
+    assert manifest["dataset"] == "ds"
+    rows = {row["filename"]: row for row in manifest["files"]}
+    assert rows["counts.rda"]["source"] == "download"
+    assert rows["counts.rda"]["bytes"] == len(DATA)
+    assert rows["counts.rda"]["sha256"] == sha(DATA)
+    assert rows["counts.rda"]["url"] == entry["files"][0]["url"]
+    assert rows["labels.rda"]["source"] == "mirror"
+    assert rows["own.csv"] == {
+        "filename": "own.csv",
+        "role": "protein",
+        "path": str(own),
+        "url": None,
+        "sha256": sha(OTHER),
+        "bytes": len(OTHER),
+        "source": "local",
+    }
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "counts.rda",
+        "fetch_manifest.json",
+        "labels.rda",
+    ]
+
+    again = fetch_dataset(entry, dataset="ds", dest_dir=dest, mirror=mirror, progressbar=False)
+    assert again.sources == {"counts.rda": "cache", "labels.rda": "cache", "own.csv": "local"}
+    assert server.requests == ["/counts.rda"]
+
+
+def test_real_registry_entry_through_the_mirror(tmp_path):
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"offline mirror of the registered files not found at {SHARED_DATA}")
+    registry = load_registry(REPO / "config" / "datasets.yaml")
+    entry = registry["paul2015_bm_myeloid"]
+
+    paths = fetch_dataset(
+        entry, dataset="paul2015_bm_myeloid", dest_dir=tmp_path, mirror=SHARED_DATA, offline=True
+    )
+
+    assert sorted(paths) == ["celltype.rda", "countMatrix.rda"]
+    for spec in entry["files"]:
+        path = paths[spec["filename"]]
+        assert path == tmp_path / spec["filename"]
+        assert sha256sum(path) == spec["sha256"]
+        assert paths.sources[spec["filename"]] == "mirror"

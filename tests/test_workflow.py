@@ -1,0 +1,118 @@
+"""End to end: Snakemake runs the workflow on mirrored real data through the fetch path."""
+
+import base64
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+import pytest
+from conftest import REPO
+from sklearn.metrics import roc_auc_score
+
+pytestmark = pytest.mark.e2e
+
+# Shapes as read (cells x genes), from ../shared/data/MANIFEST.tsv.
+SHAPES = {
+    "paul2015_bm_myeloid": (2660, 240),
+    "luecken2021_bmmc_cite": (600, 1000),
+    "shalek2014_bmdc_lps": (131, 16776),
+}
+
+
+def snakemake(workdir: Path, *config: str, targets=()) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+        "--directory", str(workdir), "--cores", "2", "--config", *config, "--", *targets,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def run(mirror, tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    result = snakemake(
+        workdir, f"datasets={json.dumps(list(SHAPES))}", f"mirror={mirror}", "offline=true"
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir
+
+
+@pytest.mark.parametrize("dataset", list(SHAPES))
+def test_shapes_as_read_equal_the_manifest(run, dataset):
+    adata = ad.read_h5ad(run / "results" / dataset / "intermediate" / "read.h5ad", backed="r")
+    assert adata.shape == SHAPES[dataset]
+
+
+def test_fetch_went_through_the_mirror_and_kept_the_bytes(run, mirror):
+    manifest = pd.read_csv(mirror / "MANIFEST.tsv", sep="\t")
+    for dataset in SHAPES:
+        fetched = json.loads((run / "resources" / dataset / "fetch_manifest.json").read_text())
+        for item in fetched["files"]:
+            assert item["source"] == "mirror"
+            row = manifest[(manifest.dataset == dataset) & (manifest.file == item["filename"])]
+            digest = hashlib.sha256(Path(item["path"]).read_bytes()).hexdigest()
+            assert digest == row.sha256.item()
+
+
+@pytest.mark.parametrize("dataset", list(SHAPES))
+def test_final_anndata_has_clusters_scores_and_labels(run, dataset):
+    adata = ad.read_h5ad(run / "results" / dataset / f"{dataset}.h5ad")
+    assert adata.obs["leiden"].nunique() >= 2
+    assert "X_umap" in adata.obsm
+    assert {"dataset", "sample", "donor", "condition"} <= set(adata.obs.columns)
+    scores = [c for c in adata.obs.columns if c.startswith("score_")]
+    assert scores, "no signature was scored"
+    if dataset != "shalek2014_bmdc_lps":
+        assert adata.obs["author_cell_type"].nunique() >= 5
+    coverage = pd.read_csv(run / "results" / dataset / "tables" / "signature_coverage.tsv",
+                           sep="\t", index_col=0)
+    assert set(coverage.index[coverage["scored"]]) == {s.removeprefix("score_") for s in scores}
+
+
+def test_lps_raises_the_m1_score_in_shalek_dendritic_cells(run):
+    adata = ad.read_h5ad(run / "results" / "shalek2014_bmdc_lps" / "shalek2014_bmdc_lps.h5ad")
+    lps = (adata.obs["condition"] == "LPS_6h").to_numpy()
+    auroc = roc_auc_score(lps, adata.obs["score_macrophage_M1_classical_core"])
+    assert auroc >= 0.95
+
+
+@pytest.mark.parametrize("dataset", list(SHAPES))
+def test_report_images_are_real_pngs_and_files_exist(run, dataset):
+    folder = run / "results" / dataset
+    html = (folder / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', html)
+    files = re.findall(r'data-file="([^"]+)"', html)
+    assert len(sources) >= 4 and len(files) == len(sources)
+    for src, name in zip(sources, files, strict=True):
+        png = base64.b64decode(src.removeprefix("data:image/png;base64,"))
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        assert (folder / name).read_bytes() == png
+    assert "Provenance" in html and "sha256" in html
+
+
+def test_index_links_every_report(run):
+    html = (run / "results" / "index.html").read_text()
+    links = set(re.findall(r'href="([^"]+/report\.html)"', html))
+    assert links == {f"{d}/report.html" for d in SHAPES}
+    assert all((run / "results" / link).is_file() for link in links)
+
+
+def test_offline_miss_fails_naming_the_files_and_leaves_nothing(tmp_path):
+    empty = tmp_path / "empty_mirror"
+    empty.mkdir()
+    workdir = tmp_path / "run"
+    result = snakemake(
+        workdir, 'datasets=["paul2015_bm_myeloid"]', f"mirror={empty}", "offline=true",
+        targets=["resources/paul2015_bm_myeloid/fetch_manifest.json"],
+    )
+    assert result.returncode != 0
+    log = (workdir / "logs" / "fetch_dataset" / "paul2015_bm_myeloid.log").read_text()
+    assert "countMatrix.rda" in log and "celltype.rda" in log
+    assert "https://raw.githubusercontent.com/statOmics/tradeSeq" in log
+    leftovers = list((workdir / "resources").rglob("*")) if (workdir / "resources").exists() else []
+    assert [p for p in leftovers if p.is_file()] == []

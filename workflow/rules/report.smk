@@ -1,0 +1,43 @@
+# Report: one self-contained HTML page per dataset, and an index linking them.
+
+
+rule report_dataset:
+    input:
+        h5ad=rules.score_signatures.output.h5ad,
+        manifest=rules.fetch_dataset.output.manifest,
+        qc=rules.filter_cells.output.summary,
+        coverage=rules.score_signatures.output.coverage,
+        by_group=rules.score_signatures.output.by_group,
+    output:
+        html="results/{dataset}/report.html",
+        figures=directory("results/{dataset}/figures"),
+    params:
+        registry=REGISTRY_PATH,
+        config=config,
+    log:
+        "logs/report_dataset/{dataset}.log",
+    benchmark:
+        "benchmarks/report_dataset/{dataset}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/report_dataset.py"
+
+
+rule report_index:
+    input:
+        h5ads=expand("results/{dataset}/{dataset}.h5ad", dataset=DATASETS),
+        reports=expand("results/{dataset}/report.html", dataset=DATASETS),
+    output:
+        html="results/index.html",
+    params:
+        datasets=DATASETS,
+        registry=REGISTRY_PATH,
+    log:
+        "logs/report_index/index.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/report_index.py"

@@ -1,0 +1,23 @@
+# Score: literature-backed gene signatures (library in workflow/scripts/osteoimmune/data/).
+
+
+rule score_signatures:
+    input:
+        h5ad=rules.cluster_cells.output.h5ad,
+    output:
+        h5ad="results/{dataset}/{dataset}.h5ad",
+        coverage="results/{dataset}/tables/signature_coverage.tsv",
+        by_group="results/{dataset}/tables/scores_by_group.tsv",
+    params:
+        signatures=config["signatures"],
+        seed=config["seed"],
+    log:
+        "logs/score_signatures/{dataset}.log",
+    benchmark:
+        "benchmarks/score_signatures/{dataset}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/score_signatures.py"

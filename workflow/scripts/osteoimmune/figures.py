@@ -1,0 +1,81 @@
+"""Report figures (matplotlib, Agg backend), each saved as PNG and returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import anndata as ad
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+QC_METRICS = ("total_counts", "n_genes_by_counts", "pct_counts_mt")
+
+
+def save(fig: plt.Figure, path: Path) -> bytes:
+    """Save ``fig`` as PNG to ``path``, close it, and return the PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    data = buffer.getvalue()
+    Path(path).write_bytes(data)
+    return data
+
+
+def umap_categorical(adata: ad.AnnData, key: str, *, title: str) -> plt.Figure:
+    """UMAP coloured by a categorical obs column, legend at the side."""
+    xy = adata.obsm["X_umap"]
+    values = adata.obs[key].astype("category")
+    cmap = plt.get_cmap("tab20")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, category in enumerate(values.cat.categories):
+        mask = (values == category).to_numpy()
+        ax.scatter(*xy[mask].T, s=6, color=cmap(i % 20), label=f"{category} ({mask.sum()})")
+    ax.set(title=title, xticks=[], yticks=[], xlabel="UMAP1", ylabel="UMAP2")
+    ncol = 1 if values.cat.categories.size <= 20 else 2
+    ax.legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize=7, markerscale=2, ncol=ncol)
+    return fig
+
+
+def umap_continuous(adata: ad.AnnData, key: str, *, title: str) -> plt.Figure:
+    """UMAP coloured by a numeric obs column; high values drawn on top."""
+    xy = adata.obsm["X_umap"]
+    values = adata.obs[key].to_numpy(dtype=float)
+    order = np.argsort(values, kind="stable")
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    points = ax.scatter(*xy[order].T, c=values[order], s=6, cmap="viridis")
+    fig.colorbar(points, ax=ax, shrink=0.8)
+    ax.set(title=title, xticks=[], yticks=[], xlabel="UMAP1", ylabel="UMAP2")
+    return fig
+
+
+def qc_histograms(obs: pd.DataFrame, *, metrics=QC_METRICS) -> plt.Figure:
+    """Histograms of QC metrics per sample (cells after QC)."""
+    present = [m for m in metrics if m in obs]
+    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], present, strict=True):
+        for sample, values in obs.groupby("sample", observed=True)[metric]:
+            ax.hist(values, bins=40, alpha=0.6, label=str(sample))
+        ax.set(xlabel=metric, ylabel="cells")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def score_heatmap(means: pd.DataFrame, *, title: str) -> plt.Figure:
+    """Heatmap of mean scores (rows groups, columns sets), z-scored per set across groups."""
+    z = (means - means.mean()) / means.std(ddof=0).replace(0, 1)
+    fig, ax = plt.subplots(
+        figsize=(1.2 + 0.45 * means.shape[1], 1.5 + 0.28 * means.shape[0])
+    )
+    image = ax.imshow(z.to_numpy(), aspect="auto", cmap="RdBu_r", vmin=-2.5, vmax=2.5)
+    ax.set_xticks(range(means.shape[1]), [c.removeprefix("score_") for c in means.columns],
+                  rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(means.shape[0]), means.index.astype(str), fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.7, label="z of group mean")
+    return fig

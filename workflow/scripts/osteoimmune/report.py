@@ -1,0 +1,138 @@
+"""Self-contained HTML reports (jinja2, autoescaped) with figures embedded as PNG."""
+
+from __future__ import annotations
+
+import base64
+import importlib.metadata
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import jinja2
+import pandas as pd
+import yaml
+
+from osteoimmune import figures
+
+TEMPLATES = Path(__file__).parent / "templates"
+PACKAGES = ("osteoimmune", "scanpy", "anndata", "numpy", "scipy", "pandas", "leidenalg",
+            "harmonypy", "pooch", "rdata", "snakemake")
+
+
+@dataclass
+class Figure:
+    """A figure in a report: its caption, file name and PNG bytes."""
+
+    caption: str
+    filename: str
+    png: bytes
+
+    @property
+    def data_uri(self) -> str:
+        """The PNG as a data URI, so the report opens offline as one file."""
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+def render(template: str, **context) -> str:
+    """Render a template of this package with HTML autoescaping."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    return env.get_template(template).render(**context)
+
+
+def software_versions() -> dict[str, str]:
+    """Installed versions of the packages the results depend on."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def table_html(df: pd.DataFrame, *, index: bool = True, float_format: str = "{:.3g}") -> str:
+    """A DataFrame as an HTML table (pandas escapes cell text)."""
+    return df.to_html(
+        index=index, escape=True, border=0, classes="table", na_rep="",
+        float_format=float_format.format,
+    )
+
+
+def dataset_figures(adata: ad.AnnData, *, fig_dir: Path, by_cluster: pd.DataFrame) -> dict:
+    """Make every figure of a dataset report into ``fig_dir``; returns section -> [Figure]."""
+    fig_dir.mkdir(parents=True, exist_ok=True)
+
+    def make(name: str, caption: str, fig) -> Figure:
+        return Figure(caption, f"{name}.png", figures.save(fig, fig_dir / f"{name}.png"))
+
+    out = {"qc": [make("qc_metrics", "QC metrics of the cells kept, per sample",
+                       figures.qc_histograms(adata.obs))]}
+    out["clusters"] = [make("umap_leiden", "UMAP by Leiden cluster",
+                            figures.umap_categorical(adata, "leiden", title="Leiden clusters"))]
+    for key in ("author_cell_type", "sample", "condition"):
+        if key in adata.obs and (key == "author_cell_type" or adata.obs[key].nunique() > 1):
+            out["clusters"].append(make(f"umap_{key}", f"UMAP by {key}",
+                                        figures.umap_categorical(adata, key, title=key)))
+    score_cols = [c for c in adata.obs.columns if c.startswith("score_")]
+    out["scores"] = [
+        make(f"umap_{col}", f"UMAP by {col}", figures.umap_continuous(adata, col, title=col))
+        for col in score_cols
+    ]
+    if score_cols and not by_cluster.empty:
+        out["scores"].insert(0, make(
+            "scores_by_cluster", "Mean score per Leiden cluster (z-scored per set)",
+            figures.score_heatmap(by_cluster[score_cols], title="Signature scores by cluster"),
+        ))
+    return out
+
+
+def dataset_report(
+    adata: ad.AnnData,
+    *,
+    entry: dict,
+    manifest: dict,
+    qc: pd.DataFrame,
+    coverage: pd.DataFrame,
+    by_group: pd.DataFrame,
+    config: dict,
+    fig_dir: Path,
+) -> str:
+    """Render the HTML report of one dataset and write its figures to ``fig_dir``."""
+    meta = adata.uns["osteoimmune"]
+    by_cluster = by_group[by_group["grouping"] == "leiden"].drop(columns="grouping")
+    by_cluster = by_cluster.set_index("group")
+    figs = dataset_figures(adata, fig_dir=fig_dir, by_cluster=by_cluster)
+    score_cols = [c for c in by_group.columns if c.startswith("score_")]
+    return render(
+        "report.html",
+        dataset=meta["dataset"], entry=entry, meta=meta, manifest=manifest,
+        n_cells=adata.n_obs, n_genes=adata.n_vars,
+        n_clusters=adata.obs["leiden"].nunique(), figures=figs,
+        qc_table=table_html(qc), coverage_table=table_html(coverage),
+        score_tables={
+            key: table_html(group.drop(columns="grouping").set_index("group")[
+                ["n_cells", *score_cols]])
+            for key, group in by_group.groupby("grouping", sort=False)
+        },
+        versions=software_versions(),
+        config_yaml=yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False),
+    )
+
+
+def index_row(adata: ad.AnnData, *, entry: dict) -> dict:
+    """Summary of one dataset for the index page."""
+    meta = adata.uns["osteoimmune"]
+    scores = [c for c in adata.obs.columns if c.startswith("score_")]
+    return {
+        "dataset": meta["dataset"], "title": entry["title"], "species": entry["species"],
+        "values": meta["value_type"], "cells": adata.n_obs, "genes": adata.n_vars,
+        "clusters": adata.obs["leiden"].nunique(), "scored_sets": len(scores),
+        "author_labels": int(adata.obs["author_cell_type"].nunique())
+        if "author_cell_type" in adata.obs else 0,
+        "means": {c.removeprefix("score_"): float(adata.obs[c].mean()) for c in scores},
+    }

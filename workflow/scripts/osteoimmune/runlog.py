@@ -1,0 +1,31 @@
+"""Logging set-up for the workflow's scripts (never configured at import time)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def logged(path: str | os.PathLike) -> Iterator[logging.Logger]:
+    """Send log records, warnings and any failure's traceback of the block to ``path``.
+
+    The exception is re-raised, so Snakemake still sees the job fail (and removes its
+    outputs), while the rule's log file says why.
+    """
+    logging.basicConfig(
+        filename=path,
+        filemode="w",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    logging.captureWarnings(True)
+    log = logging.getLogger("osteoimmune")
+    try:
+        yield log
+    except Exception:
+        log.exception("failed")
+        raise

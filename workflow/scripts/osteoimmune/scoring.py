@@ -1,0 +1,296 @@
+"""Per-cell gene-signature scores: gene coverage of each set, scanpy module scores, group means.
+
+The caller gives log-normalised expression in ``adata.X``. Sets with too few of their genes in
+the dataset are not scored; the coverage table says which and why.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from anndata import AnnData
+from scipy import sparse
+
+from osteoimmune.errors import SignatureError
+from osteoimmune.signatures import SignatureLibrary
+
+DEFAULT_CATEGORIES = ("macrophage_polarization", "trained_immunity")
+SCORE_PREFIX = "score_"
+COVERAGE_COLUMNS = (
+    "n_genes", "n_present", "n_expressed", "fraction_present", "fraction_expressed",
+    "missing", "scored", "reason",
+)  # fmt: skip
+
+
+def default_score_sets(library: SignatureLibrary, species: str) -> list[str]:
+    """Return the sets scored by default: ``use: score`` in the M1/M2 and trained-immunity
+    categories, with genes for ``species``.
+    """
+    return [
+        name
+        for name in library.names(use=("score",), species=species)
+        if library.sets[name]["category"] in DEFAULT_CATEGORIES
+    ]
+
+
+def _resolve_sets(
+    library: SignatureLibrary, species: str, sets: str | list[str] | None
+) -> list[str]:
+    if sets is None:
+        return default_score_sets(library, species)
+    names = list(dict.fromkeys([sets] if isinstance(sets, str) else sets))
+    for name in names:
+        library.genes(name, species)  # unknown names and species raise with suggestions
+        if library.sets[name]["use"] == "reference_only":
+            msg = (
+                f"Signature set '{name}' is curated as reference_only (mechanistic context, "
+                "not a score); drop it from the sets to score."
+            )
+            raise SignatureError(msg)
+    return names
+
+
+def gene_coverage(
+    adata: AnnData, genes: list[str], *, case_insensitive: bool = False
+) -> tuple[list[str], list[str]]:
+    """Split a gene set into the genes present in ``adata.var_names`` and those missing.
+
+    Parameters
+    ----------
+    adata
+        The dataset.
+    genes
+        Gene symbols of the set.
+    case_insensitive
+        Match symbols on upper case (for datasets that store mouse symbols upper-cased).
+        If two var_names differ only by case, the first one is used.
+
+    Returns
+    -------
+    tuple of list
+        The dataset's own var_names for the present genes (in set order) and the set's
+        genes that are missing.
+    """
+    if case_insensitive:
+        lookup: dict[str, str] = {}
+        for var in adata.var_names:
+            lookup.setdefault(var.upper(), var)
+        matched = [(g, lookup.get(g.upper())) for g in genes]
+    else:
+        var_names = set(adata.var_names)
+        matched = [(g, g if g in var_names else None) for g in genes]
+    present = list(dict.fromkeys(var for _, var in matched if var is not None))
+    missing = [g for g, var in matched if var is None]
+    return present, missing
+
+
+def _expressed(adata: AnnData, var_names: list[str]) -> set[str]:
+    """Return the var_names among ``var_names`` with a nonzero value in any cell of X."""
+    if not var_names:
+        return set()
+    x = adata.X[:, adata.var_names.get_indexer(var_names)]
+    # `!= 0` on a sparse matrix stays sparse, so the matrix is never densified.
+    nonzero = (x != 0).sum(axis=0) if sparse.issparse(x) else (np.asarray(x) != 0).sum(axis=0)
+    counts = np.asarray(nonzero).ravel()
+    return {var for var, n in zip(var_names, counts, strict=True) if n > 0}
+
+
+def _reason(n_genes: int, n_present: int, n_expressed: int, min_coverage: float) -> str:
+    if n_present == 0:
+        return "no gene of the set is in the dataset"
+    if n_present / n_genes < min_coverage:
+        return (
+            f"{n_present / n_genes:.0%} of genes present ({n_present}/{n_genes}), "
+            f"below the {min_coverage:.0%} threshold"
+        )
+    if n_expressed == 0:
+        return f"none of the {n_present} present genes is expressed in any cell"
+    return ""
+
+
+def _check_input(adata: AnnData, min_coverage: float) -> None:
+    if adata.X is None:
+        msg = "The AnnData has no X; score on log-normalised expression in X."
+        raise SignatureError(msg)
+    if not adata.var_names.is_unique:
+        msg = "The AnnData's var_names are not unique; call adata.var_names_make_unique() first."
+        raise SignatureError(msg)
+    if not 0 < min_coverage <= 1:
+        msg = f"min_coverage must be in (0, 1], got {min_coverage}."
+        raise SignatureError(msg)
+
+
+def coverage_table(
+    adata: AnnData,
+    library: SignatureLibrary,
+    *,
+    species: str,
+    sets: str | list[str] | None,
+    case_insensitive: bool = False,
+    min_coverage: float = 0.5,
+) -> pd.DataFrame:
+    """Tabulate how much of each gene set the dataset covers.
+
+    Parameters
+    ----------
+    adata
+        The dataset (log-normalised or counts; only zero / nonzero matters here).
+    library
+        The signature library.
+    species
+        ``human`` or ``mouse``: which gene list of each set to use.
+    sets
+        Set names; None for :func:`default_score_sets`.
+    case_insensitive
+        Match gene symbols ignoring case (see :func:`gene_coverage`).
+    min_coverage
+        Minimum fraction of a set's genes present in the dataset for it to be scored.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per set (index ``set``): ``n_genes``, ``n_present``, ``n_expressed`` (present
+        genes nonzero in at least one cell), ``fraction_present``, ``fraction_expressed`` (both
+        of ``n_genes``), ``missing`` (comma-joined), ``scored`` and ``reason`` (empty if scored).
+    """
+    _check_input(adata, min_coverage)
+    names = _resolve_sets(library, species, sets)
+    coverage = {
+        name: gene_coverage(adata, library.genes(name, species), case_insensitive=case_insensitive)
+        for name in names
+    }
+    expressed = _expressed(adata, list(dict.fromkeys(g for p, _ in coverage.values() for g in p)))
+    rows = []
+    for name, (present, missing) in coverage.items():
+        n_genes, n_present = len(present) + len(missing), len(present)
+        n_expressed = sum(g in expressed for g in present)
+        reason = _reason(n_genes, n_present, n_expressed, min_coverage)
+        rows.append(
+            (n_genes, n_present, n_expressed, n_present / n_genes, n_expressed / n_genes,
+             ",".join(missing), not reason, reason)
+        )  # fmt: skip
+    table = pd.DataFrame(rows, columns=list(COVERAGE_COLUMNS), index=pd.Index(names, name="set"))
+    return table.astype({"n_genes": int, "n_present": int, "n_expressed": int, "scored": bool})
+
+
+def _control_params(n_vars: int, *, n_bins: int, ctrl_size: int) -> tuple[int, int]:
+    # scanpy puts round(n_vars / (n_bins - 1)) genes in each expression bin and breaks when that
+    # rounds to zero, so small gene panels get fewer bins (about 10 genes per bin).
+    n_bins = max(2, min(n_bins, n_vars // 10))
+    ctrl_size = max(1, min(ctrl_size, n_vars // n_bins))
+    return n_bins, ctrl_size
+
+
+def _coverage_for_uns(table: pd.DataFrame) -> dict[str, list]:
+    # Plain Python values only, so the table writes to h5ad.
+    out: dict[str, list] = {"set": [str(name) for name in table.index]}
+    for column in table.columns:
+        out[column] = [v.item() if isinstance(v, np.generic) else v for v in table[column]]
+    return out
+
+
+def score_signatures(
+    adata: AnnData,
+    library: SignatureLibrary,
+    *,
+    species: str,
+    sets: str | list[str] | None = None,
+    min_coverage: float = 0.5,
+    use_raw: bool = False,
+    seed: int = 0,
+    case_insensitive: bool = False,
+    n_bins: int = 25,
+    ctrl_size: int = 50,
+) -> pd.DataFrame:
+    """Score each covered gene set per cell with :func:`scanpy.tl.score_genes`.
+
+    Adds ``obs['score_<set>']`` for every set with at least ``min_coverage`` of its genes
+    present (and any of them expressed) and ``uns['signature_coverage']`` (the coverage table
+    as a dict of lists). Sets below the threshold get no column; a stale column from an earlier
+    run is removed.
+
+    Parameters
+    ----------
+    adata
+        The dataset with log-normalised expression in X; modified in place.
+    library
+        The signature library.
+    species
+        ``human`` or ``mouse``.
+    sets
+        Set names; None for :func:`default_score_sets`.
+    min_coverage
+        Minimum fraction of a set's genes present in the dataset.
+    use_raw
+        Must be False: scores use X, which the caller has normalised.
+    seed
+        Seed for the random choice of control genes.
+    case_insensitive
+        Match gene symbols ignoring case (see :func:`gene_coverage`).
+    n_bins, ctrl_size
+        Expression bins and control genes per bin for scanpy; reduced for small gene panels.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The coverage table of :func:`coverage_table`.
+    """
+    if use_raw:
+        msg = "use_raw=True is not supported: normalise and log-transform X, then score X."
+        raise SignatureError(msg)
+    table = coverage_table(
+        adata, library, species=species, sets=sets,
+        case_insensitive=case_insensitive, min_coverage=min_coverage,
+    )  # fmt: skip
+    n_bins, ctrl_size = _control_params(adata.n_vars, n_bins=n_bins, ctrl_size=ctrl_size)
+    for name in table.index:
+        column = f"{SCORE_PREFIX}{name}"
+        if column in adata.obs:
+            del adata.obs[column]
+        if not table.at[name, "scored"]:
+            continue
+        present, _ = gene_coverage(
+            adata, library.genes(name, species), case_insensitive=case_insensitive
+        )
+        try:
+            # ctrl_as_ref=False keeps the set's own genes out of its controls (the scanpy 2.0
+            # default), so results do not change when scanpy changes its default.
+            sc.tl.score_genes(
+                adata, present, score_name=column, random_state=seed, use_raw=False,
+                ctrl_as_ref=False, ctrl_size=ctrl_size, n_bins=n_bins,
+            )  # fmt: skip
+        except Exception as err:
+            msg = f"Scoring signature set '{name}' failed in scanpy.tl.score_genes: {err}"
+            raise SignatureError(msg) from err
+    adata.uns["signature_coverage"] = _coverage_for_uns(table)
+    return table
+
+
+def scores_by_group(adata: AnnData, *, groupby: str) -> pd.DataFrame:
+    """Mean of every ``score_*`` column of ``adata.obs`` per group.
+
+    Parameters
+    ----------
+    adata
+        A dataset scored by :func:`score_signatures`.
+    groupby
+        The obs column to group cells by (e.g. a cluster or cell-type column).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per group: ``n_cells``, then one column per set (``score_`` prefix removed).
+    """
+    if groupby not in adata.obs:
+        msg = f"Column '{groupby}' is not in obs; available: {', '.join(map(str, adata.obs))}."
+        raise SignatureError(msg)
+    columns = [c for c in adata.obs.columns if str(c).startswith(SCORE_PREFIX)]
+    if not columns:
+        msg = "No score_* columns in obs; run score_signatures first."
+        raise SignatureError(msg)
+    grouped = adata.obs.groupby(groupby, observed=True)
+    means = grouped[columns].mean()
+    means.columns = [c.removeprefix(SCORE_PREFIX) for c in columns]
+    means.insert(0, "n_cells", grouped.size())
+    return means

@@ -1,0 +1,27 @@
+"""Snakemake rule read_dataset: read the fetched files into the standard AnnData."""
+
+import logging
+
+from osteoimmune.fetch import read_manifest
+from osteoimmune.readers import read_dataset
+from osteoimmune.registry import load_registry
+from osteoimmune.runlog import logged
+
+log = logging.getLogger("osteoimmune")
+
+
+def main(*, registry, dataset, manifest, out):
+    entry = load_registry(registry)[dataset]
+    adata = read_dataset(entry, read_manifest(manifest), dataset=dataset)
+    log.info("%s: %d cells x %d genes as read", dataset, adata.n_obs, adata.n_vars)
+    adata.write_h5ad(out, compression="gzip")
+
+
+if __name__ == "__main__":
+    with logged(snakemake.log[0]):
+        main(
+            registry=snakemake.params.registry,
+            dataset=snakemake.wildcards.dataset,
+            manifest=snakemake.input.manifest,
+            out=snakemake.output.h5ad,
+        )

@@ -1,0 +1,26 @@
+"""Snakemake rule report_index: results/index.html linking every dataset's report."""
+
+from pathlib import Path
+
+import anndata as ad
+from osteoimmune.registry import load_registry
+from osteoimmune.report import index_row, render, software_versions
+from osteoimmune.runlog import logged
+
+
+def main(*, h5ads, registry, html):
+    entries = load_registry(registry)
+    rows = []
+    for path in h5ads:
+        adata = ad.read_h5ad(path, backed="r")
+        rows.append(index_row(adata, entry=entries[adata.uns["osteoimmune"]["dataset"]]))
+        adata.file.close()
+    signatures = sorted({name for row in rows for name in row["means"]})
+    page = render("index.html", rows=rows, signatures=signatures, versions=software_versions())
+    Path(html).write_text(page, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    with logged(snakemake.log[0]):
+        main(h5ads=snakemake.input.h5ads, registry=snakemake.params.registry,
+             html=snakemake.output.html)
