@@ -16,6 +16,7 @@ from osteoimmune.fetch import (
     FetchedFiles,
     fetch_dataset,
     fetch_file,
+    read_manifest,
     resolve_mirror,
     sha256sum,
     write_manifest,
@@ -365,6 +366,24 @@ def test_fetch_dataset_and_manifest_record_sources(server, tmp_path):
     again = fetch_dataset(entry, dataset="ds", dest_dir=dest, mirror=mirror, progressbar=False)
     assert again.sources == {"counts.rda": "cache", "labels.rda": "cache", "own.csv": "local"}
     assert server.requests == ["/counts.rda"]
+
+
+def test_read_manifest_round_trip_and_errors(tmp_path):
+    data = tmp_path / "counts.rda"
+    data.write_bytes(DATA)
+    entry = {"files": [spec_for("https://example.org/counts.rda")]}
+    out = tmp_path / "fetch_manifest.json"
+    write_manifest({"counts.rda": data}, entry, dataset="ds", out=out)
+
+    assert read_manifest(out) == {"counts.rda": data}
+    assert json.loads(out.read_text())["files"][0]["source"] is None
+
+    data.unlink()
+    with pytest.raises(FetchError, match="no longer exist"):
+        read_manifest(out)
+    out.write_text("{not json")
+    with pytest.raises(FetchError, match="invalid"):
+        read_manifest(out)
 
 
 def test_real_registry_entry_through_the_mirror(tmp_path):

@@ -267,6 +267,41 @@ def write_manifest(
         os.replace(tmp, out)
 
 
+def read_manifest(path: str | os.PathLike) -> dict[str, Path]:
+    """Read a manifest written by :func:`write_manifest`.
+
+    Parameters
+    ----------
+    path
+        The JSON manifest (``resources/{dataset}/fetch_manifest.json``).
+
+    Returns
+    -------
+    dict
+        Filename -> path of every fetched file.
+
+    Raises
+    ------
+    FetchError
+        If the manifest is unreadable or a file it lists no longer exists.
+    """
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text())
+        paths = {row["filename"]: Path(row["path"]) for row in manifest["files"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        msg = f"Fetch manifest {path} is missing or invalid ({err}); run the fetch_dataset rule."
+        raise FetchError(msg) from err
+    gone = [str(p) for p in paths.values() if not p.is_file()]
+    if gone:
+        msg = (
+            f"Fetch manifest {path} of dataset '{manifest.get('dataset')}' lists files that no "
+            f"longer exist: {', '.join(gone)}. Delete the manifest and fetch the dataset again."
+        )
+        raise FetchError(msg)
+    return paths
+
+
 def _fetch(
     spec: dict,
     *,

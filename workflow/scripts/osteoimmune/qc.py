@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 GENE_GROUPS = {
     "mt": r"^MT-",
     "ribo": r"^RP[SL]\d",
-    "hb": r"^HB[ABDEGMQZ]\d?(-|$)|^HB[AB]-",
+    "hb": r"^HB[ABDEGMQZ]\d?(?:-|$)",  # HBB, HBA1, Hba-a1; not HBP1 or HBEGF
 }
 
 

@@ -24,8 +24,10 @@ COVERAGE_COLUMNS = (
 
 
 def default_score_sets(library: SignatureLibrary, species: str) -> list[str]:
-    """Return the sets scored by default: ``use: score`` in the M1/M2 and trained-immunity
-    categories, with genes for ``species``.
+    """Return the sets scored by default, with genes for ``species``.
+
+    These are the ``use: score`` sets of the macrophage-polarization (M1/M2) and
+    trained-immunity categories.
     """
     return [
         name
@@ -162,7 +164,7 @@ def coverage_table(
     }
     expressed = _expressed(adata, list(dict.fromkeys(g for p, _ in coverage.values() for g in p)))
     rows = []
-    for name, (present, missing) in coverage.items():
+    for present, missing in coverage.values():
         n_genes, n_present = len(present) + len(missing), len(present)
         n_expressed = sum(g in expressed for g in present)
         reason = _reason(n_genes, n_present, n_expressed, min_coverage)
@@ -257,7 +259,7 @@ def score_signatures(
             # ctrl_as_ref=False keeps the set's own genes out of its controls (the scanpy 2.0
             # default), so results do not change when scanpy changes its default.
             sc.tl.score_genes(
-                adata, present, score_name=column, random_state=seed, use_raw=False,
+                adata, present, score_name=column, random_state=None, use_raw=False,
                 ctrl_as_ref=False, ctrl_size=ctrl_size, n_bins=n_bins,
             )  # fmt: skip
         except Exception as err:

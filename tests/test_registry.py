@@ -1,0 +1,102 @@
+"""Registry and config validation: bad entries are errors naming the entry and field."""
+
+import copy
+
+import pytest
+import yaml
+from conftest import REPO
+
+from osteoimmune.errors import RegistryError
+from osteoimmune.registry import load_registry, select_datasets, validate
+
+REGISTRY = REPO / "config" / "datasets.yaml"
+
+
+@pytest.fixture
+def registry_data():
+    return yaml.safe_load(REGISTRY.read_text())
+
+
+def write(tmp_path, data):
+    path = tmp_path / "datasets.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_the_shipped_registry_names_the_six_mirrored_datasets(mirror):
+    registry = load_registry(REGISTRY)
+    manifest = {
+        (row.split("\t")[0], row.split("\t")[1]): row.split("\t")[3]
+        for row in (mirror / "MANIFEST.tsv").read_text().splitlines()[1:]
+    }
+    files = {(name, f["filename"]): f["sha256"] for name, e in registry.items() for f in e["files"]}
+    assert files == manifest
+
+
+def test_unknown_key_is_an_error_naming_entry_and_field(tmp_path, registry_data):
+    registry_data["datasets"]["paul2015_bm_myeloid"]["colour"] = "blue"
+    with pytest.raises(RegistryError, match=r"paul2015_bm_myeloid.*colour"):
+        load_registry(write(tmp_path, registry_data))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "pattern"),
+    [
+        ("species", "zebrafish", r"paul2015_bm_myeloid/species.*zebrafish"),
+        ("values", "counts-ish", r"paul2015_bm_myeloid/values"),
+        ("files", [], r"paul2015_bm_myeloid/files"),
+    ],
+)
+def test_bad_field_values_are_named(tmp_path, registry_data, field, value, pattern):
+    registry_data["datasets"]["paul2015_bm_myeloid"][field] = value
+    with pytest.raises(RegistryError, match=pattern):
+        load_registry(write(tmp_path, registry_data))
+
+
+def test_bad_checksum_and_missing_url_are_named(tmp_path, registry_data):
+    data = copy.deepcopy(registry_data)
+    data["datasets"]["shalek2014_bmdc_lps"]["files"][0]["sha256"] = "abc"
+    with pytest.raises(RegistryError, match=r"shalek2014_bmdc_lps/files/0/sha256"):
+        load_registry(write(tmp_path, data))
+    data = copy.deepcopy(registry_data)
+    del data["datasets"]["shalek2014_bmdc_lps"]["files"][0]["url"]
+    with pytest.raises(RegistryError, match=r"shalek2014_bmdc_lps/files/0"):
+        load_registry(write(tmp_path, data))
+
+
+def test_rda_without_object_and_labels_without_file_are_errors(tmp_path, registry_data):
+    data = copy.deepcopy(registry_data)
+    del data["datasets"]["paul2015_bm_myeloid"]["files"][0]["object"]
+    with pytest.raises(RegistryError, match=r"paul2015_bm_myeloid.*countMatrix.rda.*object"):
+        load_registry(write(tmp_path, data))
+    data = copy.deepcopy(registry_data)
+    data["datasets"]["paul2015_bm_myeloid"]["files"].pop(1)
+    with pytest.raises(RegistryError, match=r"paul2015_bm_myeloid.*author_label"):
+        load_registry(write(tmp_path, data))
+
+
+def test_local_path_entry_is_resolved_against_the_registry(tmp_path, registry_data):
+    entry = registry_data["datasets"]["paul2015_bm_myeloid"]
+    entry["files"] = [{"role": "counts", "path": "mine/counts.h5ad", "format": "h5ad"}]
+    entry["author_label"] = None
+    registry = load_registry(write(tmp_path, {"datasets": {"mine": entry}}))
+    spec = registry["mine"]["files"][0]
+    assert spec["path"] == str(tmp_path / "mine" / "counts.h5ad")
+    assert spec["filename"] == "counts.h5ad"
+
+
+def test_select_datasets():
+    registry = load_registry(REGISTRY)
+    assert select_datasets(registry, "all") == list(registry)
+    assert select_datasets(registry, ["paul2015_bm_myeloid"]) == ["paul2015_bm_myeloid"]
+    with pytest.raises(RegistryError, match="nope.*known datasets"):
+        select_datasets(registry, ["nope"])
+
+
+def test_config_schema_accepts_the_shipped_config_and_rejects_unknown_keys():
+    schema = REPO / "config" / "schemas" / "config.schema.yaml"
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    validate(config, schema_path=schema, what="config")
+    config["qc"]["max_pct_mito"] = 5
+    with pytest.raises(RegistryError, match=r"qc.*max_pct_mito"):
+        validate(config, schema_path=schema, what="config")

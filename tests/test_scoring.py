@@ -1,0 +1,196 @@
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from scipy import sparse
+from sklearn.metrics import roc_auc_score
+
+from osteoimmune.errors import SignatureError
+from osteoimmune.scoring import (
+    coverage_table,
+    default_score_sets,
+    gene_coverage,
+    score_signatures,
+    scores_by_group,
+)
+from osteoimmune.signatures import SignatureLibrary, load_library
+
+M1 = "macrophage_M1_classical_core"
+M2A = "macrophage_M2a_alternative_core"
+N_CELLS, N_GENES, N_BOOSTED = 200, 300, 60
+
+
+@pytest.fixture(scope="module")
+def library() -> SignatureLibrary:
+    return load_library()
+
+
+def _make_adata(library: SignatureLibrary, *, seed: int = 1, n_genes: int = N_GENES) -> ad.AnnData:
+    """Poisson counts over real mouse symbols (all M1 genes, half of M2a) plus filler genes."""
+    m1 = library.genes(M1, "mouse")
+    m2a = library.genes(M2A, "mouse")[: len(library.genes(M2A, "mouse")) // 2 + 1]
+    named = list(dict.fromkeys(m1 + m2a))
+    genes = named + [f"Gene{i:03d}" for i in range(n_genes - len(named))]
+    rng = np.random.default_rng(seed)
+    lam = rng.uniform(0.2, 3.0, size=len(genes))
+    counts = rng.poisson(lam, size=(N_CELLS, len(genes))).astype(np.float32)
+    m1_idx = [genes.index(g) for g in m1]
+    counts[:N_BOOSTED, m1_idx] += rng.poisson(6.0, size=(N_BOOSTED, len(m1_idx)))
+    group = np.where(np.arange(N_CELLS) < N_BOOSTED, "boosted", "rest")
+    adata = ad.AnnData(
+        X=sparse.csr_matrix(counts),
+        obs=pd.DataFrame({"group": pd.Categorical(group)}, index=[f"c{i}" for i in range(N_CELLS)]),
+        var=pd.DataFrame(index=genes),
+    )
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    return adata
+
+
+def _hand_library() -> SignatureLibrary:
+    library = SignatureLibrary(sets={}, references={})
+    library.add_sets({
+        "full": {"description": "all present", "genes": {"human": ["A", "B", "C", "D"]}},
+        "half": {"description": "half present", "genes": {"human": ["A", "B", "X1", "X2"]}},
+        "low": {"description": "1 of 5", "genes": {"human": ["C", "Y1", "Y2", "Y3", "Y4"]}},
+    })  # fmt: skip
+    return library
+
+
+def _hand_adata() -> ad.AnnData:
+    rng = np.random.default_rng(0)
+    genes = ["A", "B", "C", "D"] + [f"G{i}" for i in range(36)]
+    x = rng.poisson(2.0, size=(30, len(genes))).astype(np.float32)
+    x[:, genes.index("D")] = 0  # present but never expressed
+    return ad.AnnData(X=sparse.csr_matrix(x), var=pd.DataFrame(index=genes))
+
+
+def test_boosted_cells_score_higher(library):
+    adata = _make_adata(library)
+    table = score_signatures(adata, library, species="mouse", sets=[M1], seed=0)
+    assert table.at[M1, "scored"]
+    score = adata.obs[f"score_{M1}"].to_numpy()
+    boosted = adata.obs["group"].to_numpy() == "boosted"
+    assert score[boosted].mean() - score[~boosted].mean() > 0.5
+    assert roc_auc_score(boosted, score) > 0.9
+
+
+def test_coverage_table_counts():
+    table = coverage_table(_hand_adata(), _hand_library(), species="human",
+                           sets=["full", "half", "low"])  # fmt: skip
+    assert list(table.index) == ["full", "half", "low"]
+    assert table.loc["full", ["n_genes", "n_present", "n_expressed"]].tolist() == [4, 4, 3]
+    assert table.loc["half", ["n_genes", "n_present", "n_expressed"]].tolist() == [4, 2, 2]
+    assert table.loc["low", ["n_genes", "n_present", "n_expressed"]].tolist() == [5, 1, 1]
+    assert table.at["full", "fraction_expressed"] == pytest.approx(0.75)
+    assert table.at["half", "fraction_present"] == pytest.approx(0.5)
+    assert table.at["half", "missing"] == "X1,X2"
+    assert table.at["full", "missing"] == ""
+    assert table["scored"].tolist() == [True, True, False]
+    assert table.at["low", "reason"] == "20% of genes present (1/5), below the 50% threshold"
+
+
+def test_expressed_counts_ignore_explicit_zeros():
+    adata = _hand_adata()
+    x = adata.X.toarray()
+    x[0, 3] = 1.0
+    x = sparse.csr_matrix(x)
+    x.data[x.indices == 3] = 0.0  # gene D: one stored entry, but zero
+    assert x.getnnz(axis=0)[3] == 1
+    adata.X = x
+    table = coverage_table(adata, _hand_library(), species="human", sets=["full"])
+    assert table.at["full", "n_expressed"] == 3
+
+
+def test_set_below_threshold_is_not_scored(tmp_path):
+    adata = _hand_adata()
+    adata.obs["score_low"] = 1.0  # stale column from an earlier run
+    table = score_signatures(adata, _hand_library(), species="human",
+                             sets=["full", "half", "low"])  # fmt: skip
+    assert "score_full" in adata.obs and "score_half" in adata.obs
+    assert "score_low" not in adata.obs
+    assert not table.at["low", "scored"]
+    assert "below the 50% threshold" in table.at["low", "reason"]
+    uns = adata.uns["signature_coverage"]
+    assert uns["set"] == ["full", "half", "low"] and uns["scored"] == [True, True, False]
+    adata.write_h5ad(tmp_path / "scored.h5ad")
+    back = ad.read_h5ad(tmp_path / "scored.h5ad").uns["signature_coverage"]
+    assert list(back["reason"]) == table["reason"].tolist()
+    assert list(back["n_present"]) == [4, 2, 1]
+
+
+def test_case_insensitive_matching(library):
+    adata = _make_adata(library)
+    adata.var_names = [g.upper() for g in adata.var_names]
+    present, missing = gene_coverage(adata, library.genes(M1, "mouse"))
+    assert present == [] and len(missing) == len(library.genes(M1, "mouse"))
+    present, missing = gene_coverage(adata, library.genes(M1, "mouse"), case_insensitive=True)
+    assert present == [g.upper() for g in library.genes(M1, "mouse")] and missing == []
+    table = score_signatures(adata, library, species="mouse", sets=[M1], case_insensitive=True)
+    assert table.at[M1, "n_present"] == len(library.genes(M1, "mouse"))
+    assert f"score_{M1}" in adata.obs
+
+
+def test_same_seed_same_scores(library):
+    # Enough genes that scanpy samples control genes from each bin, so the seed matters.
+    first, second, other = (_make_adata(library, n_genes=2000) for _ in range(3))
+    score_signatures(first, library, species="mouse", seed=7)
+    score_signatures(second, library, species="mouse", seed=7)
+    score_signatures(other, library, species="mouse", seed=8)
+    columns = [c for c in first.obs if c.startswith("score_")]
+    assert columns
+    pd.testing.assert_frame_equal(first.obs[columns], second.obs[columns])
+    assert not np.allclose(first.obs[f"score_{M1}"], other.obs[f"score_{M1}"])
+
+
+def test_default_sets_are_m1_m2_and_trained_immunity(library):
+    names = default_score_sets(library, "mouse")
+    assert M1 in names and M2A in names and "trained_immunity_core6_zhang2022" in names
+    assert all(library.sets[n]["use"] == "score" for n in names)
+    assert "osteoclast_differentiation_core" not in names
+    assert "trained_immunity_glycolysis_axis" not in names  # trained_immunity_metabolic
+
+
+def test_default_sets_on_tiny_dataset(library):
+    adata = _make_adata(library, n_genes=40)
+    table = score_signatures(adata, library, species="mouse")
+    assert list(table.index) == default_score_sets(library, "mouse")
+    assert table.at[M1, "scored"] and f"score_{M1}" in adata.obs
+    assert np.isfinite(adata.obs[f"score_{M1}"]).all()
+    assert not table["scored"].all()
+
+
+def test_unknown_set_name_lists_close_matches(library):
+    with pytest.raises(SignatureError, match=f"did you mean {M1}"):
+        score_signatures(_make_adata(library), library, species="mouse",
+                         sets=["macrophage_M1_clasical_core"])  # fmt: skip
+
+
+def test_reference_only_set_is_refused(library):
+    with pytest.raises(SignatureError, match="reference_only"):
+        coverage_table(_make_adata(library), library, species="mouse",
+                       sets=["trained_immunity_central_HSPC_axis"])  # fmt: skip
+
+
+def test_scanpy_failure_names_the_set(monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("No control genes found in any cut.")
+
+    monkeypatch.setattr(sc.tl, "score_genes", fail)
+    with pytest.raises(SignatureError, match="'full'.*No control genes"):
+        score_signatures(_hand_adata(), _hand_library(), species="human", sets=["full"])
+
+
+def test_scores_by_group_means(library):
+    adata = _make_adata(library)
+    score_signatures(adata, library, species="mouse", sets=[M1, M2A])
+    table = scores_by_group(adata, groupby="group")
+    assert list(table.columns) == ["n_cells", M1, M2A]
+    assert table.loc["boosted", "n_cells"] == N_BOOSTED
+    assert table.loc["rest", "n_cells"] == N_CELLS - N_BOOSTED
+    boosted = adata.obs["group"] == "boosted"
+    expected = adata.obs.loc[boosted, f"score_{M1}"].mean()
+    assert table.loc["boosted", M1] == pytest.approx(expected)
+    with pytest.raises(SignatureError, match="'cluster' is not in obs"):
+        scores_by_group(adata, groupby="cluster")
