@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from osteoimmune.errors import FetchError
 from osteoimmune.fetch import (
     FetchedFiles,

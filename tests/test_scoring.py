@@ -50,11 +50,13 @@ def _make_adata(library: SignatureLibrary, *, seed: int = 1, n_genes: int = N_GE
 
 def _hand_library() -> SignatureLibrary:
     library = SignatureLibrary(sets={}, references={})
-    library.add_sets({
-        "full": {"description": "all present", "genes": {"human": ["A", "B", "C", "D"]}},
-        "half": {"description": "half present", "genes": {"human": ["A", "B", "X1", "X2"]}},
-        "low": {"description": "1 of 5", "genes": {"human": ["C", "Y1", "Y2", "Y3", "Y4"]}},
-    })  # fmt: skip
+    library.add_sets(
+        {
+            "full": {"description": "all present", "genes": {"human": ["A", "B", "C", "D"]}},
+            "half": {"description": "half present", "genes": {"human": ["A", "B", "X1", "X2"]}},
+            "low": {"description": "1 of 5", "genes": {"human": ["C", "Y1", "Y2", "Y3", "Y4"]}},
+        }
+    )
     return library
 
 
@@ -77,8 +79,9 @@ def test_boosted_cells_score_higher(library):
 
 
 def test_coverage_table_counts():
-    table = coverage_table(_hand_adata(), _hand_library(), species="human",
-                           sets=["full", "half", "low"])  # fmt: skip
+    table = coverage_table(
+        _hand_adata(), _hand_library(), species="human", sets=["full", "half", "low"]
+    )
     assert list(table.index) == ["full", "half", "low"]
     assert table.loc["full", ["n_genes", "n_present", "n_expressed"]].tolist() == [4, 4, 3]
     assert table.loc["half", ["n_genes", "n_present", "n_expressed"]].tolist() == [4, 2, 2]
@@ -106,8 +109,7 @@ def test_expressed_counts_ignore_explicit_zeros():
 def test_set_below_threshold_is_not_scored(tmp_path):
     adata = _hand_adata()
     adata.obs["score_low"] = 1.0  # stale column from an earlier run
-    table = score_signatures(adata, _hand_library(), species="human",
-                             sets=["full", "half", "low"])  # fmt: skip
+    table = score_signatures(adata, _hand_library(), species="human", sets=["full", "half", "low"])
     assert "score_full" in adata.obs and "score_half" in adata.obs
     assert "score_low" not in adata.obs
     assert not table.at["low", "scored"]
@@ -163,14 +165,19 @@ def test_default_sets_on_tiny_dataset(library):
 
 def test_unknown_set_name_lists_close_matches(library):
     with pytest.raises(SignatureError, match=f"did you mean {M1}"):
-        score_signatures(_make_adata(library), library, species="mouse",
-                         sets=["macrophage_M1_clasical_core"])  # fmt: skip
+        score_signatures(
+            _make_adata(library), library, species="mouse", sets=["macrophage_M1_clasical_core"]
+        )
 
 
 def test_reference_only_set_is_refused(library):
     with pytest.raises(SignatureError, match="reference_only"):
-        coverage_table(_make_adata(library), library, species="mouse",
-                       sets=["trained_immunity_central_HSPC_axis"])  # fmt: skip
+        coverage_table(
+            _make_adata(library),
+            library,
+            species="mouse",
+            sets=["trained_immunity_central_HSPC_axis"],
+        )
 
 
 def test_scanpy_failure_names_the_set(monkeypatch):

@@ -33,16 +33,26 @@ def _tiny_source(tmp_path: Path, *, sources: list[str]) -> Path:
         "title": "tiny",
         "curation_notes": ["note"],
         "references": {
-            "ref1": {"citation": "Doe J. A paper. J 2020", "doi": "10.1/x", "pmid": "123",
-                     "identifier_checked": True},
-        },  # fmt: skip
+            "ref1": {
+                "citation": "Doe J. A paper. J 2020",
+                "doi": "10.1/x",
+                "pmid": "123",
+                "identifier_checked": True,
+            },
+        },
         "sets": [
             {
-                "name": "setA", "category": "c", "description": "d", "use": "score",
-                "size": {"human": 2}, "genes": {"human": ["A1", "B2"]}, "sources": sources,
-                "evidence_level": "low", "evidence_notes": "n",
+                "name": "setA",
+                "category": "c",
+                "description": "d",
+                "use": "score",
+                "size": {"human": 2},
+                "genes": {"human": ["A1", "B2"]},
+                "sources": sources,
+                "evidence_level": "low",
+                "evidence_notes": "n",
             },
-        ],  # fmt: skip
+        ],
         "external_msigdb_sets_not_shipped": [],
     }
     path = tmp_path / "source.yaml"
@@ -67,8 +77,17 @@ def test_build_keeps_genes_sources_evidence_and_resolves_citations(source, built
         for species, genes in entry["genes"].items():
             if genes:
                 assert out["genes"][species] == genes
-        for key in ("category", "description", "use", "sources", "evidence_level",
-                    "evidence_notes", "gene_notes", "panels", "subsets"):  # fmt: skip
+        for key in (
+            "category",
+            "description",
+            "use",
+            "sources",
+            "evidence_level",
+            "evidence_notes",
+            "gene_notes",
+            "panels",
+            "subsets",
+        ):
             assert out.get(key) == entry.get(key), (entry["name"], key)
         assert len(out["citations"]) == len(entry["sources"])
         for key, citation in zip(entry["sources"], out["citations"], strict=True):
@@ -154,14 +173,21 @@ def test_gmt_round_trip(tmp_path):
 def test_add_user_yaml_sets(tmp_path):
     library = load_library()
     path = tmp_path / "mine.yaml"
-    path.write_text(yaml.safe_dump({
-        "references": {"me2025": {"citation": "Me. My paper. 2025", "doi": "10.9/me"}},
-        "sets": {
-            "my_set": {"description": "mine", "genes": {"human": ["CD14", "LYZ"]},
-                       "sources": ["me2025", "murray2014"]},
-            "no_source": {"description": "bare", "genes": {"mouse": ["Cd14"]}},
-        },
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "references": {"me2025": {"citation": "Me. My paper. 2025", "doi": "10.9/me"}},
+                "sets": {
+                    "my_set": {
+                        "description": "mine",
+                        "genes": {"human": ["CD14", "LYZ"]},
+                        "sources": ["me2025", "murray2014"],
+                    },
+                    "no_source": {"description": "bare", "genes": {"mouse": ["Cd14"]}},
+                },
+            }
+        )
+    )
     assert library.add_sets(path) == ["my_set", "no_source"]
     assert library.genes("my_set", "human") == ["CD14", "LYZ"]
     assert library.citation("my_set").startswith("Me. My paper. 2025. doi:10.9/me; Murray PJ")
@@ -176,7 +202,9 @@ def test_user_set_needs_description_and_known_sources():
     with pytest.raises(SignatureError, match=r"'x'.*'description'"):
         library.add_sets({"x": {"genes": {"human": ["CD14"]}}})
     with pytest.raises(SignatureError, match=r"'y'.*'nope'"):
-        library.add_sets({"y": {"description": "d", "genes": {"human": ["A"]}, "sources": ["nope"]}})
+        library.add_sets(
+            {"y": {"description": "d", "genes": {"human": ["A"]}, "sources": ["nope"]}}
+        )
     assert "x" not in library.sets and "y" not in library.sets
 
 

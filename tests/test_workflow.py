@@ -27,7 +27,8 @@ SHAPES = {
 def snakemake(workdir: Path, *config: str, targets=()) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir), "--cores", "2", "--config", *config, "--", *targets,
+        "--directory", str(workdir), "--configfile", str(REPO / "config" / "config.yaml"),
+        "--cores", "2", "--config", *config, "--", *targets,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
@@ -36,7 +37,7 @@ def snakemake(workdir: Path, *config: str, targets=()) -> subprocess.CompletedPr
 def run(mirror, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("workflow")
     result = snakemake(
-        workdir, f"datasets={json.dumps(list(SHAPES))}", f"mirror={mirror}", "offline=true"
+        workdir, f"datasets={json.dumps(list(SHAPES))}", f"mirror={mirror}", "offline=True"
     )
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir
@@ -107,7 +108,7 @@ def test_offline_miss_fails_naming_the_files_and_leaves_nothing(tmp_path):
     empty.mkdir()
     workdir = tmp_path / "run"
     result = snakemake(
-        workdir, 'datasets=["paul2015_bm_myeloid"]', f"mirror={empty}", "offline=true",
+        workdir, 'datasets=["paul2015_bm_myeloid"]', f"mirror={empty}", "offline=True",
         targets=["resources/paul2015_bm_myeloid/fetch_manifest.json"],
     )
     assert result.returncode != 0

@@ -3,6 +3,7 @@
 import logging
 
 import anndata as ad
+
 from osteoimmune.cluster import embed, leiden, normalize, select_hvg
 from osteoimmune.runlog import logged
 

@@ -3,6 +3,7 @@
 import logging
 
 import anndata as ad
+
 from osteoimmune.qc import compute_qc_metrics, filter_cells
 from osteoimmune.runlog import logged
 

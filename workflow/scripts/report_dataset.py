@@ -5,6 +5,7 @@ from pathlib import Path
 
 import anndata as ad
 import pandas as pd
+
 from osteoimmune.registry import load_registry
 from osteoimmune.report import dataset_report
 from osteoimmune.runlog import logged

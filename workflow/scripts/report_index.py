@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import anndata as ad
+
 from osteoimmune.registry import load_registry
 from osteoimmune.report import index_row, render, software_versions
 from osteoimmune.runlog import logged

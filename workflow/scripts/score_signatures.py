@@ -4,6 +4,7 @@ import logging
 
 import anndata as ad
 import pandas as pd
+
 from osteoimmune.runlog import logged
 from osteoimmune.scoring import default_score_sets, score_signatures, scores_by_group
 from osteoimmune.signatures import load_library

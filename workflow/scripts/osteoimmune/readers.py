@@ -50,7 +50,7 @@ _PLAIN_SYMBOL = re.compile(r"^[A-Za-z][A-Za-z0-9]+$")
 _MIN_SYMBOLS = 20
 
 
-def _keep_s4(obj: Any, attrs: Any) -> Any:  # noqa: ARG001
+def _keep_s4(obj: Any, attrs: Any) -> Any:
     # rdata has no Matrix-package classes; keep the slots (i, p, x, Dim, Dimnames) as they are.
     return obj
 
@@ -236,9 +236,16 @@ def _read_h5ad(path: Path, *, layer: str | None, where: str) -> ad.AnnData:
         if layer is None and "X" not in handle:
             msg = f"{where}: the h5ad file has no X; set `layer:` to one of {layers}."
             raise ReaderError(msg)
-        # Read only the matrix that is used, not every layer and embedding of the file.
-        matrix = read_elem(handle[f"layers/{layer}"] if layer else handle["X"])
-        obs, var = read_elem(handle["obs"]), read_elem(handle["var"])
+        if isinstance(handle["obs"], h5py.Dataset):  # written before anndata 0.7
+            legacy = ad.read_h5ad(path)
+            return ad.AnnData(X=legacy.layers[layer] if layer else legacy.X,
+                              obs=legacy.obs, var=legacy.var)
+        with warnings.catch_warnings():
+            # Files from older anndata lack encoding metadata; they read correctly anyway.
+            warnings.simplefilter("ignore", ad.OldFormatWarning)
+            # Read only the matrix that is used, not every layer and embedding of the file.
+            matrix = read_elem(handle[f"layers/{layer}"] if layer else handle["X"])
+            obs, var = read_elem(handle["obs"]), read_elem(handle["var"])
     return ad.AnnData(X=matrix, obs=obs, var=var)
 
 
@@ -540,7 +547,7 @@ def labels_from_r(
     """
     if hasattr(obj, "dims") and hasattr(obj, "values") and len(obj.dims) == 1:
         obj = obj.values
-    if not isinstance(obj, (pd.Categorical, np.ndarray, list)) or np.ndim(obj) != 1:
+    if not isinstance(obj, pd.Categorical | np.ndarray | list) or np.ndim(obj) != 1:
         msg = (
             f"{_where(dataset, filename)}: the labels object is a {type(obj).__name__}; "
             "expected a factor or character vector with one label per cell."
@@ -608,11 +615,15 @@ def _read_protein(spec: dict, path: Path, cells: pd.Index, *, dataset: str) -> p
         raise ReaderError(msg)
     frame = pd.DataFrame(matrix.astype(np.float32), index=source.obs_names.astype(str),
                          columns=source.var_names.astype(str))
-    position = frame.index.get_indexer(cells) if frame.index.is_unique else np.array([-1])
+    if not frame.index.is_unique:
+        msg = f"{where}: cell names in the protein file are not unique; cannot align by name."
+        raise ReaderError(msg)
+    position = frame.index.get_indexer(cells)
     if np.any(position < 0):
         msg = (
-            f"{where}: the protein file does not hold every cell of the counts file by name "
-            f"(e.g. '{cells[0]}'); use the protein file of the same cells."
+            f"{where}: {np.count_nonzero(position < 0)} cells of the counts file are not in the "
+            f"protein file (e.g. '{cells[np.argmax(position < 0)]}'); use the protein file of "
+            "the same cells."
         )
         raise ReaderError(msg)
     return frame.iloc[position]
@@ -651,7 +662,7 @@ def _metadata_values(source: dict, obs: pd.DataFrame, *, key: str, where: str) -
         return _obs_column(obs, value, key=key, where=where)
     if kind == "cell_name":
         return _from_cell_names(obs.index.astype(str), value, key=key, where=where)
-    msg = f"{where}: metadata `{key}` has unknown source {kind!r}; use constant, column or cell_name."
+    msg = f"{where}: `{key}` has unknown source {kind!r}; use constant, column or cell_name."
     raise ReaderError(msg)
 
 
@@ -693,17 +704,18 @@ def _gene_table(var: pd.DataFrame, spec: dict, *, where: str) -> pd.DataFrame:
             f"{', '.join(map(str, var.columns)) or 'none'}); fix or remove it."
         )
         raise ReaderError(msg)
-    symbols = pd.Series(var[column] if column else var.index, index=var.index)
-    ids = next((var[c] for c in ("gene_ids", "gene_id") if c in var.columns), None)
+    # Plain arrays: the source index may hold duplicate names, which pandas cannot align on.
+    symbols = np.asarray(var[column] if column else var.index, dtype=object)
+    ids = next((var[c].to_numpy() for c in ("gene_ids", "gene_id") if c in var.columns), None)
     if ids is None and column is not None:
-        ids = pd.Series(var.index, index=var.index)
+        ids = var.index.to_numpy()
     if ids is not None:
-        blank = symbols.isna() | (symbols.astype(str).str.strip() == "")
-        symbols = symbols.mask(blank, ids)  # no symbol: fall back to the ID
-    symbols = symbols.astype(str).to_numpy()
+        blank = pd.isna(symbols) | (pd.Series(symbols).astype(str).str.strip() == "").to_numpy()
+        symbols = np.where(blank, ids, symbols)  # no symbol: fall back to the ID
+    symbols = symbols.astype(str)
     table = pd.DataFrame(index=make_index_unique(pd.Index(symbols)))
     if ids is not None:
-        table["gene_id"] = ids.astype(str).to_numpy()
+        table["gene_id"] = ids.astype(str)
     table["original_symbol"] = symbols
     return table
 
@@ -748,7 +760,7 @@ def _check_values(matrix: sparse.csr_matrix, *, value_type: str, where: str) -> 
 def _symbol_case_counts(var_names: Sequence[str]) -> tuple[int, int]:
     upper = title = 0
     for name in map(str, var_names):
-        # Alphabetic symbols only; skip RIKEN clones and human ORF names (C1orf112), mixed by design.
+        # Alphanumeric symbols only; RIKEN clones and human ORFs (C1orf112) mix cases by design.
         if not _PLAIN_SYMBOL.match(name) or name.endswith("Rik") or "orf" in name:
             continue
         rest = name[1:]

@@ -83,10 +83,11 @@ def dataset_figures(adata: ad.AnnData, *, fig_dir: Path, by_cluster: pd.DataFram
         make(f"umap_{col}", f"UMAP by {col}", figures.umap_continuous(adata, col, title=col))
         for col in score_cols
     ]
-    if score_cols and not by_cluster.empty:
+    sets = [c.removeprefix("score_") for c in score_cols]
+    if sets and not by_cluster.empty:
         out["scores"].insert(0, make(
             "scores_by_cluster", "Mean score per Leiden cluster (z-scored per set)",
-            figures.score_heatmap(by_cluster[score_cols], title="Signature scores by cluster"),
+            figures.score_heatmap(by_cluster[sets], title="Signature scores by cluster"),
         ))
     return out
 
@@ -107,7 +108,6 @@ def dataset_report(
     by_cluster = by_group[by_group["grouping"] == "leiden"].drop(columns="grouping")
     by_cluster = by_cluster.set_index("group")
     figs = dataset_figures(adata, fig_dir=fig_dir, by_cluster=by_cluster)
-    score_cols = [c for c in by_group.columns if c.startswith("score_")]
     return render(
         "report.html",
         dataset=meta["dataset"], entry=entry, meta=meta, manifest=manifest,
@@ -115,8 +115,7 @@ def dataset_report(
         n_clusters=adata.obs["leiden"].nunique(), figures=figs,
         qc_table=table_html(qc), coverage_table=table_html(coverage),
         score_tables={
-            key: table_html(group.drop(columns="grouping").set_index("group")[
-                ["n_cells", *score_cols]])
+            key: table_html(group.drop(columns="grouping").set_index("group"))
             for key, group in by_group.groupby("grouping", sort=False)
         },
         versions=software_versions(),

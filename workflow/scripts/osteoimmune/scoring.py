@@ -18,9 +18,15 @@ from osteoimmune.signatures import SignatureLibrary
 DEFAULT_CATEGORIES = ("macrophage_polarization", "trained_immunity")
 SCORE_PREFIX = "score_"
 COVERAGE_COLUMNS = (
-    "n_genes", "n_present", "n_expressed", "fraction_present", "fraction_expressed",
-    "missing", "scored", "reason",
-)  # fmt: skip
+    "n_genes",
+    "n_present",
+    "n_expressed",
+    "fraction_present",
+    "fraction_expressed",
+    "missing",
+    "scored",
+    "reason",
+)
 
 
 def default_score_sets(library: SignatureLibrary, species: str) -> list[str]:
@@ -169,9 +175,17 @@ def coverage_table(
         n_expressed = sum(g in expressed for g in present)
         reason = _reason(n_genes, n_present, n_expressed, min_coverage)
         rows.append(
-            (n_genes, n_present, n_expressed, n_present / n_genes, n_expressed / n_genes,
-             ",".join(missing), not reason, reason)
-        )  # fmt: skip
+            (
+                n_genes,
+                n_present,
+                n_expressed,
+                n_present / n_genes,
+                n_expressed / n_genes,
+                ",".join(missing),
+                not reason,
+                reason,
+            )
+        )
     table = pd.DataFrame(rows, columns=list(COVERAGE_COLUMNS), index=pd.Index(names, name="set"))
     return table.astype({"n_genes": int, "n_present": int, "n_expressed": int, "scored": bool})
 
@@ -242,9 +256,13 @@ def score_signatures(
         msg = "use_raw=True is not supported: normalise and log-transform X, then score X."
         raise SignatureError(msg)
     table = coverage_table(
-        adata, library, species=species, sets=sets,
-        case_insensitive=case_insensitive, min_coverage=min_coverage,
-    )  # fmt: skip
+        adata,
+        library,
+        species=species,
+        sets=sets,
+        case_insensitive=case_insensitive,
+        min_coverage=min_coverage,
+    )
     n_bins, ctrl_size = _control_params(adata.n_vars, n_bins=n_bins, ctrl_size=ctrl_size)
     for name in table.index:
         column = f"{SCORE_PREFIX}{name}"
@@ -259,9 +277,15 @@ def score_signatures(
             # ctrl_as_ref=False keeps the set's own genes out of its controls (the scanpy 2.0
             # default), so results do not change when scanpy changes its default.
             sc.tl.score_genes(
-                adata, present, score_name=column, random_state=None, use_raw=False,
-                ctrl_as_ref=False, ctrl_size=ctrl_size, n_bins=n_bins,
-            )  # fmt: skip
+                adata,
+                present,
+                score_name=column,
+                random_state=seed,
+                use_raw=False,
+                ctrl_as_ref=False,
+                ctrl_size=ctrl_size,
+                n_bins=n_bins,
+            )
         except Exception as err:
             msg = f"Scoring signature set '{name}' failed in scanpy.tl.score_genes: {err}"
             raise SignatureError(msg) from err
@@ -282,15 +306,13 @@ def scores_by_group(adata: AnnData, *, groupby: str) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        One row per group: ``n_cells``, then one column per set (``score_`` prefix removed).
+        One row per group: ``n_cells``, then one column per set (``score_`` prefix removed);
+        only ``n_cells`` when no set was scored (e.g. a gene panel too small for every set).
     """
     if groupby not in adata.obs:
         msg = f"Column '{groupby}' is not in obs; available: {', '.join(map(str, adata.obs))}."
         raise SignatureError(msg)
     columns = [c for c in adata.obs.columns if str(c).startswith(SCORE_PREFIX)]
-    if not columns:
-        msg = "No score_* columns in obs; run score_signatures first."
-        raise SignatureError(msg)
     grouped = adata.obs.groupby(groupby, observed=True)
     means = grouped[columns].mean()
     means.columns = [c.removeprefix(SCORE_PREFIX) for c in columns]

@@ -29,9 +29,18 @@ DEFAULT_LIBRARY = Path(__file__).parent / "data" / "signatures.yaml"
 
 # Library order of a set's fields; fields the source adds later are kept after these.
 _SET_FIELDS = (
-    "category", "description", "use", "genes", "sources", "citations",
-    "evidence_level", "evidence_notes", "gene_notes", "panels", "subsets",
-)  # fmt: skip
+    "category",
+    "description",
+    "use",
+    "genes",
+    "sources",
+    "citations",
+    "evidence_level",
+    "evidence_notes",
+    "gene_notes",
+    "panels",
+    "subsets",
+)
 _REQUIRED_STR = ("category", "description", "use", "evidence_level", "evidence_notes")
 _SOURCE_ONLY = ("name", "size")
 
@@ -186,6 +195,21 @@ def build_library(source: Path) -> dict:
     return library
 
 
+def _check_panels(name: str, panels: Any) -> None:
+    if not isinstance(panels, dict):
+        msg = f"Signature set '{name}', field 'panels': expected species -> panel -> genes."
+        raise SignatureError(msg)
+    for species, by_panel in panels.items():
+        if species not in SPECIES or not isinstance(by_panel, dict):
+            msg = (
+                f"Signature set '{name}', field 'panels.{species}': expected a known species "
+                f"({', '.join(SPECIES)}) mapping panel name -> genes."
+            )
+            raise SignatureError(msg)
+        for panel, genes in by_panel.items():
+            _check_symbols(name, f"panels.{species}.{panel}", genes)
+
+
 def _check_set(name: str, entry: Any, references: dict) -> None:
     if not isinstance(entry, dict):
         msg = f"Signature set '{name}': expected a mapping of fields."
@@ -202,18 +226,8 @@ def _check_set(name: str, entry: Any, references: dict) -> None:
         msg = f"Signature set '{name}', field 'use': '{entry['use']}' is not one of {USES}."
         raise SignatureError(msg)
     _check_gene_lists(name, entry["genes"])
-    panels = entry.get("panels") or {}
-    if not isinstance(panels, dict):
-        msg = f"Signature set '{name}', field 'panels': expected species -> panel -> genes."
-        raise SignatureError(msg)
-    for species, by_panel in panels.items():
-        if species not in SPECIES or not isinstance(by_panel, dict):
-            msg = f"Signature set '{name}', field 'panels.{species}': expected a known species "
-            msg += f"({', '.join(SPECIES)}) mapping panel -> genes."
-            raise SignatureError(msg)
-        for panel, genes in by_panel.items():
-            _check_symbols(name, f"panels.{species}.{panel}", genes)
-    if not entry["genes"] and not panels:
+    _check_panels(name, entry.get("panels") or {})
+    if not entry["genes"] and not entry.get("panels"):
         msg = f"Signature set '{name}': it has neither gene lists nor marker panels."
         raise SignatureError(msg)
     if entry["citations"] != _resolve_sources(name, entry["sources"], references):

@@ -1,0 +1,596 @@
+"""Tests of osteoimmune.readers: every format on small synthetic files, bad input, real data."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.io
+import xarray as xr
+from scipy import sparse
+
+from osteoimmune.errors import ReaderError
+from osteoimmune.readers import (
+    check_species_symbols,
+    labels_from_r,
+    matrix_from_r,
+    read_dataset,
+)
+from osteoimmune.registry import load_registry
+
+REPO = Path(__file__).resolve().parents[1]
+MIRROR = REPO.parent / "shared" / "data"
+DATASET = "synthetic_ds"
+N_CELLS, N_GENES = 20, 30
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+@pytest.fixture
+def counts() -> np.ndarray:
+    """20 cells x 30 genes of Poisson counts; every cell and gene has a non-zero value."""
+    values = np.random.default_rng(0).poisson(1.5, size=(N_CELLS, N_GENES)).astype(np.float64)
+    values[np.arange(N_CELLS), np.arange(N_CELLS) % N_GENES] += 1
+    return values
+
+
+CELLS = [f"{'ctrl' if i < 8 else 'stim'}_C{i:02d}" for i in range(N_CELLS)]
+GENES = [f"Gene{i}" for i in range(N_GENES)]  # mouse-like title case
+HUMAN_GENES = [g.upper() for g in GENES]
+
+
+def make_entry(files: list[dict], **fields) -> dict:
+    entry = {
+        "species": "mouse",
+        "values": "counts",
+        "gene_symbol_case": "as_is",
+        "files": files,
+        "metadata": {
+            "sample": {"constant": "s1"},
+            "donor": {"constant": "d1"},
+            "condition": {"cell_name": "^(ctrl|stim)_"},
+        },
+        "author_label": None,
+    }
+    entry.update(fields)
+    return entry
+
+
+def read_one(entry: dict, folder: Path):
+    paths = {f["filename"]: folder / f["filename"] for f in entry["files"]}
+    return read_dataset(entry, paths, dataset=DATASET)
+
+
+def assert_standard(adata, expected: np.ndarray, *, genes=GENES, counts_layer=True) -> None:
+    assert adata.shape == expected.shape
+    assert isinstance(adata.X, sparse.csr_matrix)
+    assert adata.X.dtype == np.float32
+    np.testing.assert_array_equal(adata.X.toarray(), expected.astype(np.float32))
+    if counts_layer:
+        assert isinstance(adata.layers["counts"], sparse.csr_matrix)
+        assert adata.layers["counts"] is not adata.X
+        assert (adata.layers["counts"] != adata.X).nnz == 0
+    else:
+        assert "counts" not in adata.layers
+    assert list(adata.obs_names) == CELLS
+    assert list(adata.var_names) == list(genes)
+    assert list(adata.var["original_symbol"]) == list(genes)
+    for key in ("dataset", "sample", "donor", "condition"):
+        assert isinstance(adata.obs[key].dtype, pd.CategoricalDtype)
+    assert set(adata.obs["dataset"]) == {DATASET}
+    assert list(adata.obs["condition"]) == [c.split("_")[0] for c in CELLS]
+
+
+def write_h5ad(path: Path, counts: np.ndarray, *, genes=GENES) -> None:
+    obs = pd.DataFrame(
+        {"batch": ["b1"] * 10 + ["b2"] * 10, "cell_type": ["T", "B"] * 10}, index=CELLS
+    )
+    var = pd.DataFrame({"gene_ids": [f"ENSMUSG{i:011d}" for i in range(N_GENES)]}, index=genes)
+    normalised = counts / counts.sum(axis=1, keepdims=True) * 1e4
+    adata = ad.AnnData(X=sparse.csc_matrix(normalised), obs=obs, var=var)
+    adata.layers["counts"] = sparse.csc_matrix(counts)
+    adata.write_h5ad(path)
+
+
+def write_mtx_folder(folder: Path, counts: np.ndarray, *, legacy: bool = False) -> None:
+    folder.mkdir(parents=True)
+    # An antibody feature is appended to check that only gene expression is kept.
+    matrix = np.hstack([counts, np.full((N_CELLS, 1), 7.0)]).T  # 10x stores genes x cells
+    ids = [f"ENSMUSG{i:011d}" for i in range(N_GENES)] + ["ADT_CD3"]
+    kinds = ["Gene Expression"] * N_GENES + ["Antibody Capture"]
+    features = pd.DataFrame({"id": ids, "name": [*GENES, "CD3"], "type": kinds})
+    opener, suffix = (open, "") if legacy else (gzip.open, ".gz")
+    with opener(folder / f"matrix.mtx{suffix}", "wb") as handle:
+        scipy.io.mmwrite(handle, sparse.coo_matrix(matrix[:N_GENES] if legacy else matrix))
+    with opener(folder / f"{'genes' if legacy else 'features'}.tsv{suffix}", "wt") as handle:
+        table = features.iloc[:N_GENES, :2] if legacy else features
+        table.to_csv(handle, sep="\t", header=False, index=False)
+    with opener(folder / f"barcodes.tsv{suffix}", "wt") as handle:
+        handle.write("\n".join(CELLS) + "\n")
+
+
+def write_10x_h5(path: Path, counts: np.ndarray) -> None:
+    matrix = sparse.csc_matrix(counts.T.astype(np.int32))  # genes x cells, CSC by cell
+    with h5py.File(path, "w") as handle:
+        group = handle.create_group("matrix")
+        group["data"], group["indices"] = matrix.data, matrix.indices
+        group["indptr"] = matrix.indptr
+        group["shape"] = np.array(matrix.shape, dtype=np.int32)
+        group["barcodes"] = np.array(CELLS, dtype="S")
+        features = group.create_group("features")
+        features["id"] = np.array([f"ENSMUSG{i:011d}" for i in range(N_GENES)], dtype="S")
+        features["name"] = np.array(GENES, dtype="S")
+        features["feature_type"] = np.array(["Gene Expression"] * N_GENES, dtype="S")
+        features["genome"] = np.array(["mm10"] * N_GENES, dtype="S")
+
+
+# --------------------------------------------------------------------------- a minimal R writer
+# rdata reads R files but cannot write them, so the tests serialise the few R types they need
+# (XDR format 2, as R's save() and saveRDS() write it).
+
+
+def _int(*values: int) -> bytes:
+    return struct.pack(f">{len(values)}i", *values)
+
+
+def _char(text: str | None) -> bytes:
+    if text is None:
+        return _int(9, -1)
+    raw = text.encode()
+    return _int(9 | (64 << 12), len(raw)) + raw  # CHARSXP, ASCII
+
+
+def _attrs(pairs: dict) -> bytes:
+    out = b""
+    for name, value in pairs.items():
+        out += _int(2 | (1 << 10)) + _int(1) + _char(name) + value  # LISTSXP with tag
+    return out + _int(254)  # NILVALUE
+
+
+def _flags(kind: int, attrs: dict | None, obj: bool = False) -> bytes:
+    return _int(kind | (obj << 8) | (bool(attrs) << 9))
+
+
+def r_str(values, attrs: dict | None = None) -> bytes:
+    body = _int(len(values)) + b"".join(_char(v) for v in values)
+    return _flags(16, attrs) + body + (_attrs(attrs) if attrs else b"")
+
+
+def r_int(values, attrs: dict | None = None, obj: bool = False) -> bytes:
+    body = _int(len(values), *[int(v) for v in values])
+    return _flags(13, attrs, obj) + body + (_attrs(attrs) if attrs else b"")
+
+
+def r_real(values, attrs: dict | None = None) -> bytes:
+    body = _int(len(values)) + struct.pack(f">{len(values)}d", *values)
+    return _flags(14, attrs) + body + (_attrs(attrs) if attrs else b"")
+
+
+def r_list(items) -> bytes:
+    return _int(19) + _int(len(items)) + b"".join(items)
+
+
+def r_factor(labels, names=None) -> bytes:
+    levels = sorted(set(labels))
+    attrs = {"levels": r_str(levels), "class": r_str(["factor"])}
+    if names is not None:
+        attrs["names"] = r_str(names)
+    return r_int([levels.index(v) + 1 for v in labels], attrs, obj=True)
+
+
+def r_dense(matrix: np.ndarray, rows, cols) -> bytes:
+    attrs = {"dim": r_int(matrix.shape), "dimnames": r_list([r_str(rows), r_str(cols)])}
+    return r_real(matrix.ravel(order="F").tolist(), attrs)
+
+
+def r_dgcmatrix(matrix: np.ndarray, rows, cols) -> bytes:
+    csc = sparse.csc_matrix(matrix)
+    attrs = {
+        "i": r_int(csc.indices), "p": r_int(csc.indptr), "Dim": r_int(csc.shape),
+        "Dimnames": r_list([r_str(rows), r_str(cols)]), "x": r_real(csc.data.tolist()),
+        "factors": r_list([]), "class": r_str(["dgCMatrix"]),
+    }
+    return _int(25 | (1 << 8) | (1 << 9)) + _attrs(attrs)  # S4SXP, object, attributes
+
+
+_HEADER = b"X\n" + _int(2, 0x040300, 0x020300)
+
+
+def write_rda(path: Path, objects: dict[str, bytes]) -> None:
+    body = b"".join(_int(2 | (1 << 10)) + _int(1) + _char(n) + o for n, o in objects.items())
+    path.write_bytes(gzip.compress(b"RDX2\n" + _HEADER + body + _int(254)))
+
+
+def write_rds(path: Path, obj: bytes) -> None:
+    path.write_bytes(gzip.compress(_HEADER + obj))
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def test_h5ad_layer_counts(tmp_path, counts):
+    write_h5ad(tmp_path / "a.h5ad", counts)
+    entry = make_entry(
+        [{"role": "counts", "format": "h5ad", "filename": "a.h5ad", "layer": "counts"}],
+        metadata={
+            "sample": {"column": "batch"},
+            "donor": {"constant": 7},
+            "condition": {"cell_name": "^(ctrl|stim)_"},
+        },
+        author_label={"column": "cell_type"},
+    )
+    adata = read_one(entry, tmp_path)
+    assert_standard(adata, counts)
+    assert list(adata.obs["sample"]) == ["b1"] * 10 + ["b2"] * 10
+    assert set(adata.obs["donor"]) == {"7"}
+    assert list(adata.obs["author_cell_type"]) == ["T", "B"] * 10
+    assert adata.var["gene_id"].iloc[3] == "ENSMUSG00000000003"
+    assert adata.uns["osteoimmune"] == {
+        "dataset": DATASET, "species": "mouse", "value_type": "counts",
+        "gene_symbol_case": "as_is", "source_files": ["a.h5ad"],
+    }
+
+
+def test_h5ad_x_normalized_has_no_counts_layer(tmp_path, counts):
+    write_h5ad(tmp_path / "a.h5ad", counts)
+    entry = make_entry([{"role": "counts", "format": "h5ad", "filename": "a.h5ad"}],
+                       values="normalized")
+    adata = read_one(entry, tmp_path)
+    expected = counts / counts.sum(axis=1, keepdims=True) * 1e4
+    assert isinstance(adata.X, sparse.csr_matrix)
+    np.testing.assert_allclose(adata.X.toarray(), expected, rtol=1e-6)
+    assert "counts" not in adata.layers
+    assert adata.uns["osteoimmune"]["value_type"] == "normalized"
+
+
+def test_h5ad_protein_to_obsm(tmp_path, counts):
+    write_h5ad(tmp_path / "rna.h5ad", counts)
+    proteins = np.arange(N_CELLS * 3, dtype=float).reshape(N_CELLS, 3)
+    order = np.arange(N_CELLS)[::-1]  # stored in another cell order: aligned by name
+    mod2 = ad.AnnData(X=sparse.csr_matrix(proteins[order] * 0.5),
+                      obs=pd.DataFrame(index=np.array(CELLS)[order]),
+                      var=pd.DataFrame(index=["CD14", "CD16", "CD3"]))
+    mod2.layers["counts"] = sparse.csc_matrix(proteins[order])
+    mod2.write_h5ad(tmp_path / "adt.h5ad")
+    entry = make_entry([
+        {"role": "counts", "format": "h5ad", "filename": "rna.h5ad", "layer": "counts"},
+        {"role": "protein", "format": "h5ad", "filename": "adt.h5ad", "layer": "counts"},
+    ])
+    adata = read_one(entry, tmp_path)
+    frame = adata.obsm["protein"]
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.columns) == ["CD14", "CD16", "CD3"]
+    assert list(frame.index) == CELLS
+    np.testing.assert_array_equal(frame.to_numpy(), proteins)
+    assert adata.uns["osteoimmune"]["source_files"] == ["rna.h5ad", "adt.h5ad"]
+
+
+@pytest.mark.parametrize("layout", ["folder", "tar.gz", "legacy"])
+def test_10x_mtx(tmp_path, counts, layout):
+    raw = tmp_path / "raw"
+    write_mtx_folder(raw / "filtered_feature_bc_matrix", counts, legacy=layout == "legacy")
+    filename = "filtered_feature_bc_matrix"
+    if layout == "tar.gz":
+        filename = "sample.tar.gz"
+        with tarfile.open(raw / filename, "w:gz") as tar:
+            tar.add(raw / "filtered_feature_bc_matrix", arcname="filtered_feature_bc_matrix")
+    before = sorted(p.name for p in raw.rglob("*"))
+    entry = make_entry([{"role": "counts", "format": "10x_mtx", "filename": filename}])
+    adata = read_one(entry, raw)
+    assert_standard(adata, counts)
+    assert "CD3" not in adata.var_names  # antibody capture dropped
+    assert adata.var["gene_id"].iloc[0] == "ENSMUSG00000000000"
+    assert sorted(p.name for p in raw.rglob("*")) == before  # nothing extracted beside it
+
+
+def test_10x_h5(tmp_path, counts):
+    write_10x_h5(tmp_path / "m.h5", counts)
+    entry = make_entry([{"role": "counts", "format": "10x_h5", "filename": "m.h5"}])
+    adata = read_one(entry, tmp_path)
+    assert_standard(adata, counts)
+    assert adata.var["gene_id"].iloc[1] == "ENSMUSG00000000001"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+@pytest.mark.parametrize("orientation", ["genes_x_cells", "cells_x_genes"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_dense_tables(tmp_path, counts, fmt, orientation, gz):
+    table = pd.DataFrame(counts.astype(int), index=CELLS, columns=GENES)
+    if orientation == "genes_x_cells":
+        table = table.T
+    filename = f"m.{fmt}" + (".gz" if gz else "")
+    table.to_csv(tmp_path / filename, sep="," if fmt == "csv" else "\t")
+    entry = make_entry([{"role": "counts", "format": fmt, "filename": filename,
+                         "orientation": orientation}])
+    assert_standard(read_one(entry, tmp_path), counts)
+
+
+def test_rda_dgcmatrix_with_named_factor(tmp_path, counts):
+    labels = ["T", "B", "NK", "B"] * 5
+    shuffled = np.random.default_rng(1).permutation(N_CELLS)
+    write_rda(tmp_path / "m.rda", {"other": r_int([1]), "mat": r_dgcmatrix(counts.T, GENES, CELLS)})
+    write_rda(tmp_path / "l.rda", {"lab": r_factor([labels[i] for i in shuffled],
+                                                   names=[CELLS[i] for i in shuffled])})
+    entry = make_entry(
+        [{"role": "counts", "format": "rda", "filename": "m.rda", "object": "mat",
+          "orientation": "genes_x_cells"},
+         {"role": "labels", "format": "rda", "filename": "l.rda", "object": "lab"}],
+        author_label={"file": "labels"},
+    )
+    adata = read_one(entry, tmp_path)
+    assert_standard(adata, counts)
+    assert list(adata.obs["author_cell_type"]) == labels  # aligned by the factor's names
+    assert adata.uns["osteoimmune"]["source_files"] == ["m.rda", "l.rda"]
+
+
+def test_rds_dense_with_unnamed_character_labels(tmp_path, counts):
+    labels = ["T", "B"] * 10
+    write_rds(tmp_path / "m.rds", r_dense(counts.T, GENES, CELLS))
+    write_rds(tmp_path / "l.rds", r_str(labels))
+    entry = make_entry(
+        [{"role": "counts", "format": "rds", "filename": "m.rds", "orientation": "genes_x_cells"},
+         {"role": "labels", "format": "rds", "filename": "l.rds"}],
+        author_label={"file": "labels"},
+    )
+    adata = read_one(entry, tmp_path)
+    assert_standard(adata, counts)
+    assert list(adata.obs["author_cell_type"]) == labels
+
+
+def test_matrix_from_r_objects(counts):
+    csc = sparse.csc_matrix(counts.T)
+    dgc = SimpleNamespace(i=csc.indices, p=csc.indptr, x=csc.data, Dim=np.array(csc.shape),
+                          Dimnames=[np.array(GENES), np.array(CELLS)], factors=[],
+                          **{"class": np.array(["dgCMatrix"])})
+    dense = xr.DataArray(counts.T, dims=["dim_0", "dim_1"],
+                         coords={"dim_0": GENES, "dim_1": CELLS})
+    for obj in (dgc, dense):
+        adata = matrix_from_r(obj, orientation="genes_x_cells", dataset=DATASET, filename="x.rda")
+        assert isinstance(adata.X, sparse.csr_matrix)
+        assert adata.X.dtype == np.float32
+        np.testing.assert_array_equal(adata.X.toarray(), counts)
+        assert list(adata.obs_names) == CELLS
+        assert list(adata.var_names) == GENES
+    with pytest.raises(ReaderError, match="not a matrix"):
+        matrix_from_r(["a"], orientation="genes_x_cells", dataset=DATASET, filename="x.rda")
+
+
+def test_labels_from_r_objects():
+    factor = pd.Categorical(["b", "a", None], categories=["a", "b"])
+    series = labels_from_r(factor, names=["c1", "c2", "c3"], dataset=DATASET, filename="l.rda")
+    assert list(series.index) == ["c1", "c2", "c3"]
+    assert series.iloc[:2].tolist() == ["b", "a"]
+    assert pd.isna(series.iloc[2])
+    series = labels_from_r(np.array(["x", "y"]), dataset=DATASET, filename="l.rda")
+    assert series.tolist() == ["x", "y"]
+    assert list(series.index) == [0, 1]
+
+
+# --------------------------------------------------------------------------- species symbols
+
+
+def test_check_species_symbols():
+    check_species_symbols(GENES, "mouse", dataset=DATASET)
+    check_species_symbols(HUMAN_GENES, "human", dataset=DATASET)
+    check_species_symbols(HUMAN_GENES, "mouse", dataset=DATASET, gene_symbol_case="upper")
+    check_species_symbols(["ACTB", "Actb"], "mouse", dataset=DATASET)  # too few to judge
+    with pytest.raises(ReaderError, match="gene_symbol_case: upper"):
+        check_species_symbols(HUMAN_GENES, "mouse", dataset=DATASET)
+    with pytest.raises(ReaderError, match="species: mouse"):
+        check_species_symbols(GENES, "human", dataset=DATASET)
+    with pytest.raises(ReaderError, match="gene_column"):
+        check_species_symbols([f"ENSG{i:011d}" for i in range(30)], "human", dataset=DATASET)
+    with pytest.raises(ReaderError, match="species"):
+        check_species_symbols(GENES, "zebrafish", dataset=DATASET)
+
+
+def test_gene_column_replaces_ensembl_index(tmp_path, counts):
+    ids = [f"ENSMUSG{i:011d}" for i in range(N_GENES)]
+    var = pd.DataFrame({"symbol": GENES[:-1] + [GENES[0]]}, index=ids)  # one duplicate symbol
+    ad.AnnData(X=sparse.csr_matrix(counts), obs=pd.DataFrame(index=CELLS),
+               var=var).write_h5ad(tmp_path / "e.h5ad")
+    spec = {"role": "counts", "format": "h5ad", "filename": "e.h5ad"}
+    with pytest.raises(ReaderError, match=f"{DATASET}.*e.h5ad.*Ensembl.*gene_column"):
+        read_one(make_entry([spec]), tmp_path)
+    adata = read_one(make_entry([{**spec, "gene_column": "symbol"}]), tmp_path)
+    assert list(adata.var_names) == GENES[:-1] + [f"{GENES[0]}-1"]
+    assert list(adata.var["original_symbol"]) == GENES[:-1] + [GENES[0]]
+    assert list(adata.var["gene_id"]) == ids
+
+
+def test_unknown_species_in_entry(tmp_path, counts):
+    write_h5ad(tmp_path / "a.h5ad", counts)
+    entry = make_entry([{"role": "counts", "format": "h5ad", "filename": "a.h5ad"}],
+                       species="rat", values="normalized")
+    with pytest.raises(ReaderError, match=f"{DATASET}.*species 'rat'"):
+        read_one(entry, tmp_path)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _h5ad_case(tmp_path, matrix, **fields):
+    ad.AnnData(X=sparse.csr_matrix(matrix), obs=pd.DataFrame(index=CELLS[: matrix.shape[0]]),
+               var=pd.DataFrame(index=GENES[: matrix.shape[1]])).write_h5ad(tmp_path / "bad.h5ad")
+    return make_entry([{"role": "counts", "format": "h5ad", "filename": "bad.h5ad"}], **fields)
+
+
+def case_all_zeros(tmp_path, counts):
+    return _h5ad_case(tmp_path, np.zeros_like(counts)), "bad.h5ad", "empty"
+
+
+def case_no_cells(tmp_path, counts):
+    return _h5ad_case(tmp_path, counts[:0]), "bad.h5ad", "empty"
+
+
+def case_fractional_counts(tmp_path, counts):
+    return (_h5ad_case(tmp_path, counts + 0.5), "bad.h5ad",
+            "don't look like raw counts.*values: normalized")
+
+
+def case_negative(tmp_path, counts):
+    matrix = counts.copy()
+    matrix[0, 0] = -1
+    return _h5ad_case(tmp_path, matrix, values="normalized"), "bad.h5ad", "negative"
+
+
+def case_nan(tmp_path, counts):
+    matrix = counts.copy()
+    matrix[2, 3] = np.nan
+    return _h5ad_case(tmp_path, matrix, values="tpm"), "bad.h5ad", "NaN"
+
+
+def case_missing_obs_column(tmp_path, counts):
+    write_h5ad(tmp_path / "a.h5ad", counts)
+    entry = make_entry([{"role": "counts", "format": "h5ad", "filename": "a.h5ad",
+                         "layer": "counts"}], author_label={"column": "celltype"})
+    return entry, "a.h5ad", "'celltype'.*batch, cell_type"
+
+
+def case_regex_no_match(tmp_path, counts):
+    write_h5ad(tmp_path / "a.h5ad", counts)
+    entry = make_entry([{"role": "counts", "format": "h5ad", "filename": "a.h5ad",
+                         "layer": "counts"}])
+    entry["metadata"]["condition"] = {"cell_name": "^(ctrl)_"}
+    return entry, "a.h5ad", "does not match 12 of 20.*stim_C08"
+
+
+def case_labels_length(tmp_path, counts):
+    write_rds(tmp_path / "m.rds", r_dense(counts.T, GENES, CELLS))
+    write_rds(tmp_path / "l.rds", r_str(["T"] * (N_CELLS - 1)))
+    entry = make_entry(
+        [{"role": "counts", "format": "rds", "filename": "m.rds", "orientation": "genes_x_cells"},
+         {"role": "labels", "format": "rds", "filename": "l.rds"}],
+        author_label={"file": "labels"},
+    )
+    return entry, "l.rds", "19 labels for 20 cells"
+
+
+def case_text_named_h5ad(tmp_path, counts):
+    (tmp_path / "fake.h5ad").write_text("<html>Not Found</html>\n")
+    entry = make_entry([{"role": "counts", "format": "h5ad", "filename": "fake.h5ad"}])
+    return entry, "fake.h5ad", "not an HDF5 file"
+
+
+def case_text_named_rda(tmp_path, counts):
+    (tmp_path / "fake.rda").write_text("gene,cell\n")
+    entry = make_entry([{"role": "counts", "format": "rda", "filename": "fake.rda",
+                         "object": "m", "orientation": "genes_x_cells"}])
+    return entry, "fake.rda", "not an R data file"
+
+
+def case_missing_r_object(tmp_path, counts):
+    write_rda(tmp_path / "m.rda", {"mat": r_dense(counts.T, GENES, CELLS)})
+    entry = make_entry([{"role": "counts", "format": "rda", "filename": "m.rda",
+                         "object": "counts", "orientation": "genes_x_cells"}])
+    return entry, "m.rda", "'counts' is not in the file.*holds: mat"
+
+
+def case_missing_layer(tmp_path, counts):
+    write_h5ad(tmp_path / "a.h5ad", counts)
+    entry = make_entry([{"role": "counts", "format": "h5ad", "filename": "a.h5ad",
+                         "layer": "raw"}])
+    return entry, "a.h5ad", "layer 'raw'.*layers: counts"
+
+
+def case_csv_without_orientation(tmp_path, counts):
+    pd.DataFrame(counts, index=CELLS, columns=GENES).to_csv(tmp_path / "m.csv")
+    entry = make_entry([{"role": "counts", "format": "csv", "filename": "m.csv"}])
+    return entry, "m.csv", "orientation"
+
+
+BAD_CASES = [
+    case_all_zeros, case_no_cells, case_fractional_counts, case_negative, case_nan,
+    case_missing_obs_column, case_regex_no_match, case_labels_length, case_text_named_h5ad,
+    case_text_named_rda, case_missing_r_object, case_missing_layer, case_csv_without_orientation,
+]
+
+
+@pytest.mark.parametrize("case", BAD_CASES, ids=lambda c: c.__name__.removeprefix("case_"))
+def test_bad_input_raises_reader_error(tmp_path, counts, case):
+    entry, filename, pattern = case(tmp_path, counts)
+    with pytest.raises(ReaderError, match=pattern) as info:
+        read_one(entry, tmp_path)
+    message = str(info.value)
+    assert DATASET in message
+    assert filename in message
+
+
+def test_missing_local_file(tmp_path):
+    entry = make_entry([{"role": "counts", "format": "h5ad", "filename": "gone.h5ad"}])
+    with pytest.raises(ReaderError, match=f"{DATASET}.*gone.h5ad.*fetch"):
+        read_one(entry, tmp_path)
+
+
+# --------------------------------------------------------------------------- real data
+
+
+REAL_SHAPES = {
+    "matsushita2023_bm_stroma": (250, 20243),
+    "paul2015_bm_myeloid": (2660, 240),
+    "shalek2014_bmdc_lps": (131, 16776),
+    "weinreb2020_larry_bm_culture": (781, 2481),
+    "luecken2021_bmmc_cite": (600, 1000),
+    "luecken2021_bmmc_multiome": (500, 600),
+}
+
+
+@pytest.fixture(scope="module")
+def real_datasets() -> dict:
+    if not MIRROR.is_dir():
+        pytest.skip(f"real-data mirror {MIRROR} is absent (it lives beside the checkout)")
+    registry = load_registry(REPO / "config" / "datasets.yaml")
+    out = {}
+    for name, entry in registry.items():
+        paths = {f["filename"]: MIRROR / name / f["filename"] for f in entry["files"]}
+        out[name] = (entry, read_dataset(entry, paths, dataset=name))
+    return out
+
+
+def test_real_shapes_and_standard_form(real_datasets):
+    assert set(real_datasets) == set(REAL_SHAPES)
+    for name, (entry, adata) in real_datasets.items():
+        assert adata.shape == REAL_SHAPES[name], name
+        assert isinstance(adata.X, sparse.csr_matrix)
+        assert adata.X.dtype == np.float32
+        assert adata.var_names.is_unique and adata.obs_names.is_unique
+        assert adata.uns["osteoimmune"]["value_type"] == entry["values"]
+        assert set(adata.obs["dataset"]) == {name}
+        if entry["values"] == "counts":
+            assert np.all(adata.X.data == np.round(adata.X.data)), name
+            assert (adata.layers["counts"] != adata.X).nnz == 0
+        else:
+            assert "counts" not in adata.layers
+        assert ("author_cell_type" in adata.obs) == (entry["author_label"] is not None), name
+
+
+def test_real_labels_and_metadata(real_datasets):
+    obs = {name: adata.obs for name, (_, adata) in real_datasets.items()}
+    assert set(obs["matsushita2023_bm_stroma"]["author_cell_type"]) == {
+        "CH", "ORT", "OS", "RE", "Stem"}
+    assert set(obs["paul2015_bm_myeloid"]["author_cell_type"]) == {
+        "Erythrocyte", "Monocytes", "Basophils", "GMP", "Neutrophils",
+        "Multipotent progenitors", "Megakaryocytes"}
+    assert set(obs["shalek2014_bmdc_lps"]["condition"]) == {"Unstimulated", "LPS_6h"}
+    for name in ("luecken2021_bmmc_cite", "luecken2021_bmmc_multiome"):
+        assert set(obs[name]["donor"]) == {"s1d1", "s1d2"}
+        assert obs[name]["author_cell_type"].notna().all()
+    assert obs["weinreb2020_larry_bm_culture"]["author_cell_type"].notna().all()
+
+
+def test_real_protein(real_datasets):
+    _, adata = real_datasets["luecken2021_bmmc_cite"]
+    protein = adata.obsm["protein"]
+    assert protein.shape == (600, 134)
+    assert "CD14" in protein.columns
+    assert list(protein.index) == list(adata.obs_names)
+    assert (protein.to_numpy() == np.round(protein.to_numpy())).all()  # the counts layer
