@@ -59,7 +59,8 @@ def qc_histograms(obs: pd.DataFrame, *, metrics=QC_METRICS) -> plt.Figure:
     fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
     for ax, metric in zip(axes[0], present, strict=True):
         for sample, values in obs.groupby("sample", observed=True)[metric]:
-            ax.hist(values, bins=40, alpha=0.6, label=str(sample))
+            # float64: normalised input has totals equal to float32 precision
+            ax.hist(values.to_numpy(dtype=float), bins=40, alpha=0.6, label=str(sample))
         ax.set(xlabel=metric, ylabel="cells")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
