@@ -22,7 +22,8 @@ def make_adata(n_cells=200, n_genes=60, *, seed=0, mouse=False):
     adata = ad.AnnData(X=X, layers={"counts": X.copy()})
     adata.var_names = genes
     adata.obs_names = [f"c{i}" for i in range(n_cells)]
-    adata.obs["sample"] = pd.Categorical(["s1"] * (n_cells // 2) + ["s2"] * (n_cells - n_cells // 2))
+    half = n_cells // 2
+    adata.obs["sample"] = pd.Categorical(["s1"] * half + ["s2"] * (n_cells - half))
     return adata
 
 

@@ -111,6 +111,7 @@ def test_index_links_every_report(run):
     links = set(re.findall(r'href="([^"]+/report\.html)"', html))
     assert links == {f"{d}/report.html" for d in SHAPES}
     assert all((run / "results" / link).is_file() for link in links)
+    assert "<td>tpm</td>" in html and "<td>normalized</td>" in html
 
 
 def test_offline_miss_fails_naming_the_files_and_leaves_nothing(tmp_path):

@@ -129,7 +129,7 @@ def index_row(adata: ad.AnnData, *, entry: dict) -> dict:
     scores = [c for c in adata.obs.columns if c.startswith("score_")]
     return {
         "dataset": meta["dataset"], "title": entry["title"], "species": entry["species"],
-        "values": meta["value_type"], "cells": adata.n_obs, "genes": adata.n_vars,
+        "value_type": meta["value_type"], "cells": adata.n_obs, "genes": adata.n_vars,
         "clusters": adata.obs["leiden"].nunique(), "scored_sets": len(scores),
         "author_labels": int(adata.obs["author_cell_type"].nunique())
         if "author_cell_type" in adata.obs else 0,

@@ -1,0 +1,63 @@
+"""Report rendering: escaping, embedded figures, index rows, on synthetic AnnData."""
+
+import base64
+import re
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from osteoimmune.report import dataset_report, index_row, render
+
+
+@pytest.fixture
+def scored():
+    rng = np.random.default_rng(0)
+    n = 60
+    adata = ad.AnnData(X=sp.random(n, 30, density=0.2, format="csr", dtype=np.float32,
+                                   random_state=0))
+    adata.obs_names = [f"c{i}" for i in range(n)]
+    adata.obs["sample"] = pd.Categorical(["s1"] * n)
+    adata.obs["condition"] = pd.Categorical(["a", "b"] * (n // 2))
+    adata.obs["author_cell_type"] = pd.Categorical(["<b>T</b>", "Mono"] * (n // 2))
+    adata.obs["leiden"] = pd.Categorical(rng.integers(0, 3, n).astype(str))
+    for metric in ("total_counts", "n_genes_by_counts", "pct_counts_mt"):
+        adata.obs[metric] = rng.random(n) * 100
+    adata.obs["score_M1"] = rng.normal(size=n)
+    adata.obsm["X_umap"] = rng.normal(size=(n, 2))
+    adata.uns["osteoimmune"] = {
+        "dataset": "toy", "species": "mouse", "value_type": "tpm", "normalization": "log1p",
+        "qc_note": "values are tpm", "integration": "none", "seed": 0,
+    }
+    return adata
+
+
+def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
+    entry = {"title": "<script>alert(1)</script>", "species": "mouse", "tissue": "bm",
+             "paper": "P & Q", "doi": None, "accession": None, "license": "MIT"}
+    manifest = {"files": [{"filename": "x.h5ad", "role": "counts", "url": "https://e.org/x",
+                           "sha256": "0" * 64, "bytes": 1, "source": "mirror"}]}
+    by_group = pd.DataFrame({"grouping": "leiden", "group": ["0", "1", "2"],
+                             "n_cells": [20, 20, 20], "M1": [0.1, 0.2, 0.3]})
+    html = dataset_report(
+        scored, entry=entry, manifest=manifest, qc=pd.DataFrame({"cells_in": [60]}),
+        coverage=pd.DataFrame({"scored": [True]}, index=["M1"]), by_group=by_group,
+        config={"seed": 0}, fig_dir=tmp_path / "figures",
+    )
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+    assert "P &amp; Q" in html
+    sources = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
+    files = re.findall(r'data-file="figures/([^"]+)"', html)
+    assert len(sources) == len(files) >= 5  # qc, leiden, labels, condition, heatmap, score
+    for data, name in zip(sources, files, strict=True):
+        assert base64.b64decode(data) == (tmp_path / "figures" / name).read_bytes()
+
+
+def test_index_row_and_page(scored):
+    row = index_row(scored, entry={"title": "Toy", "species": "mouse"})
+    assert row["value_type"] == "tpm" and row["author_labels"] == 2
+    assert row["means"] == {"M1": pytest.approx(scored.obs["score_M1"].mean())}
+    html = render("index.html", rows=[row], signatures=["M1"], versions={"osteoimmune": "0"})
+    assert 'href="toy/report.html"' in html and "<td>tpm</td>" in html
