@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import scipy.io
 import xarray as xr
+from conftest import MANIFEST_SHAPES
 from scipy import sparse
 
 from osteoimmune.errors import ReaderError
@@ -534,14 +535,7 @@ def test_missing_local_file(tmp_path):
 # --------------------------------------------------------------------------- real data
 
 
-REAL_SHAPES = {
-    "matsushita2023_bm_stroma": (250, 20243),
-    "paul2015_bm_myeloid": (2660, 240),
-    "shalek2014_bmdc_lps": (131, 16776),
-    "weinreb2020_larry_bm_culture": (781, 2481),
-    "luecken2021_bmmc_cite": (600, 1000),
-    "luecken2021_bmmc_multiome": (500, 600),
-}
+REAL_SHAPES = MANIFEST_SHAPES
 
 
 @pytest.fixture(scope="module")

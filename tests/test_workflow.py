@@ -11,20 +11,12 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import MANIFEST_SHAPES, REPO
 from sklearn.metrics import roc_auc_score
 
 pytestmark = pytest.mark.e2e
 
-# Shapes as read (cells x genes), from ../shared/data/MANIFEST.tsv.
-SHAPES = {
-    "matsushita2023_bm_stroma": (250, 20243),
-    "paul2015_bm_myeloid": (2660, 240),
-    "shalek2014_bmdc_lps": (131, 16776),
-    "weinreb2020_larry_bm_culture": (781, 2481),
-    "luecken2021_bmmc_cite": (600, 1000),
-    "luecken2021_bmmc_multiome": (500, 600),
-}
+SHAPES = MANIFEST_SHAPES
 # Datasets where no default set reaches the coverage threshold: Paul 2015 is a 240-gene subset,
 # the Luecken files hold a random gene panel (no CD14, LYZ, FCGR3A, CD68 or CSF1R).
 UNSCORED = {"paul2015_bm_myeloid", "luecken2021_bmmc_cite", "luecken2021_bmmc_multiome"}
