@@ -1,11 +1,11 @@
-"""Normalisation, HVG, embedding and Leiden on synthetic data; determinism."""
+"""Normalisation, HVG, embedding (log1p or Pearson residuals), Leiden, markers; determinism."""
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from osteoimmune.cluster import embed, leiden, normalize, select_hvg
+from osteoimmune.cluster import embed, leiden, markers, normalize, select_hvg
 
 
 def make_adata(seed=0, n_per_group=80, n_genes=120):
@@ -26,10 +26,17 @@ def make_adata(seed=0, n_per_group=80, n_genes=120):
     return adata
 
 
-def run(adata, *, seed=0, value_type="counts"):
+def prepare(adata, *, seed=0, value_type="counts", normalization="log1p"):
     normalize(adata, value_type=value_type)
     select_hvg(adata, n_top_genes=60, value_type=value_type, batch_key="donor")
-    note = embed(adata, n_pcs=10, n_neighbors=10, batch_key="donor", seed=seed)
+    return embed(
+        adata, n_pcs=10, n_neighbors=10, batch_key="donor", seed=seed, value_type=value_type,
+        normalization=normalization,
+    )
+
+
+def run(adata, *, seed=0, value_type="counts", normalization="log1p"):
+    note = prepare(adata, seed=seed, value_type=value_type, normalization=normalization)
     leiden(adata, resolution=0.5, seed=seed)
     return note
 
@@ -70,3 +77,60 @@ def test_one_donor_skips_integration_and_small_panel_keeps_all_genes():
     note = run(adata)
     assert "no batch integration" in note and "X_pca_harmony" not in adata.obsm
     assert adata.var["highly_variable"].all()
+
+
+def test_pearson_residuals_on_counts_feed_pca_and_keep_x_log_normalised():
+    from sklearn.metrics import adjusted_rand_score
+
+    residuals, logged = make_adata(), make_adata()
+    run(residuals, normalization="pearson_residuals")
+    run(logged)
+    assert residuals.uns["osteoimmune"]["pca_input"].startswith("analytic Pearson residuals")
+    assert not np.allclose(residuals.obsm["X_pca"], logged.obsm["X_pca"])
+    assert residuals.varm["PCs"].shape == (residuals.n_vars, residuals.obsm["X_pca"].shape[1])
+    # X stays sparse and log-normalised for every gene: markers and scoring read it.
+    assert sp.issparse(residuals.X)
+    np.testing.assert_allclose(residuals.X.toarray(), logged.X.toarray())
+    assert adjusted_rand_score(residuals.obs["group"], residuals.obs["leiden"]) > 0.9
+
+
+def test_pearson_residuals_fall_back_to_log1p_on_non_counts():
+    fallback, plain = make_adata(), make_adata()
+    prepare(fallback, value_type="tpm", normalization="pearson_residuals")
+    prepare(plain, value_type="tpm")
+    note = fallback.uns["osteoimmune"]["pca_input"]
+    assert note.startswith("log-normalised X") and "fell back" in note and "tpm" in note
+    np.testing.assert_array_equal(fallback.obsm["X_pca"], plain.obsm["X_pca"])
+
+
+def test_markers_rank_the_planted_genes_first_for_their_group():
+    adata = make_adata()
+    run(adata)
+    table = markers(adata, n_genes=25)
+    assert list(table.columns) == ["cluster", "rank", "gene", "score", "logfoldchange",
+                                   "pval_adj"]
+    assert len(table) == 25 * adata.obs["leiden"].nunique()
+    for cluster, rows in table.groupby("cluster"):
+        assert rows["rank"].tolist() == list(range(1, 26))
+        cells = adata.obs["leiden"] == cluster
+        group = "abc".index(adata.obs.loc[cells, "group"].mode()[0])
+        planted = {f"G{i}" for i in range(group * 30, (group + 1) * 30)}
+        top = rows.sort_values("rank")["gene"].head(20)
+        assert set(top) <= planted, (cluster, sorted(set(top) - planted))
+        assert (rows["logfoldchange"].head(20) > 1).all()
+        assert (rows["pval_adj"].head(20) < 1e-6).all()
+
+
+def test_markers_leave_out_a_single_cell_cluster_without_failing():
+    adata = make_adata()
+    normalize(adata, value_type="counts")
+    labels = adata.obs["group"].astype(str).to_numpy().copy()
+    labels[0] = "lonely"
+    adata.obs["leiden"] = pd.Categorical(labels)
+    table = markers(adata, n_genes=5)
+    assert set(table["cluster"]) == {"a", "b", "c"}
+    assert len(table) == 15
+    one_cluster = make_adata()
+    normalize(one_cluster, value_type="counts")
+    one_cluster.obs["leiden"] = pd.Categorical(["0"] * one_cluster.n_obs)
+    assert markers(one_cluster, n_genes=5).empty

@@ -1,12 +1,22 @@
 """QC metrics and adaptive thresholds on small synthetic AnnData."""
 
+import logging
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from osteoimmune.qc import compute_qc_metrics, filter_cells, mad_outlier
+from osteoimmune.errors import QCError
+from osteoimmune.qc import (
+    assign_qc_groups,
+    compute_qc_metrics,
+    detect_doublets,
+    doublet_threshold,
+    filter_cells,
+    mad_outlier,
+)
 
 THRESHOLDS = dict(nmads=5, mt_nmads=3, max_pct_mt=20, min_genes=5, min_counts=0)
 
@@ -58,7 +68,7 @@ def test_filter_removes_outliers_per_sample_and_reports_reasons():
     adata.layers["counts"] = counts.tocsr()
     adata.X = adata.layers["counts"].copy()
     compute_qc_metrics(adata)
-    out, summary = filter_cells(adata, counts_based=True, min_cells_per_gene=1, **THRESHOLDS)
+    out, summary, _ = filter_cells(adata, counts_based=True, min_cells_per_gene=1, **THRESHOLDS)
     assert "c0" not in out.obs_names and "c150" not in out.obs_names
     assert summary.loc["s1", "high_mt"] >= 1 and summary.loc["s2", "low_genes"] == 1
     assert (summary["cells_in"] - summary["cells_removed"] == summary["cells_out"]).all()
@@ -73,6 +83,165 @@ def test_non_count_input_skips_count_based_qc():
     adata.X = counts.tocsr()
     del adata.layers["counts"]
     compute_qc_metrics(adata)
-    out, summary = filter_cells(adata, counts_based=False, min_cells_per_gene=1, **THRESHOLDS)
+    out, summary, _ = filter_cells(adata, counts_based=False, min_cells_per_gene=1, **THRESHOLDS)
     assert "high_mt" not in summary.columns
     assert "c0" in out.obs_names
+
+
+def make_populations(sizes, *, n_genes=200, seed=0, depth=None, program=40):
+    """Counts of cell populations, each expressing its own block of ``program`` genes."""
+    rng = np.random.default_rng(seed)
+    depth = depth or [1.0] * len(sizes)
+    blocks = []
+    for k, (n, scale) in enumerate(zip(sizes, depth, strict=True)):
+        rate = np.full(n_genes, 0.3)
+        rate[6 + k * program: 6 + (k + 1) * program] = 6.0
+        blocks.append(rng.poisson(rate * scale * rng.uniform(0.8, 1.2, (n, 1)), (n, n_genes)))
+    counts = np.vstack(blocks).astype(np.float32)
+    adata = make_adata(n_cells=counts.shape[0], n_genes=n_genes, seed=seed)
+    adata.X = sp.csr_matrix(counts)
+    adata.layers["counts"] = adata.X.copy()
+    adata.obs["sample"] = pd.Categorical(["s1"] * counts.shape[0])
+    adata.obs["population"] = np.repeat(np.arange(len(sizes)), sizes)
+    return adata
+
+
+def test_lineage_aware_mode_keeps_a_low_count_population():
+    # 300 deep cells and 80 "neutrophil-like" ones with a tenth of the counts and fewer genes
+    adata = make_populations([300, 80], depth=[1.0, 0.1])
+    compute_qc_metrics(adata)
+    assign_qc_groups(adata, seed=0, resolution=0.3, min_group_cells=30)
+    low = (adata.obs["population"] == 1).to_numpy()
+    assert adata.obs["qc_group"][low].nunique() == 1
+    assert not set(adata.obs["qc_group"][low]) & set(adata.obs["qc_group"][~low])
+    kwargs = dict(counts_based=True, min_cells_per_gene=1, **THRESHOLDS)
+    sample_out, _, losses = filter_cells(adata.copy(), lineage_aware=False, **kwargs)
+    lineage_out, summary, _ = filter_cells(adata.copy(), lineage_aware=True, **kwargs)
+    neutrophils = adata.obs_names[low]
+    assert neutrophils.isin(sample_out.obs_names).sum() < 0.1 * low.sum()
+    assert neutrophils.isin(lineage_out.obs_names).sum() > 0.9 * low.sum()
+    assert losses["removed_sample_mode"].sum() > losses["removed_lineage_mode"].sum()
+    assert losses["cells"].sum() == adata.n_obs
+    assert summary["cells_out"].sum() == lineage_out.n_obs
+    assert "qc_group" in lineage_out.obs
+
+
+def test_small_coarse_groups_fall_back_to_sample_thresholds():
+    adata = make_populations([300, 80], depth=[1.0, 0.1])
+    compute_qc_metrics(adata)
+    assign_qc_groups(adata, seed=0, resolution=0.3, min_group_cells=30)
+    kwargs = dict(counts_based=True, min_cells_per_gene=1, lineage_aware=True, **THRESHOLDS)
+    _, _, losses = filter_cells(adata, min_group_cells=1000, **kwargs)
+    assert (losses["removed_sample_mode"] == losses["removed_lineage_mode"]).all()
+
+
+def with_doublets(adata, *, n_doublets, seed=0):
+    """Append doublets: the summed counts of pairs of cells from different populations."""
+    rng = np.random.default_rng(seed)
+    pop = adata.obs["population"].to_numpy()
+    first = rng.choice(np.flatnonzero(pop == 0), n_doublets)
+    second = rng.choice(np.flatnonzero(pop == 1), n_doublets)
+    counts = adata.layers["counts"]
+    doublets = ad.AnnData(X=counts[first] + counts[second], var=adata.var[[]])
+    doublets.obs_names = [f"d{i}" for i in range(n_doublets)]
+    doublets.obs["sample"] = "s1"
+    singlets = ad.AnnData(X=counts, obs=adata.obs[["sample"]], var=adata.var[[]])
+    out = ad.concat([singlets, doublets])
+    out.layers["counts"] = out.X.copy()
+    out.obs["sample"] = pd.Categorical(out.obs["sample"])
+    return out, out.obs_names.str.startswith("d")
+
+
+def test_scrublet_scores_synthetic_doublets_higher_than_singlets():
+    adata, is_doublet = with_doublets(make_populations([150, 150, 100]), n_doublets=30)
+    notes = detect_doublets(adata, seed=0, threshold=0.25)
+    assert notes == []
+    scores = adata.obs["doublet_score"].to_numpy()
+    assert not np.isnan(scores).any()
+    assert scores[is_doublet].mean() > 3 * scores[~is_doublet].mean()
+    called = adata.obs["predicted_doublet"].to_numpy()
+    assert called.dtype == bool and called[is_doublet].mean() > called[~is_doublet].mean()
+    compute_qc_metrics(adata)
+    # doublets have twice the counts: wide MAD bounds leave the doublet call as their only reason
+    wide = THRESHOLDS | dict(nmads=50)
+    out, summary, _ = filter_cells(adata, counts_based=True, min_cells_per_gene=1, **wide)
+    assert summary.loc["s1", "doublet"] == called.sum() > 0
+    assert not out.obs["predicted_doublet"].any()
+    kept, summary, _ = filter_cells(
+        adata, counts_based=True, min_cells_per_gene=1, remove_doublets=False, **wide
+    )
+    assert "doublet" not in summary.columns
+    assert kept.obs["predicted_doublet"].sum() == called.sum()
+
+
+def test_scrublet_skips_small_samples_with_a_note():
+    adata = make_populations([150, 100])
+    adata.obs["sample"] = pd.Categorical(["big"] * 220 + ["tiny"] * 30)
+    notes = detect_doublets(adata, seed=0, threshold=0.25, min_cells=50)
+    assert len(notes) == 1 and "tiny" in notes[0] and "30 cells" in notes[0]
+    tiny = (adata.obs["sample"] == "tiny").to_numpy()
+    assert adata.obs["doublet_score"][tiny].isna().all()
+    assert not adata.obs["doublet_score"][~tiny].isna().any()
+    assert not adata.obs["predicted_doublet"][tiny].any()
+
+
+def test_auto_doublet_threshold_lies_between_the_modes():
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(0.1, 0.03, 1000), rng.normal(0.6, 0.05, 400)]
+    assert 0.2 < doublet_threshold(scores) < 0.5
+    assert doublet_threshold(np.full(100, 0.1)) is None  # one mode: no threshold, no calls
+
+
+def test_qc_flags_and_groups_are_deterministic_for_a_seed():
+    runs = []
+    for _ in range(2):
+        adata, _ = with_doublets(make_populations([150, 150, 100]), n_doublets=30)
+        adata.obs["population"] = 0
+        compute_qc_metrics(adata)
+        detect_doublets(adata, seed=3, threshold=0.25)
+        assign_qc_groups(adata, seed=3, resolution=0.3, min_group_cells=30)
+        out, _, losses = filter_cells(adata, counts_based=True, min_cells_per_gene=1,
+                                      lineage_aware=True, **THRESHOLDS)
+        runs.append((adata.obs, list(out.obs_names), losses))
+    first, second = runs
+    pd.testing.assert_series_equal(first[0]["doublet_score"], second[0]["doublet_score"])
+    assert (first[0]["qc_group"] == second[0]["qc_group"]).all()
+    assert first[0]["qc_group"].nunique() >= 3
+    assert first[1] == second[1]
+    pd.testing.assert_frame_equal(first[2], second[2])
+
+
+def too_small_second_sample():
+    adata = make_adata(n_cells=60)
+    adata.obs["sample"] = pd.Categorical(["big"] * 50 + ["small"] * 10)
+    compute_qc_metrics(adata)
+    return adata
+
+
+def test_a_sample_too_small_after_qc_is_dropped_with_a_warning(caplog):
+    adata = too_small_second_sample()
+    with caplog.at_level(logging.WARNING, logger="osteoimmune"):
+        out, summary, _ = filter_cells(
+            adata, counts_based=True, min_cells_per_gene=1, min_cells_per_sample=20,
+            on_small_sample="drop", dataset="toy", **THRESHOLDS,
+        )
+    assert "small" in caplog.text and "toy" in caplog.text
+    assert set(out.obs["sample"]) == {"big"}
+    assert summary.loc["small", "sample_dropped"] and summary.loc["small", "cells_out"] == 0
+    assert summary["cells_out"].sum() == out.n_obs
+
+
+def test_a_sample_too_small_after_qc_fails_when_configured():
+    with pytest.raises(QCError, match=r"toy.*kept fewer than 20 cells: small \(\d cells\)"):
+        filter_cells(
+            too_small_second_sample(), counts_based=True, min_cells_per_gene=1,
+            min_cells_per_sample=20, on_small_sample="fail", dataset="toy", **THRESHOLDS,
+        )
+
+
+def test_every_sample_too_small_is_a_clear_error():
+    adata = make_adata(n_cells=40)
+    compute_qc_metrics(adata)
+    with pytest.raises(QCError, match=r"Dataset toy: .*every sample.*s1 \(\d+ cells\)"):
+        filter_cells(adata, counts_based=True, min_cells_per_gene=1, min_cells_per_sample=30,
+                     dataset="toy", **THRESHOLDS)

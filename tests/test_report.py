@@ -29,7 +29,8 @@ def scored():
     adata.obsm["X_umap"] = rng.normal(size=(n, 2))
     adata.uns["osteoimmune"] = {
         "dataset": "toy", "species": "mouse", "value_type": "tpm", "normalization": "log1p",
-        "qc_note": "values are tpm", "integration": "none", "seed": 0,
+        "qc_note": "values are tpm", "integration": "none", "seed": 0, "pca_input": "log1p",
+        "clustering": {"resolution": 0.4, "n_clusters": 3, "reason": "most stable"},
     }
     return adata
 
@@ -41,16 +42,27 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
                            "sha256": "0" * 64, "bytes": 1, "source": "mirror"}]}
     by_group = pd.DataFrame({"grouping": "leiden", "group": ["0", "1", "2"],
                              "n_cells": [20, 20, 20], "M1": [0.1, 0.2, 0.3]})
+    tables = {
+        "qc": pd.DataFrame({"cells_in": [60]}),
+        "lineage": pd.DataFrame({"sample": ["s1"], "qc_group": ["0"], "cells": [60]}),
+        "stability": pd.DataFrame({"resolution": [0.2, 0.4], "n_clusters": [2, 3],
+                                   "mean_ari": [0.9, 0.95], "sd_ari": [0.01, 0.02]}),
+        "markers": pd.DataFrame({"cluster": ["0", "0", "1"], "rank": [1, 2, 1],
+                                 "gene": ["Lyz2", "Cd14", "Cd3e"]}),
+        "coverage": pd.DataFrame({"scored": [True]}, index=["M1"]),
+        "by_group": by_group,
+    }
     html = dataset_report(
-        scored, entry=entry, manifest=manifest, qc=pd.DataFrame({"cells_in": [60]}),
-        coverage=pd.DataFrame({"scored": [True]}, index=["M1"]), by_group=by_group,
-        config={"seed": 0}, fig_dir=tmp_path / "figures",
+        scored, entry=entry, manifest=manifest, tables=tables, config={"seed": 0},
+        fig_dir=tmp_path / "figures",
     )
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
     assert "P &amp; Q" in html
     sources = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
     files = re.findall(r'data-file="figures/([^"]+)"', html)
-    assert len(sources) == len(files) >= 5  # qc, leiden, labels, condition, heatmap, score
+    # qc, stability, leiden, labels, condition, heatmap, score
+    assert len(sources) == len(files) == 7
+    assert "Lyz2, Cd14" in html
     for data, name in zip(sources, files, strict=True):
         assert base64.b64decode(data) == (tmp_path / "figures" / name).read_bytes()
 

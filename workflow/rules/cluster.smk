@@ -1,4 +1,5 @@
-# Cluster: normalise, highly variable genes, PCA, harmony across donors, neighbours, UMAP, Leiden.
+# Cluster: normalise, highly variable genes, PCA, harmony across donors, neighbours, UMAP,
+# Leiden over a resolution grid chosen by resampling stability, marker genes per cluster.
 
 
 rule cluster_cells:
@@ -6,6 +7,8 @@ rule cluster_cells:
         h5ad=rules.filter_cells.output.h5ad,
     output:
         h5ad="results/{dataset}/intermediate/clustered.h5ad",
+        stability="results/{dataset}/tables/cluster_stability.tsv",
+        markers="results/{dataset}/tables/markers.tsv",
     params:
         cluster=config["cluster"],
         seed=config["seed"],

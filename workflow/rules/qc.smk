@@ -1,4 +1,4 @@
-# QC: species-aware metrics and adaptive per-sample thresholds.
+# QC: species-aware metrics, scrublet doublets, adaptive per-sample or lineage-aware thresholds.
 
 
 rule filter_cells:
@@ -7,8 +7,10 @@ rule filter_cells:
     output:
         h5ad="results/{dataset}/intermediate/qc.h5ad",
         summary="results/{dataset}/tables/qc_summary.tsv",
+        lineage="results/{dataset}/tables/qc_lineage_losses.tsv",
     params:
         qc=config["qc"],
+        seed=config["seed"],
     log:
         "logs/filter_cells/{dataset}.log",
     benchmark:

@@ -6,6 +6,9 @@ rule report_dataset:
         h5ad=rules.score_signatures.output.h5ad,
         manifest=rules.fetch_dataset.output.manifest,
         qc=rules.filter_cells.output.summary,
+        lineage=rules.filter_cells.output.lineage,
+        stability=rules.cluster_cells.output.stability,
+        markers=rules.cluster_cells.output.markers,
         coverage=rules.score_signatures.output.coverage,
         by_group=rules.score_signatures.output.by_group,
     output:

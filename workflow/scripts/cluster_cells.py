@@ -1,16 +1,17 @@
-"""Snakemake rule cluster_cells: normalise, HVG, PCA, harmony, neighbours, UMAP, Leiden."""
+"""Snakemake rule cluster_cells: normalise, HVG, PCA, harmony, neighbours, UMAP, Leiden, markers."""
 
 import logging
 
 import anndata as ad
 
-from osteoimmune.cluster import embed, leiden, normalize, select_hvg
+from osteoimmune.cluster import embed, markers, normalize, select_hvg
 from osteoimmune.runlog import logged
+from osteoimmune.stability import cluster_over_resolutions
 
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, h5ad, params, seed, out):
+def main(*, h5ad, params, seed, out, stability, marker_table):
     adata = ad.read_h5ad(h5ad)
     value_type = adata.uns["osteoimmune"]["value_type"]
     normalize(adata, value_type=value_type)
@@ -20,11 +21,17 @@ def main(*, h5ad, params, seed, out):
     )
     note = embed(
         adata, n_pcs=params["n_pcs"], n_neighbors=params["n_neighbors"],
-        batch_key=params["batch_key"], seed=seed,
+        batch_key=params["batch_key"], seed=seed, value_type=value_type,
+        normalization=params["normalization"],
     )
     log.info(note)
-    leiden(adata, resolution=params["resolution"], seed=seed)
+    table = cluster_over_resolutions(
+        adata, resolutions=params["resolutions"], repeats=params["stability_repeats"], seed=seed
+    )
+    genes = markers(adata, n_genes=params["n_markers"])
     adata.uns["osteoimmune"]["seed"] = seed
+    table.to_csv(stability, sep="\t", index=False)
+    genes.to_csv(marker_table, sep="\t", index=False)
     adata.write_h5ad(out, compression="gzip")
 
 
@@ -35,4 +42,6 @@ if __name__ == "__main__":
             params=snakemake.params.cluster,
             seed=snakemake.params.seed,
             out=snakemake.output.h5ad,
+            stability=snakemake.output.stability,
+            marker_table=snakemake.output.markers,
         )

@@ -10,17 +10,28 @@ from osteoimmune.registry import load_registry
 from osteoimmune.report import dataset_report
 from osteoimmune.runlog import logged
 
+TABLES = ("qc", "lineage", "stability", "markers", "coverage", "by_group")
 
-def main(*, h5ad, manifest, qc, coverage, by_group, registry, config, html, fig_dir):
+
+def read_tsv(path, **kwargs):
+    return pd.read_csv(path, sep="\t", **kwargs)
+
+
+def main(*, h5ad, manifest, tables, registry, config, html, fig_dir):
     adata = ad.read_h5ad(h5ad)
     dataset = adata.uns["osteoimmune"]["dataset"]
     page = dataset_report(
         adata,
         entry=load_registry(registry)[dataset],
         manifest=json.loads(Path(manifest).read_text()),
-        qc=pd.read_csv(qc, sep="\t", index_col=0),
-        coverage=pd.read_csv(coverage, sep="\t", index_col=0),
-        by_group=pd.read_csv(by_group, sep="\t", dtype={"group": str}),
+        tables={
+            "qc": read_tsv(tables["qc"], index_col=0),
+            "lineage": read_tsv(tables["lineage"]),
+            "stability": read_tsv(tables["stability"]),
+            "markers": read_tsv(tables["markers"], dtype={"cluster": str}),
+            "coverage": read_tsv(tables["coverage"], index_col=0),
+            "by_group": read_tsv(tables["by_group"], dtype={"group": str}),
+        },
         config=config,
         fig_dir=Path(fig_dir),
     )
@@ -32,9 +43,7 @@ if __name__ == "__main__":
         main(
             h5ad=snakemake.input.h5ad,
             manifest=snakemake.input.manifest,
-            qc=snakemake.input.qc,
-            coverage=snakemake.input.coverage,
-            by_group=snakemake.input.by_group,
+            tables={key: snakemake.input[key] for key in TABLES},
             registry=snakemake.params.registry,
             config=dict(snakemake.config),
             html=snakemake.output.html,

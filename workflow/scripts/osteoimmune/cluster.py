@@ -1,4 +1,7 @@
-"""Normalisation, highly variable genes, PCA, batch integration, neighbours, UMAP and Leiden."""
+"""Normalisation, highly variable genes, PCA, batch integration, neighbours, UMAP, Leiden, markers.
+
+Resampling stability over a grid of Leiden resolutions is in :mod:`osteoimmune.stability`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import logging
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scanpy as sc
 
 log = logging.getLogger(__name__)
@@ -46,16 +50,76 @@ def select_hvg(adata: ad.AnnData, *, n_top_genes: int, value_type: str, batch_ke
         )
 
 
-def embed(
-    adata: ad.AnnData, *, n_pcs: int, n_neighbors: int, batch_key: str, seed: int
+def pca(
+    adata: ad.AnnData, *, n_pcs: int, normalization: str, value_type: str, seed: int
 ) -> str:
-    """PCA on the highly variable genes, harmony across batches if several, neighbours, UMAP.
+    """PCA on the highly variable genes into ``obsm['X_pca']``.
 
-    Returns a note saying whether batches were integrated, for the report.
+    Parameters
+    ----------
+    adata
+        Log-normalised ``X``, ``layers['counts']`` and ``var['highly_variable']``.
+    n_pcs
+        Components wanted; capped by the number of genes and cells.
+    normalization
+        ``"log1p"`` (PCA of log-normalised ``X``) or ``"pearson_residuals"`` (PCA of analytic
+        Pearson residuals of the counts). Residuals need raw counts: other input falls back to
+        ``"log1p"``.
+    value_type
+        ``"counts"``, ``"normalized"`` or ``"tpm"``, as read.
+    seed
+        Random state of the PCA solver.
+
+    Returns
+    -------
+    A note on what the PCA was computed from, also in ``uns['osteoimmune']['pca_input']``.
     """
     n_hvg = int(adata.var["highly_variable"].sum())
     n_comps = int(min(n_pcs, n_hvg - 1, adata.n_obs - 1))
-    sc.pp.pca(adata, n_comps=n_comps, mask_var="highly_variable", random_state=seed)
+    if normalization == "pearson_residuals" and value_type == "counts":
+        _pearson_residuals_pca(adata, n_comps=n_comps, seed=seed)
+        note = f"analytic Pearson residuals (theta=100) of counts on {n_hvg} HVGs"
+    else:
+        sc.pp.pca(adata, n_comps=n_comps, mask_var="highly_variable", random_state=seed)
+        note = f"log-normalised X on {n_hvg} HVGs"
+        if normalization == "pearson_residuals":
+            note += f" (pearson_residuals needs raw counts, input is {value_type}: fell back)"
+            log.warning("PCA input: %s", note)
+    adata.uns.setdefault("osteoimmune", {})["pca_input"] = note
+    return note
+
+
+def _pearson_residuals_pca(adata: ad.AnnData, *, n_comps: int, seed: int) -> None:
+    # Residuals are dense, so they are computed on a copy of the HVG counts only; X stays
+    # log-normalised for every gene (markers, scoring). Cell depth is the HVG total, as in
+    # scanpy's recipe_pearson_residuals.
+    hvg = adata.var["highly_variable"].to_numpy()
+    sub = ad.AnnData(X=adata.layers["counts"][:, hvg].astype(np.float32))
+    sc.experimental.pp.normalize_pearson_residuals(sub, theta=100)
+    sc.pp.pca(sub, n_comps=n_comps, random_state=seed)
+    adata.obsm["X_pca"] = sub.obsm["X_pca"]
+    loadings = np.zeros((adata.n_vars, n_comps), dtype=sub.varm["PCs"].dtype)
+    loadings[hvg] = sub.varm["PCs"]
+    adata.varm["PCs"] = loadings
+    adata.uns["pca"] = sub.uns["pca"]
+
+
+def embed(
+    adata: ad.AnnData,
+    *,
+    n_pcs: int,
+    n_neighbors: int,
+    batch_key: str,
+    seed: int,
+    value_type: str,
+    normalization: str = "log1p",
+) -> str:
+    """PCA on the highly variable genes, harmony across batches if several, neighbours, UMAP.
+
+    ``normalization`` and ``value_type`` choose the PCA input (see :func:`pca`). Returns a
+    note saying whether batches were integrated, for the report.
+    """
+    pca(adata, n_pcs=n_pcs, normalization=normalization, value_type=value_type, seed=seed)
     rep, note = "X_pca", f"one {batch_key}: no batch integration"
     batches = adata.obs[batch_key].nunique()
     if batches > 1:
@@ -72,14 +136,53 @@ def embed(
     return note
 
 
-def leiden(adata: ad.AnnData, *, resolution: float, seed: int) -> None:
-    """Leiden clustering (igraph flavour, deterministic for a seed) into ``obs['leiden']``."""
+def leiden(
+    adata: ad.AnnData, *, resolution: float, seed: int, key_added: str = "leiden"
+) -> None:
+    """Leiden clustering (igraph flavour, deterministic for a seed) into ``obs[key_added]``."""
     sc.tl.leiden(
         adata, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2,
-        directed=False,
+        directed=False, key_added=key_added,
     )
-    sizes = adata.obs["leiden"].value_counts()
-    log.info("Leiden at resolution %s: %d clusters", resolution, sizes.size)
+
+
+def markers(adata: ad.AnnData, *, n_genes: int = 25, groupby: str = "leiden") -> pd.DataFrame:
+    """Top marker genes per cluster: Wilcoxon test of each cluster against the rest.
+
+    Tested on log-normalised ``X``; the full result stays in ``uns['rank_genes_groups']``.
+    Clusters of a single cell (or whose rest has a single cell) cannot be tested and are
+    left out of the table, with a log message.
+
+    Returns
+    -------
+    Columns cluster, rank (1 = best), gene, score, logfoldchange, pval_adj; ``n_genes`` rows
+    per tested cluster.
+    """
+    columns = ["cluster", "rank", "gene", "score", "logfoldchange", "pval_adj"]
+    sizes = adata.obs[groupby].value_counts()
+    groups = [g for g in adata.obs[groupby].cat.categories
+              if sizes[g] >= 2 and adata.n_obs - sizes[g] >= 2]
+    if len(groups) < sizes.size:
+        log.info("No markers for clusters of one cell: %s",
+                 ", ".join(sorted(set(sizes.index) - set(groups))))
+    adata.uns.pop("rank_genes_groups", None)
+    if not groups:
+        return pd.DataFrame(columns=columns)
+    sc.tl.rank_genes_groups(
+        adata, groupby, groups=groups, reference="rest", method="wilcoxon",
+        n_genes=min(n_genes, adata.n_vars), use_raw=False,
+    )
+    # One group at a time: rank_genes_groups_df drops the group column for a single group.
+    tables = [
+        sc.get.rank_genes_groups_df(adata, group=g).assign(cluster=g) for g in groups
+    ]
+    table = pd.concat(tables, ignore_index=True)
+    table["rank"] = table.groupby("cluster").cumcount() + 1
+    table = table.rename(columns={
+        "names": "gene", "scores": "score", "logfoldchanges": "logfoldchange",
+        "pvals_adj": "pval_adj",
+    })
+    return table[columns]
 
 
 def cluster_sizes(adata: ad.AnnData) -> np.ndarray:

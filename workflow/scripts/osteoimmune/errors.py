@@ -19,3 +19,7 @@ class ReaderError(OsteoimmuneError, ValueError):
 
 class SignatureError(OsteoimmuneError, ValueError):
     """A gene signature or signature library is invalid or cannot be scored."""
+
+
+class QCError(OsteoimmuneError, ValueError):
+    """Quality control left a dataset or sample without enough cells to analyse."""

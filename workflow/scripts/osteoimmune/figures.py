@@ -80,3 +80,18 @@ def score_heatmap(means: pd.DataFrame, *, title: str) -> plt.Figure:
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.7, label="z of group mean")
     return fig
+
+
+def stability_plot(table: pd.DataFrame, *, chosen: float) -> plt.Figure:
+    """Mean ARI (± sd) of subsample clusterings and cluster count per Leiden resolution."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.errorbar(table["resolution"], table["mean_ari"], yerr=table["sd_ari"], marker="o",
+                capsize=3, label="mean ARI, 80% subsamples")
+    ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen: {chosen:g}")
+    ax.set(xlabel="Leiden resolution", ylabel="ARI vs full data", ylim=(0, 1.05))
+    twin = ax.twinx()
+    twin.plot(table["resolution"], table["n_clusters"], color="tab:orange", marker="s",
+              label="clusters")
+    twin.set_ylabel("clusters", color="tab:orange")
+    ax.legend(loc="lower left", fontsize=7)
+    return fig

@@ -1,4 +1,9 @@
-"""Per-sample quality control: species-aware metrics and adaptive (MAD) thresholds."""
+"""Per-sample quality control: species-aware metrics, doublets, adaptive (MAD) thresholds.
+
+Thresholds are computed per sample, or (lineage-aware mode) within coarse clusters of each
+sample, so that lineages with few counts (neutrophils) or a few dominant genes (erythroid cells,
+hemoglobin) are not mistaken for low-quality cells.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
+from scipy import ndimage, sparse
+
+from osteoimmune.errors import QCError
 
 log = logging.getLogger(__name__)
 
@@ -86,44 +94,280 @@ def qc_flags(
     return flags
 
 
-def filter_cells(
-    adata: ad.AnnData, *, counts_based: bool, min_cells_per_gene: int, **thresholds
-) -> tuple[ad.AnnData, pd.DataFrame]:
-    """Filter cells per sample by adaptive thresholds and drop rarely detected genes.
+# Scrublet simulates doublets and scores cells by their doublet neighbours; with fewer cells the
+# kNN graph and PCA are too small to be meaningful (or fail).
+SCRUBLET_MIN_CELLS = 50
+
+
+def counts_matrix(adata: ad.AnnData) -> sparse.csr_matrix:
+    """Raw counts (``layers['counts']`` when present, else ``X``) as sparse CSR float32."""
+    counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    return sparse.csr_matrix(counts, dtype=np.float32)
+
+
+def doublet_threshold(sim_scores: np.ndarray, *, nbins: int = 256) -> float | None:
+    """Score threshold at the minimum between the two modes of the simulated doublet scores.
+
+    The rule scrublet applies by default (``skimage.filters.threshold_minimum``, not a
+    dependency here): smooth the histogram until it has two maxima, take the lowest bin between
+    them. Returns None when the scores are not bimodal, as scrublet then calls no doublets.
+    """
+    hist, edges = np.histogram(np.asarray(sim_scores, dtype=float), bins=nbins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    smooth = hist.astype(float)
+    for _ in range(10_000):
+        smooth = ndimage.uniform_filter1d(smooth, 3)
+        # a maximum where the histogram turns from rising (or its start) to falling; ties
+        # continue a plateau, as in skimage
+        steps = np.diff(smooth)
+        moves = np.flatnonzero(steps != 0)
+        signs = np.sign(steps[moves])
+        maxima = moves[(np.r_[1.0, signs[:-1]] > 0) & (signs < 0)]
+        if len(maxima) < 3:
+            break
+    if len(maxima) != 2:
+        return None
+    lo, hi = maxima
+    return float(centers[lo + np.argmin(smooth[lo : hi + 1])])
+
+
+def _scrublet_sample(counts: sparse.csr_matrix, *, seed: int, threshold) -> tuple:
+    """Scrublet on one sample's counts; returns (scores, calls, threshold used or None)."""
+    sub = ad.AnnData(X=counts)
+    placeholder = 1.0 if threshold == "auto" else threshold
+    # scrublet divides by the detectable doublet fraction, zero when no simulated doublet
+    # scores above the threshold: a harmless NaN in its own statistics, not in the scores
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sc.pp.scrublet(sub, threshold=placeholder, random_state=seed, verbose=False)
+    # scrublet drops cells with < 3 genes before scoring: those get NaN and are not called
+    scores = sub.obs["doublet_score"].to_numpy(dtype=float)
+    if threshold == "auto":
+        threshold = doublet_threshold(sub.uns["scrublet"]["doublet_scores_sim"])
+    calls = scores > threshold if threshold is not None else np.zeros(len(scores), dtype=bool)
+    return scores, calls, threshold
+
+
+def detect_doublets(
+    adata: ad.AnnData, *, seed: int, threshold: float | str = 0.25,
+    min_cells: int = SCRUBLET_MIN_CELLS,
+) -> list[str]:
+    """Score doublets per sample with scanpy's scrublet on raw counts (in place).
 
     Parameters
     ----------
     adata
-        Standard AnnData with QC metrics (see :func:`compute_qc_metrics`) and ``obs['sample']``.
+        AnnData of raw counts (``layers['counts']`` or ``X``) with ``obs['sample']``.
+    seed
+        Random state of the doublet simulation and PCA.
+    threshold
+        Doublet score above which a cell is called a doublet, or ``"auto"`` (scrublet's rule).
+    min_cells
+        Samples with fewer cells are not scored.
+
+    Returns
+    -------
+    Notes naming each sample that was skipped or had no doublets called. Adds
+    ``obs['doublet_score']`` (NaN when not scored) and ``obs['predicted_doublet']``.
+    """
+    scores = np.full(adata.n_obs, np.nan)
+    calls = np.zeros(adata.n_obs, dtype=bool)
+    notes = []
+    for sample, idx in adata.obs.groupby("sample", observed=True).indices.items():
+        if len(idx) < min_cells:
+            notes.append(f"sample {sample}: {len(idx)} cells (< {min_cells}), doublets not scored")
+            continue
+        try:
+            scores[idx], calls[idx], used = _scrublet_sample(
+                counts_matrix(adata[idx]), seed=seed, threshold=threshold
+            )
+        except (ValueError, IndexError, np.linalg.LinAlgError) as err:
+            notes.append(f"sample {sample}: scrublet failed ({err}), doublets not scored")
+            continue
+        if used is None:
+            notes.append(f"sample {sample}: doublet scores not bimodal, no doublets called")
+    adata.obs["doublet_score"] = scores
+    adata.obs["predicted_doublet"] = calls
+    return notes
+
+
+def coarse_groups(
+    adata: ad.AnnData, *, seed: int, resolution: float = 0.3, n_comps: int = 20,
+    n_top_genes: int = 2000, n_neighbors: int = 15,
+) -> np.ndarray:
+    """Coarse clusters (lineages) of the cells of one sample, from a copy of its counts.
+
+    normalize_total + log1p, PCA on the top highly variable genes, kNN graph and Leiden at low
+    resolution, all seeded; the counts stay sparse. Returns labels ``g0``, ``g1``, ... (largest
+    first).
+    """
+    work = ad.AnnData(X=counts_matrix(adata))
+    sc.pp.normalize_total(work, target_sum=1e4)
+    sc.pp.log1p(work)
+    if work.n_vars > n_top_genes:
+        sc.pp.highly_variable_genes(work, n_top_genes=n_top_genes, flavor="seurat")
+        work = work[:, work.var["highly_variable"].to_numpy()].copy()
+    n_comps = int(min(n_comps, work.n_vars - 1, work.n_obs - 1))
+    sc.pp.pca(work, n_comps=n_comps, random_state=seed)
+    sc.pp.neighbors(work, n_neighbors=min(n_neighbors, work.n_obs - 1), random_state=seed)
+    sc.tl.leiden(
+        work, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2,
+        directed=False,
+    )
+    return ("g" + work.obs["leiden"].astype(str)).to_numpy()
+
+
+def assign_qc_groups(
+    adata: ad.AnnData, *, seed: int, resolution: float, min_group_cells: int
+) -> None:
+    """Store each sample's coarse clusters in ``obs['qc_group']`` (see :func:`coarse_groups`).
+
+    Samples with fewer than twice ``min_group_cells`` cells are one group, ``all``.
+    """
+    groups = np.full(adata.n_obs, "all", dtype=object)
+    for _, idx in adata.obs.groupby("sample", observed=True).indices.items():
+        if len(idx) >= 2 * min_group_cells:
+            groups[idx] = coarse_groups(adata[idx], seed=seed, resolution=resolution)
+    adata.obs["qc_group"] = pd.Categorical(groups)
+
+
+def grouped_flags(
+    obs: pd.DataFrame, *, min_group_cells: int | None, counts_based: bool, **thresholds
+) -> pd.DataFrame:
+    """Removal reasons per cell, thresholds computed per sample or per sample x qc_group.
+
+    With ``min_group_cells`` (lineage-aware mode) the thresholds are computed within each
+    ``obs['qc_group']`` of a sample; groups with fewer cells keep the sample's thresholds.
+    """
+    parts = []
+    for _, sample_obs in obs.groupby("sample", observed=True):
+        flags = qc_flags(sample_obs, counts_based=counts_based, **thresholds)
+        if min_group_cells is not None and "qc_group" in sample_obs:
+            groups = sample_obs.groupby("qc_group", observed=True).indices
+            for idx in groups.values():
+                if len(idx) >= min_group_cells:
+                    flags.iloc[idx] = qc_flags(
+                        sample_obs.iloc[idx], counts_based=counts_based, **thresholds
+                    ).to_numpy()
+        parts.append(flags)
+    return pd.concat(parts).reindex(obs.index)
+
+
+def lineage_losses(
+    obs: pd.DataFrame, *, sample_mode: pd.Series, lineage_mode: pd.Series
+) -> pd.DataFrame:
+    """Cells removed per sample x qc_group under sample-level and lineage-aware thresholds.
+
+    Medians of total counts, genes and % hemoglobin say which lineage a group is.
+    """
+    keys = [obs["sample"], obs["qc_group"] if "qc_group" in obs else pd.Series("all", obs.index)]
+    table = pd.DataFrame({
+        "cells": 1, "removed_sample_mode": sample_mode.astype(int),
+        "removed_lineage_mode": lineage_mode.astype(int),
+    }, index=obs.index).groupby(keys, observed=True).sum()
+    medians = obs[["total_counts", "n_genes_by_counts", "pct_counts_hb"]].groupby(
+        keys, observed=True).median().add_prefix("median_")
+    table = table.join(medians)
+    table.index.names = ["sample", "qc_group"]
+    return table
+
+
+def small_samples(
+    cells_out: pd.Series, *, min_cells: int, on_small_sample: str, dataset: str
+) -> list:
+    """Samples with fewer than ``min_cells`` cells after QC, to drop (or fail, per config).
+
+    Raises
+    ------
+    QCError
+        When ``on_small_sample`` is ``"fail"`` and a sample is small, or when every sample is.
+    """
+    small = cells_out[cells_out < min_cells]
+    if small.empty:
+        return []
+    listed = ", ".join(f"{s} ({n} cells)" for s, n in small.items())
+    if on_small_sample == "fail" or len(small) == len(cells_out):
+        what = "every sample" if len(small) == len(cells_out) else "sample(s)"
+        msg = (
+            f"Dataset {dataset}: after QC {what} kept fewer than {min_cells} cells: {listed}. "
+            "Relax `qc:` thresholds, lower `qc.min_cells_per_sample`"
+            + (" or set `qc.on_small_sample: drop`." if on_small_sample == "fail" else ".")
+        )
+        raise QCError(msg)
+    log.warning("Dataset %s: dropped sample(s) with fewer than %d cells after QC: %s",
+                dataset, min_cells, listed)
+    return list(small.index)
+
+
+def qc_summary(flags: pd.DataFrame, remove: np.ndarray, samples: pd.Series) -> pd.DataFrame:
+    """Per sample: cells in, cells flagged per reason, cells removed, cells out."""
+    summary = flags.groupby(samples, observed=True).sum()
+    summary.insert(0, "cells_in", samples.groupby(samples, observed=True).size())
+    summary["cells_removed"] = pd.Series(remove, index=samples.index).groupby(
+        samples, observed=True).sum()
+    summary["cells_out"] = summary["cells_in"] - summary["cells_removed"]
+    summary.index.name = "sample"
+    return summary
+
+
+def filter_cells(
+    adata: ad.AnnData,
+    *,
+    counts_based: bool,
+    min_cells_per_gene: int,
+    lineage_aware: bool = False,
+    min_group_cells: int = 30,
+    remove_doublets: bool = True,
+    min_cells_per_sample: int = 0,
+    on_small_sample: str = "drop",
+    dataset: str = "dataset",
+    **thresholds,
+) -> tuple[ad.AnnData, pd.DataFrame, pd.DataFrame]:
+    """Filter cells per sample (or per coarse group) and drop rarely detected genes.
+
+    Parameters
+    ----------
+    adata
+        AnnData with QC metrics (:func:`compute_qc_metrics`) and ``obs['sample']``; optionally
+        ``obs['qc_group']`` (:func:`assign_qc_groups`) and ``obs['predicted_doublet']``.
     counts_based
         Whether the values are raw counts; otherwise count-based criteria are skipped.
     min_cells_per_gene
         Genes detected in fewer cells are removed.
+    lineage_aware, min_group_cells
+        Compute thresholds within each qc_group of a sample (groups of at least
+        ``min_group_cells`` cells; smaller ones use the sample's thresholds).
+    remove_doublets
+        Remove cells with ``obs['predicted_doublet']`` (reason ``doublet``).
+    min_cells_per_sample, on_small_sample, dataset
+        Samples with fewer cells left are dropped with a warning (``"drop"``) or raise
+        :class:`QCError` (``"fail"``); ``dataset`` names the data in messages.
     **thresholds
         ``nmads``, ``mt_nmads``, ``max_pct_mt``, ``min_genes``, ``min_counts`` (see qc_flags).
 
     Returns
     -------
-    The filtered AnnData (a copy) and a table per sample: cells in, removed per reason (a cell
-    can have several), cells removed, cells out.
+    The filtered AnnData (a copy); a table per sample (cells in, flagged per reason, removed,
+    out, whether dropped as too small); cells removed per sample x qc_group in both modes.
     """
-    flags = pd.concat(
-        [
-            qc_flags(obs, counts_based=counts_based, **thresholds)
-            for _, obs in adata.obs.groupby("sample", observed=True)
-        ]
-    ).reindex(adata.obs_names)
+    modes = {
+        size: grouped_flags(adata.obs, min_group_cells=size, counts_based=counts_based,
+                            **thresholds)
+        for size in (None, min_group_cells)
+    }
+    if remove_doublets and "predicted_doublet" in adata.obs:
+        for flags in modes.values():
+            flags["doublet"] = adata.obs["predicted_doublet"].to_numpy(dtype=bool)
+    flags = modes[min_group_cells if lineage_aware else None]
     remove = flags.any(axis=1).to_numpy()
+    summary = qc_summary(flags, remove, adata.obs["sample"])
+    losses = lineage_losses(adata.obs, sample_mode=modes[None].any(axis=1),
+                            lineage_mode=modes[min_group_cells].any(axis=1))
+    dropped = small_samples(summary["cells_out"], min_cells=max(min_cells_per_sample, 1),
+                            on_small_sample=on_small_sample, dataset=dataset)
+    summary["sample_dropped"] = summary.index.isin(dropped)
+    summary.loc[summary["sample_dropped"], "cells_out"] = 0
+    remove |= adata.obs["sample"].isin(dropped).to_numpy()
     adata.obs["qc_pass"] = ~remove
-    summary = flags.groupby(adata.obs["sample"], observed=True).sum()
-    summary.insert(0, "cells_in", adata.obs.groupby("sample", observed=True).size())
-    summary["cells_removed"] = pd.Series(remove, index=adata.obs_names).groupby(
-        adata.obs["sample"], observed=True
-    ).sum()
-    summary["cells_out"] = summary["cells_in"] - summary["cells_removed"]
-    summary.index.name = "sample"
     out = adata[~remove].copy()
-    if out.n_obs == 0:
-        return out, summary
     n_cells = np.asarray((out.X != 0).sum(axis=0)).ravel()
-    return out[:, n_cells >= min_cells_per_gene].copy(), summary
+    return out[:, n_cells >= min_cells_per_gene].copy(), summary, losses

@@ -63,7 +63,9 @@ def table_html(df: pd.DataFrame, *, index: bool = True, float_format: str = "{:.
     )
 
 
-def dataset_figures(adata: ad.AnnData, *, fig_dir: Path, by_cluster: pd.DataFrame) -> dict:
+def dataset_figures(
+    adata: ad.AnnData, *, fig_dir: Path, by_cluster: pd.DataFrame, stability: pd.DataFrame
+) -> dict:
     """Make every figure of a dataset report into ``fig_dir``; returns section -> [Figure]."""
     fig_dir.mkdir(parents=True, exist_ok=True)
 
@@ -72,8 +74,13 @@ def dataset_figures(adata: ad.AnnData, *, fig_dir: Path, by_cluster: pd.DataFram
 
     out = {"qc": [make("qc_metrics", "QC metrics of the cells kept, per sample",
                        figures.qc_histograms(adata.obs))]}
-    out["clusters"] = [make("umap_leiden", "UMAP by Leiden cluster",
-                            figures.umap_categorical(adata, "leiden", title="Leiden clusters"))]
+    chosen = adata.uns["osteoimmune"]["clustering"]["resolution"]
+    out["clusters"] = [
+        make("cluster_stability", "Clustering stability per Leiden resolution",
+             figures.stability_plot(stability, chosen=chosen)),
+        make("umap_leiden", "UMAP by Leiden cluster",
+             figures.umap_categorical(adata, "leiden", title=f"Leiden, resolution {chosen:g}")),
+    ]
     for key in ("author_cell_type", "sample", "condition"):
         if key in adata.obs and (key == "author_cell_type" or adata.obs[key].nunique() > 1):
             out["clusters"].append(make(f"umap_{key}", f"UMAP by {key}",
@@ -97,23 +104,31 @@ def dataset_report(
     *,
     entry: dict,
     manifest: dict,
-    qc: pd.DataFrame,
-    coverage: pd.DataFrame,
-    by_group: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
     config: dict,
     fig_dir: Path,
 ) -> str:
-    """Render the HTML report of one dataset and write its figures to ``fig_dir``."""
+    """Render the HTML report of one dataset and write its figures to ``fig_dir``.
+
+    ``tables`` holds the rule outputs: qc, lineage, stability, markers, coverage, by_group.
+    """
     meta = adata.uns["osteoimmune"]
+    by_group = tables["by_group"]
     by_cluster = by_group[by_group["grouping"] == "leiden"].drop(columns="grouping")
     by_cluster = by_cluster.set_index("group")
-    figs = dataset_figures(adata, fig_dir=fig_dir, by_cluster=by_cluster)
+    figs = dataset_figures(
+        adata, fig_dir=fig_dir, by_cluster=by_cluster, stability=tables["stability"]
+    )
     return render(
         "report.html",
         dataset=meta["dataset"], entry=entry, meta=meta, manifest=manifest,
         n_cells=adata.n_obs, n_genes=adata.n_vars,
         n_clusters=adata.obs["leiden"].nunique(), figures=figs,
-        qc_table=table_html(qc), coverage_table=table_html(coverage),
+        qc_table=table_html(tables["qc"]),
+        lineage_table=table_html(tables["lineage"], index=False),
+        stability_table=table_html(tables["stability"], index=False),
+        markers_table=table_html(top_markers(tables["markers"]), index=False),
+        coverage_table=table_html(tables["coverage"]),
         score_tables={
             key: table_html(group.drop(columns="grouping").set_index("group"))
             for key, group in by_group.groupby("grouping", sort=False)
@@ -121,6 +136,13 @@ def dataset_report(
         versions=software_versions(),
         config_yaml=yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False),
     )
+
+
+def top_markers(markers: pd.DataFrame, *, n: int = 8) -> pd.DataFrame:
+    """The first ``n`` marker genes of each cluster, one row per cluster."""
+    top = markers[markers["rank"] <= n]  # ranks start at 1
+    return top.groupby("cluster", sort=False)["gene"].agg(", ".join).reset_index(
+        name=f"top {n} markers (Wilcoxon)")
 
 
 def index_row(adata: ad.AnnData, *, entry: dict) -> dict:

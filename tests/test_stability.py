@@ -1,0 +1,92 @@
+"""Leiden over a resolution grid, resampling stability, choice of resolution; determinism."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+from test_cluster import make_adata, prepare
+
+from osteoimmune.cluster import markers
+from osteoimmune.stability import (
+    STABILITY_COLUMNS,
+    choose_resolution,
+    cluster_over_resolutions,
+    resolution_key,
+)
+
+RESOLUTIONS = [0.2, 0.4, 0.6, 0.8, 1.0, 1.5]
+
+
+def cluster_step(adata, *, seed=0, repeats=5):
+    """The cluster rule's sequence, as in workflow/scripts/cluster_cells.py."""
+    prepare(adata, seed=seed)
+    table = cluster_over_resolutions(adata, resolutions=RESOLUTIONS, repeats=repeats, seed=seed)
+    return table, markers(adata, n_genes=25)
+
+
+def test_stability_table_and_chosen_resolution_recover_three_groups():
+    adata = make_adata()
+    table, _ = cluster_step(adata)
+    assert list(table.columns) == STABILITY_COLUMNS and len(table) == len(RESOLUTIONS)
+    assert table["resolution"].tolist() == RESOLUTIONS
+    assert table["mean_ari"].between(-1, 1).all() and (table["sd_ari"] >= 0).all()
+    assert table["chosen"].sum() == 1
+    chosen = table[table["chosen"]].iloc[0]
+    assert chosen["n_clusters"] == 3 and chosen["mean_ari"] > 0.9
+    for res in RESOLUTIONS:
+        assert adata.obs[resolution_key(res)].nunique() == table.set_index("resolution").loc[
+            res, "n_clusters"]
+    assert adata.obs["leiden"].tolist() == adata.obs[resolution_key(chosen["resolution"])].tolist()
+    assert adjusted_rand_score(adata.obs["group"], adata.obs["leiden"]) > 0.9
+    record = adata.uns["osteoimmune"]["clustering"]
+    assert record["resolution"] == chosen["resolution"] and record["n_clusters"] == 3
+    assert "mean ARI" in record["reason"]
+
+
+def test_whole_cluster_step_is_deterministic():
+    first, second = make_adata(), make_adata()
+    table1, markers1 = cluster_step(first, seed=4)
+    table2, markers2 = cluster_step(second, seed=4)
+    assert first.obs["leiden"].tolist() == second.obs["leiden"].tolist()
+    pd.testing.assert_frame_equal(table1, table2)
+    pd.testing.assert_frame_equal(markers1, markers2)
+
+
+def test_clustering_record_survives_h5ad(tmp_path):
+    adata = make_adata()
+    table, _ = cluster_step(adata, repeats=2)
+    adata.write_h5ad(tmp_path / "clustered.h5ad")
+    back = ad.read_h5ad(tmp_path / "clustered.h5ad")
+    assert back.uns["osteoimmune"]["clustering"] == adata.uns["osteoimmune"]["clustering"]
+    stored = pd.DataFrame(back.uns["osteoimmune"]["cluster_stability"])[STABILITY_COLUMNS]
+    pd.testing.assert_frame_equal(stored, table, check_dtype=False)
+    assert "rank_genes_groups" in back.uns
+
+
+def table(rows):
+    return pd.DataFrame(rows, columns=["resolution", "n_clusters", "mean_ari", "sd_ari"])
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        # Near-tie within 0.02: the finer resolution.
+        ([(0.2, 3, 0.95, 0.01), (0.4, 4, 0.94, 0.02), (0.6, 6, 0.80, 0.1)], 0.4),
+        # Beyond the tolerance: the most stable.
+        ([(0.2, 3, 0.95, 0.01), (0.4, 4, 0.90, 0.02), (0.6, 6, 0.94, 0.1)], 0.6),
+        # A single cluster is trivially stable and not chosen.
+        ([(0.2, 1, 1.0, 0.0), (0.4, 2, 0.70, 0.05), (0.6, 5, 0.60, 0.1)], 0.4),
+        # Every resolution gives one cluster: the finest.
+        ([(0.2, 1, 1.0, 0.0), (0.4, 1, 1.0, 0.0)], 0.4),
+    ],
+)
+def test_choose_resolution_rule(rows, expected):
+    resolution, reason = choose_resolution(table(rows), tolerance=0.02)
+    assert resolution == expected
+    assert reason
+
+
+def test_resolution_columns_are_named_by_the_resolution():
+    assert resolution_key(1) == "leiden_1.0" and resolution_key(0.4) == "leiden_0.4"
+    assert np.isclose(float(resolution_key(1.5).removeprefix("leiden_")), 1.5)
