@@ -183,8 +183,3 @@ def markers(adata: ad.AnnData, *, n_genes: int = 25, groupby: str = "leiden") ->
         "pvals_adj": "pval_adj",
     })
     return table[columns]
-
-
-def cluster_sizes(adata: ad.AnnData) -> np.ndarray:
-    """Number of cells per Leiden cluster, in category order."""
-    return adata.obs["leiden"].value_counts(sort=False).to_numpy()
