@@ -4,34 +4,17 @@ import logging
 
 import anndata as ad
 
-from osteoimmune.qc import assign_qc_groups, compute_qc_metrics, detect_doublets, filter_cells
+from osteoimmune.qc import compute_qc_metrics, filter_cells, prepare_qc
 from osteoimmune.runlog import logged
 
 log = logging.getLogger("osteoimmune")
-
-
-def prepare(adata, *, qc, seed, value_type):
-    """Doublet scores and coarse QC groups (count input only); returns notes for the report."""
-    if value_type != "counts":
-        return [
-            f"values are {value_type}, not counts: count-based QC, doublet detection and "
-            "lineage-aware thresholds skipped, only cells with no detected genes removed"
-        ]
-    notes = detect_doublets(adata, seed=seed, threshold=qc["doublet_threshold"])
-    assign_qc_groups(
-        adata, seed=seed, resolution=qc["lineage_resolution"],
-        min_group_cells=qc["min_group_cells"],
-    )
-    mode = "within coarse clusters (lineage-aware)" if qc["lineage_aware"] else "per sample"
-    doublets = "scrublet doublets removed" if qc["remove_doublets"] else "doublets scored, kept"
-    return [f"adaptive MAD thresholds on counts {mode}; {doublets}", *notes]
 
 
 def main(*, h5ad, qc, seed, out, summary, lineage):
     adata = ad.read_h5ad(h5ad)
     meta = adata.uns["osteoimmune"]
     compute_qc_metrics(adata)
-    notes = prepare(adata, qc=qc, seed=seed, value_type=meta["value_type"])
+    notes = prepare_qc(adata, qc=qc, seed=seed, value_type=meta["value_type"])
     for note in notes[1:]:
         log.warning(note)
     used_above = ("lineage_resolution", "doublet_threshold")

@@ -309,6 +309,27 @@ def qc_summary(flags: pd.DataFrame, remove: np.ndarray, samples: pd.Series) -> p
     return summary
 
 
+def prepare_qc(adata: ad.AnnData, *, qc: dict, seed: int, value_type: str) -> list[str]:
+    """Doublet scores and coarse QC groups for count input; returns notes for the report.
+
+    The first note says which QC mode applies; later ones name skipped samples. Non-count
+    input gets one note saying that count-based steps were skipped.
+    """
+    if value_type != "counts":
+        return [
+            f"values are {value_type}, not counts: count-based QC, doublet detection and "
+            "lineage-aware thresholds skipped, only cells with no detected genes removed"
+        ]
+    notes = detect_doublets(adata, seed=seed, threshold=qc["doublet_threshold"])
+    assign_qc_groups(
+        adata, seed=seed, resolution=qc["lineage_resolution"],
+        min_group_cells=qc["min_group_cells"],
+    )
+    mode = "within coarse clusters (lineage-aware)" if qc["lineage_aware"] else "per sample"
+    doublets = "scrublet doublets removed" if qc["remove_doublets"] else "doublets scored, kept"
+    return [f"adaptive MAD thresholds on counts {mode}; {doublets}", *notes]
+
+
 def filter_cells(
     adata: ad.AnnData,
     *,
