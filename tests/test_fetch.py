@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from osteoimmune.errors import FetchError
 from osteoimmune.fetch import (
@@ -23,9 +24,6 @@ from osteoimmune.fetch import (
     write_manifest,
 )
 from osteoimmune.registry import load_registry
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 DATA = bytes(range(256)) * 40  # 10 KiB of binary "data"
 OTHER = b"not the data\n" * 50
@@ -387,14 +385,12 @@ def test_read_manifest_round_trip_and_errors(tmp_path):
         read_manifest(out)
 
 
-def test_real_registry_entry_through_the_mirror(tmp_path):
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"offline mirror of the registered files not found at {SHARED_DATA}")
+def test_real_registry_entry_through_the_mirror(tmp_path, mirror):
     registry = load_registry(REPO / "config" / "datasets.yaml")
     entry = registry["paul2015_bm_myeloid"]
 
     paths = fetch_dataset(
-        entry, dataset="paul2015_bm_myeloid", dest_dir=tmp_path, mirror=SHARED_DATA, offline=True
+        entry, dataset="paul2015_bm_myeloid", dest_dir=tmp_path, mirror=mirror, offline=True
     )
 
     assert sorted(paths) == ["celltype.rda", "countMatrix.rda"]

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import scipy.io
 import xarray as xr
-from conftest import MANIFEST_SHAPES
+from conftest import MANIFEST_SHAPES, REPO
 from scipy import sparse
 
 from osteoimmune.errors import ReaderError
@@ -27,8 +27,6 @@ from osteoimmune.readers import (
 )
 from osteoimmune.registry import load_registry
 
-REPO = Path(__file__).resolve().parents[1]
-MIRROR = REPO.parent / "shared" / "data"
 DATASET = "synthetic_ds"
 N_CELLS, N_GENES = 20, 30
 
@@ -539,13 +537,11 @@ REAL_SHAPES = MANIFEST_SHAPES
 
 
 @pytest.fixture(scope="module")
-def real_datasets() -> dict:
-    if not MIRROR.is_dir():
-        pytest.skip(f"real-data mirror {MIRROR} is absent (it lives beside the checkout)")
+def real_datasets(mirror) -> dict:
     registry = load_registry(REPO / "config" / "datasets.yaml")
     out = {}
     for name, entry in registry.items():
-        paths = {f["filename"]: MIRROR / name / f["filename"] for f in entry["files"]}
+        paths = {f["filename"]: mirror / name / f["filename"] for f in entry["files"]}
         out[name] = (entry, read_dataset(entry, paths, dataset=name))
     return out
 

@@ -579,6 +579,14 @@ def _read_labels(spec: dict, path: Path, *, dataset: str) -> tuple[pd.Series, bo
     raise ReaderError(msg)
 
 
+def _positions(names: pd.Index, cells: pd.Index, *, what: str, where: str) -> np.ndarray:
+    """Position of each cell among ``names`` (-1 where absent); names must be unique."""
+    if not names.is_unique:
+        msg = f"{where}: cell names in the {what} file are not unique; cannot align by name."
+        raise ReaderError(msg)
+    return names.get_indexer(cells)
+
+
 def _align_labels(labels: pd.Series, by_name: bool, cells: pd.Index, *, where: str) -> np.ndarray:
     if not by_name:
         if len(labels) != len(cells):
@@ -588,10 +596,7 @@ def _align_labels(labels: pd.Series, by_name: bool, cells: pd.Index, *, where: s
             )
             raise ReaderError(msg)
         return labels.to_numpy(dtype=object)
-    if not labels.index.is_unique:
-        msg = f"{where}: cell names in the labels file are not unique; cannot align by name."
-        raise ReaderError(msg)
-    position = labels.index.get_indexer(cells)
+    position = _positions(labels.index, cells, what="labels", where=where)
     if np.all(position < 0):
         msg = (
             f"{where}: none of the {len(cells)} cell names (e.g. '{cells[0]}') is among the "
@@ -615,10 +620,7 @@ def _read_protein(spec: dict, path: Path, cells: pd.Index, *, dataset: str) -> p
         raise ReaderError(msg)
     frame = pd.DataFrame(matrix.astype(np.float32), index=source.obs_names.astype(str),
                          columns=source.var_names.astype(str))
-    if not frame.index.is_unique:
-        msg = f"{where}: cell names in the protein file are not unique; cannot align by name."
-        raise ReaderError(msg)
-    position = frame.index.get_indexer(cells)
+    position = _positions(frame.index, cells, what="protein", where=where)
     if np.any(position < 0):
         msg = (
             f"{where}: {np.count_nonzero(position < 0)} cells of the counts file are not in the "
