@@ -15,8 +15,11 @@ from osteoimmune.qc import (
     detect_doublets,
     doublet_threshold,
     filter_cells,
+    finish_qc,
+    flag_cells,
     mad_outlier,
 )
+from osteoimmune.samples import concat_samples, sample_slugs, split_by_sample
 
 THRESHOLDS = dict(nmads=5, mt_nmads=3, max_pct_mt=20, min_genes=5, min_counts=0)
 
@@ -245,3 +248,64 @@ def test_every_sample_too_small_is_a_clear_error():
     with pytest.raises(QCError, match=r"Dataset toy: .*every sample.*s1 \(\d+ cells\)"):
         filter_cells(adata, counts_based=True, min_cells_per_gene=1, min_cells_per_sample=30,
                      dataset="toy", **THRESHOLDS)
+
+
+def test_thresholds_table_gives_the_bounds_the_flags_used():
+    adata = make_populations([300, 80], depth=[1.0, 0.1])
+    compute_qc_metrics(adata)
+    assign_qc_groups(adata, seed=0, resolution=0.3, min_group_cells=30)
+    table = flag_cells(adata, counts_based=True, lineage_aware=True, min_group_cells=30,
+                       **THRESHOLDS)
+    assert set(table["scope"]) == {"sample", *adata.obs["qc_group"].astype(str)}
+    # cells outside the sample-scope bounds are exactly those removed in sample mode
+    outside = np.zeros(adata.n_obs, dtype=bool)
+    for row in table[table["scope"] == "sample"].itertuples():
+        values = adata.obs[row.metric].to_numpy(dtype=float)
+        lower = -np.inf if np.isnan(row.lower) else row.lower
+        upper = np.inf if np.isnan(row.upper) else row.upper
+        # the count bounds are exp(log1p bounds) - 1: compare with a float tolerance
+        outside |= (values < lower * (1 - 1e-9)) | (values > upper * (1 + 1e-9))
+    np.testing.assert_array_equal(outside, adata.obs["qc_removed_sample_mode"].to_numpy())
+    upper_mt = table.query("scope == 'sample' and metric == 'pct_counts_mt'")["upper"].item()
+    assert upper_mt <= THRESHOLDS["max_pct_mt"]
+
+
+def test_gene_group_lists_from_config_replace_the_patterns():
+    adata = make_adata(mouse=True)
+    compute_qc_metrics(adata, gene_lists={"mt": [adata.var_names[5].upper()]})
+    assert adata.var["mt"].sum() == 1 and adata.var["mt"].iloc[5]
+    assert adata.var["ribo"].sum() == 2  # groups not listed keep their pattern
+    with pytest.raises(QCError, match="Unknown QC gene group"):
+        compute_qc_metrics(adata, gene_lists={"mito": ["x"]})
+
+
+def test_per_sample_jobs_give_the_same_result_as_one_pass(tmp_path):
+    adata = make_populations([200, 120, 90])
+    adata.obs["sample"] = pd.Categorical(np.tile(["b 1", "a/2"], adata.n_obs // 2 + 1)[
+        : adata.n_obs])
+    adata.uns["osteoimmune"] = {"dataset": "toy"}
+    kwargs = dict(counts_based=True, lineage_aware=True, min_group_cells=30, **THRESHOLDS)
+    whole = adata.copy()
+    compute_qc_metrics(whole)
+    assign_qc_groups(whole, seed=0, resolution=0.3, min_group_cells=30)
+    one_pass, summary, _ = filter_cells(whole, min_cells_per_gene=1, **kwargs)
+    table = split_by_sample(adata, tmp_path)
+    assert list(table["slug"]) == ["b_1", "a_2"] and (tmp_path / "samples.tsv").exists()
+    parts = []
+    for slug in table["slug"]:
+        part = ad.read_h5ad(tmp_path / f"{slug}.h5ad")
+        compute_qc_metrics(part)
+        assign_qc_groups(part, seed=0, resolution=0.3, min_group_cells=30)
+        flag_cells(part, **kwargs)
+        parts.append(part)
+    joined, summary_jobs, _ = finish_qc(concat_samples(parts), min_cells_per_gene=1)
+    assert list(joined.obs["sample"].cat.categories) == ["b 1", "a/2"]
+    assert sorted(joined.obs_names) == sorted(one_pass.obs_names)
+    pd.testing.assert_frame_equal(summary_jobs.rename(index=str).sort_index(),
+                                  summary.rename(index=str).sort_index(), check_index_type=False)
+    assert not any(c.startswith("qc_fail_") for c in joined.obs.columns)
+
+
+def test_sample_slugs_are_unique_and_file_safe():
+    slugs = sample_slugs(pd.Series(["a b", "a_b", "../x", "a b"]))
+    assert slugs == {"a b": "a_b", "a_b": "a_b_2", "../x": "x"}

@@ -51,6 +51,11 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
                                  "gene": ["Lyz2", "Cd14", "Cd3e"]}),
         "coverage": pd.DataFrame({"scored": [True]}, index=["M1"]),
         "by_group": by_group,
+        "qc_cells": scored.obs.assign(qc_pass=True),
+        "qc_thresholds": pd.DataFrame({
+            "sample": "s1", "scope": "sample", "metric": ["total_counts", "pct_counts_mt"],
+            "lower": [5.0, None], "upper": [90.0, 20.0], "cells": scored.n_obs,
+        }),
     }
     html = dataset_report(
         scored, entry=entry, manifest=manifest, tables=tables, config={"seed": 0},
@@ -60,8 +65,8 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
     assert "P &amp; Q" in html
     sources = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
     files = re.findall(r'data-file="figures/([^"]+)"', html)
-    # qc, stability, leiden, labels, condition, heatmap, score
-    assert len(sources) == len(files) == 7
+    # qc thresholds, qc, stability, leiden, labels, condition, heatmap, score
+    assert len(sources) == len(files) == 8
     assert "Lyz2, Cd14" in html
     for data, name in zip(sources, files, strict=True):
         assert base64.b64decode(data) == (tmp_path / "figures" / name).read_bytes()

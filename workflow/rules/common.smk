@@ -18,5 +18,25 @@ REGISTRY = load_registry(REGISTRY_PATH)
 DATASETS = select_datasets(REGISTRY, config["datasets"])
 
 
+def qc_sample_files(wildcards):
+    """The per-sample QC outputs of a dataset, once read_dataset has split it."""
+    folder = checkpoints.read_dataset.get(dataset=wildcards.dataset).output.samples
+    slugs = glob_wildcards(f"{folder}/{{sample}}.h5ad").sample
+    return {
+        "h5ads": expand(
+            "results/{dataset}/intermediate/qc_samples/{sample}.h5ad",
+            dataset=wildcards.dataset,
+            sample=sorted(slugs),
+        ),
+        "thresholds": expand(
+            "results/{dataset}/intermediate/qc_samples/{sample}_thresholds.tsv",
+            dataset=wildcards.dataset,
+            sample=sorted(slugs),
+        ),
+        "samples": f"{folder}/samples.tsv",
+    }
+
+
 wildcard_constraints:
     dataset="|".join(DATASETS),
+    sample="[^/]+",

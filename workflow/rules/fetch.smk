@@ -23,11 +23,14 @@ rule fetch_dataset:
         "../scripts/fetch_dataset.py"
 
 
-rule read_dataset:
+# A checkpoint: the samples of a dataset are known only once it is read. Each sample's cells
+# go to their own file, so that QC runs as one job per sample (qc.smk).
+checkpoint read_dataset:
     input:
         manifest=rules.fetch_dataset.output.manifest,
     output:
         h5ad="results/{dataset}/intermediate/read.h5ad",
+        samples=directory("results/{dataset}/intermediate/samples"),
     params:
         registry=REGISTRY_PATH,
     log:

@@ -1,16 +1,39 @@
 # QC: species-aware metrics, scrublet doublets, adaptive per-sample or lineage-aware thresholds.
+# One qc_sample job per sample (in parallel, or on a cluster), then filter_cells joins them.
+
+
+rule qc_sample:
+    input:
+        h5ad="results/{dataset}/intermediate/samples/{sample}.h5ad",
+    output:
+        h5ad="results/{dataset}/intermediate/qc_samples/{sample}.h5ad",
+        thresholds="results/{dataset}/intermediate/qc_samples/{sample}_thresholds.tsv",
+    params:
+        qc=config["qc"],
+        seed=config["seed"],
+    log:
+        "logs/qc_sample/{dataset}/{sample}.log",
+    benchmark:
+        "benchmarks/qc_sample/{dataset}/{sample}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/qc_sample.py"
 
 
 rule filter_cells:
     input:
-        h5ad=rules.read_dataset.output.h5ad,
+        unpack(qc_sample_files),
     output:
         h5ad="results/{dataset}/intermediate/qc.h5ad",
         summary="results/{dataset}/tables/qc_summary.tsv",
         lineage="results/{dataset}/tables/qc_lineage_losses.tsv",
+        thresholds="results/{dataset}/tables/qc_thresholds.tsv",
+        cells="results/{dataset}/tables/qc_cells.tsv.gz",
     params:
         qc=config["qc"],
-        seed=config["seed"],
     log:
         "logs/filter_cells/{dataset}.log",
     benchmark:

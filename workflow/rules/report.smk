@@ -7,6 +7,8 @@ rule report_dataset:
         manifest=rules.fetch_dataset.output.manifest,
         qc=rules.filter_cells.output.summary,
         lineage=rules.filter_cells.output.lineage,
+        qc_cells=rules.filter_cells.output.cells,
+        qc_thresholds=rules.filter_cells.output.thresholds,
         stability=rules.cluster_cells.output.stability,
         markers=rules.cluster_cells.output.markers,
         coverage=rules.score_signatures.output.coverage,

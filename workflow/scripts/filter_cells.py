@@ -1,44 +1,46 @@
-"""Snakemake rule filter_cells: QC metrics, doublets and adaptive per-sample filtering."""
+"""Snakemake rule filter_cells: join the per-sample QC, drop flagged cells and small samples."""
 
 import logging
 
 import anndata as ad
+import pandas as pd
 
-from osteoimmune.qc import compute_qc_metrics, filter_cells, prepare_qc
+from osteoimmune.qc import finish_qc, qc_cells_table
 from osteoimmune.runlog import logged
+from osteoimmune.samples import concat_samples
 
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, h5ad, qc, seed, out, summary, lineage):
-    adata = ad.read_h5ad(h5ad)
-    meta = adata.uns["osteoimmune"]
-    compute_qc_metrics(adata)
-    notes = prepare_qc(adata, qc=qc, seed=seed, value_type=meta["value_type"])
-    for note in notes[1:]:
-        log.warning(note)
-    used_above = ("lineage_resolution", "doublet_threshold")
-    thresholds = {key: value for key, value in qc.items() if key not in used_above}
-    filtered, table, losses = filter_cells(
-        adata, counts_based=meta["value_type"] == "counts", dataset=meta["dataset"], **thresholds
+def main(*, h5ads, thresholds, qc, out, tables):
+    parts = [ad.read_h5ad(path) for path in h5ads]
+    notes = [str(n) for part in parts for n in part.uns.pop("qc_notes")]
+    notes = [notes[0], *dict.fromkeys(n for n in notes if n != notes[0])]
+    adata = concat_samples(parts)
+    qc_cells_table(adata.obs).to_csv(tables["cells"], sep="\t")
+    filtered, summary, losses = finish_qc(
+        adata, min_cells_per_gene=qc["min_cells_per_gene"],
+        min_cells_per_sample=qc["min_cells_per_sample"],
+        on_small_sample=qc["on_small_sample"], dataset=adata.uns["osteoimmune"]["dataset"],
     )
-    dropped = list(table.index[table["sample_dropped"]])
+    dropped = list(summary.index[summary["sample_dropped"]])
     if dropped:
         notes.append(f"sample(s) dropped, too few cells after QC: {', '.join(map(str, dropped))}")
     filtered.uns["osteoimmune"]["qc_note"] = "; ".join(notes)
     log.info("%s; %d of %d cells kept", notes[0], filtered.n_obs, adata.n_obs)
-    table.to_csv(summary, sep="\t")
-    losses.to_csv(lineage, sep="\t")
+    summary.to_csv(tables["summary"], sep="\t")
+    losses.to_csv(tables["lineage"], sep="\t")
+    pd.concat([pd.read_csv(p, sep="\t") for p in thresholds]).to_csv(
+        tables["thresholds"], sep="\t", index=False)
     filtered.write_h5ad(out, compression="gzip")
 
 
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
         main(
-            h5ad=snakemake.input.h5ad,
+            h5ads=snakemake.input.h5ads,
+            thresholds=snakemake.input.thresholds,
             qc=snakemake.params.qc,
-            seed=snakemake.params.seed,
             out=snakemake.output.h5ad,
-            summary=snakemake.output.summary,
-            lineage=snakemake.output.lineage,
+            tables={k: snakemake.output[k] for k in ("summary", "lineage", "thresholds", "cells")},
         )

@@ -1,4 +1,4 @@
-"""Snakemake rule read_dataset: read the fetched files into the standard AnnData."""
+"""Snakemake rule read_dataset: read the fetched files into the standard AnnData, per sample."""
 
 import logging
 
@@ -6,15 +6,18 @@ from osteoimmune.fetch import read_manifest
 from osteoimmune.readers import read_dataset
 from osteoimmune.registry import load_registry
 from osteoimmune.runlog import logged
+from osteoimmune.samples import split_by_sample
 
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, registry, dataset, manifest, out):
+def main(*, registry, dataset, manifest, out, samples):
     entry = load_registry(registry)[dataset]
     adata = read_dataset(entry, read_manifest(manifest), dataset=dataset)
     log.info("%s: %d cells x %d genes as read", dataset, adata.n_obs, adata.n_vars)
     adata.write_h5ad(out, compression="gzip")
+    table = split_by_sample(adata, samples)
+    log.info("%d sample(s): %s", len(table), ", ".join(table["sample"]))
 
 
 if __name__ == "__main__":
@@ -24,4 +27,5 @@ if __name__ == "__main__":
             dataset=snakemake.wildcards.dataset,
             manifest=snakemake.input.manifest,
             out=snakemake.output.h5ad,
+            samples=snakemake.output.samples,
         )

@@ -10,7 +10,9 @@ from osteoimmune.registry import load_registry
 from osteoimmune.report import dataset_report
 from osteoimmune.runlog import logged
 
-TABLES = ("qc", "lineage", "stability", "markers", "coverage", "by_group")
+TABLES = (
+    "qc", "lineage", "qc_cells", "qc_thresholds", "stability", "markers", "coverage", "by_group",
+)
 
 
 def read_tsv(path, **kwargs):
@@ -27,6 +29,8 @@ def main(*, h5ad, manifest, tables, registry, config, html, fig_dir):
         tables={
             "qc": read_tsv(tables["qc"], index_col=0),
             "lineage": read_tsv(tables["lineage"]),
+            "qc_cells": read_tsv(tables["qc_cells"], index_col=0, dtype={"sample": str}),
+            "qc_thresholds": read_tsv(tables["qc_thresholds"], dtype={"sample": str}),
             "stability": read_tsv(tables["stability"]),
             "markers": read_tsv(tables["markers"], dtype={"cluster": str}),
             "coverage": read_tsv(tables["coverage"], index_col=0),

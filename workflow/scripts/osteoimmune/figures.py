@@ -67,6 +67,53 @@ def qc_histograms(obs: pd.DataFrame, *, metrics=QC_METRICS) -> plt.Figure:
     return fig
 
 
+THRESHOLD_METRICS = (
+    "total_counts", "n_genes_by_counts", "pct_counts_mt", "pct_counts_in_top_20_genes",
+)
+
+
+def _draw_bounds(ax, bounds: pd.DataFrame) -> None:
+    """Vertical lines at the sample's bounds (dashed) and its coarse groups' (dotted)."""
+    for row in bounds.itertuples():
+        style = dict(color="black", linestyle="--", linewidth=1.2) if row.scope == "sample" \
+            else dict(color="tab:red", linestyle=":", linewidth=0.9)
+        for value in (row.lower, row.upper):
+            if pd.notna(value) and value > 0:
+                ax.axvline(value, **style)
+
+
+def qc_threshold_plot(
+    cells: pd.DataFrame, thresholds: pd.DataFrame, *, max_samples: int = 8
+) -> plt.Figure:
+    """Per sample (rows) and metric (columns): all cells before QC, kept cells, thresholds.
+
+    Black dashed lines are the sample's MAD/absolute bounds, red dotted lines those of its
+    coarse groups (lineage-aware mode); counts and genes on log axes.
+    """
+    metrics = [m for m in THRESHOLD_METRICS if m in cells and m in set(thresholds["metric"])]
+    samples = list(dict.fromkeys(thresholds["sample"].astype(str)))[:max_samples]
+    fig, axes = plt.subplots(len(samples), len(metrics), squeeze=False,
+                             figsize=(3.4 * len(metrics), 2.4 * len(samples)))
+    for row, sample in zip(axes, samples, strict=True):
+        mine = cells[cells["sample"].astype(str) == sample]
+        for ax, metric in zip(row, metrics, strict=True):
+            values = mine[metric].to_numpy(dtype=float)
+            log_axis = metric in ("total_counts", "n_genes_by_counts")
+            edges = np.geomspace(max(values.min(), 1), max(values.max(), 2), 40) if log_axis \
+                else np.linspace(values.min(), max(values.max(), values.min() + 1), 40)
+            ax.hist(values, bins=edges, color="lightgrey", label="all cells")
+            ax.hist(values[mine["qc_pass"].to_numpy(dtype=bool)], bins=edges,
+                    color="tab:blue", alpha=0.7, label="kept")
+            sel = (thresholds["sample"].astype(str) == sample) & (thresholds["metric"] == metric)
+            _draw_bounds(ax, thresholds[sel])
+            ax.set(xscale="log" if log_axis else "linear", xlabel=metric)
+            ax.set_title(sample, fontsize=8, loc="left")
+        row[0].set_ylabel("cells")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def score_heatmap(means: pd.DataFrame, *, title: str) -> plt.Figure:
     """Heatmap of mean scores (rows groups, columns sets), z-scored per set across groups."""
     z = (means - means.mean()) / means.std(ddof=0).replace(0, 1)

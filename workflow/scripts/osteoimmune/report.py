@@ -64,7 +64,13 @@ def table_html(df: pd.DataFrame, *, index: bool = True, float_format: str = "{:.
 
 
 def dataset_figures(
-    adata: ad.AnnData, *, fig_dir: Path, by_cluster: pd.DataFrame, stability: pd.DataFrame
+    adata: ad.AnnData,
+    *,
+    fig_dir: Path,
+    by_cluster: pd.DataFrame,
+    stability: pd.DataFrame,
+    qc_cells: pd.DataFrame,
+    qc_thresholds: pd.DataFrame,
 ) -> dict:
     """Make every figure of a dataset report into ``fig_dir``; returns section -> [Figure]."""
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -72,8 +78,14 @@ def dataset_figures(
     def make(name: str, caption: str, fig) -> Figure:
         return Figure(caption, f"{name}.png", figures.save(fig, fig_dir / f"{name}.png"))
 
-    out = {"qc": [make("qc_metrics", "QC metrics of the cells kept, per sample",
-                       figures.qc_histograms(adata.obs))]}
+    out = {"qc": [
+        make("qc_thresholds", "QC metrics of every cell before QC (grey) and of the cells kept "
+             "(blue), per sample; dashed: the sample's thresholds, dotted: thresholds within "
+             "its coarse clusters (lineage-aware mode)",
+             figures.qc_threshold_plot(qc_cells, qc_thresholds)),
+        make("qc_metrics", "QC metrics of the cells kept, per sample",
+             figures.qc_histograms(adata.obs)),
+    ]}
     chosen = adata.uns["osteoimmune"]["clustering"]["resolution"]
     out["clusters"] = [
         make("cluster_stability", "Clustering stability per Leiden resolution",
@@ -110,14 +122,16 @@ def dataset_report(
 ) -> str:
     """Render the HTML report of one dataset and write its figures to ``fig_dir``.
 
-    ``tables`` holds the rule outputs: qc, lineage, stability, markers, coverage, by_group.
+    ``tables`` holds the rule outputs: qc, lineage, qc_cells, qc_thresholds, stability,
+    markers, coverage, by_group.
     """
     meta = adata.uns["osteoimmune"]
     by_group = tables["by_group"]
     by_cluster = by_group[by_group["grouping"] == "leiden"].drop(columns="grouping")
     by_cluster = by_cluster.set_index("group")
     figs = dataset_figures(
-        adata, fig_dir=fig_dir, by_cluster=by_cluster, stability=tables["stability"]
+        adata, fig_dir=fig_dir, by_cluster=by_cluster, stability=tables["stability"],
+        qc_cells=tables["qc_cells"], qc_thresholds=tables["qc_thresholds"],
     )
     return render(
         "report.html",
