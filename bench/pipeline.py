@@ -27,26 +27,37 @@ from osteoimmune.qc import (  # noqa: E402
     assign_qc_groups,
     compute_qc_metrics,
     detect_doublets,
-    filter_cells,
+    finish_qc,
+    flag_cells,
+    threshold_params,
 )
+from osteoimmune.samples import concat_samples  # noqa: E402
 from osteoimmune.stability import cluster_over_resolutions  # noqa: E402
 
 
 def qc_steps(adata: ad.AnnData, *, qc: dict, seed: int, timer: StepTimer) -> ad.AnnData:
-    """As rule filter_cells: metrics, doublets, coarse QC groups, filtering."""
-    meta = adata.uns["osteoimmune"]
-    with timer.step("qc_metrics"):
-        compute_qc_metrics(adata)
-    with timer.step("doublets"):
-        detect_doublets(adata, seed=seed, threshold=qc["doublet_threshold"])
-    with timer.step("qc_groups"):
-        assign_qc_groups(adata, seed=seed, resolution=qc["lineage_resolution"],
-                         min_group_cells=qc["min_group_cells"])
-    used_above = ("lineage_resolution", "doublet_threshold")
-    thresholds = {k: v for k, v in qc.items() if k not in used_above}
-    with timer.step("filter"):
-        filtered, _, _ = filter_cells(adata, counts_based=meta["value_type"] == "counts",
-                                      dataset=meta["dataset"], **thresholds)
+    """As rules qc_sample (for each sample, one after the other) and filter_cells."""
+    parts = []
+    for _, idx in adata.obs.groupby("sample", observed=True).indices.items():
+        part = adata[idx].copy()
+        with timer.step("qc_metrics", add=True):
+            compute_qc_metrics(part, gene_lists=qc["gene_groups"])
+        with timer.step("doublets", add=True):
+            detect_doublets(part, seed=seed, threshold=qc["doublet_threshold"])
+        with timer.step("qc_groups", add=True):
+            assign_qc_groups(part, seed=seed, resolution=qc["lineage_resolution"],
+                             min_group_cells=qc["min_group_cells"])
+        with timer.step("filter", add=True):
+            flag_cells(part, counts_based=True, lineage_aware=qc["lineage_aware"],
+                       min_group_cells=qc["min_group_cells"],
+                       remove_doublets=qc["remove_doublets"], **threshold_params(qc))
+        parts.append(part)
+    with timer.step("filter", add=True):
+        filtered, _, _ = finish_qc(
+            concat_samples(parts), min_cells_per_gene=qc["min_cells_per_gene"],
+            min_cells_per_sample=qc["min_cells_per_sample"],
+            on_small_sample=qc["on_small_sample"], dataset="bench",
+        )
     return filtered
 
 
@@ -61,7 +72,7 @@ def cluster_steps(adata: ad.AnnData, *, params: dict, seed: int, timer: StepTime
     with timer.step("embed (pca+harmony+neighbors+umap)"):
         embed(adata, n_pcs=params["n_pcs"], n_neighbors=params["n_neighbors"],
               batch_key=params["batch_key"], seed=seed, value_type=value_type,
-              normalization=params["normalization"])
+              normalization=params["normalization"], knn=params["knn"])
     with timer.step("leiden (grid + stability)"):
         cluster_over_resolutions(adata, resolutions=params["resolutions"],
                                  repeats=params["stability_repeats"], seed=seed)

@@ -72,6 +72,12 @@ def resample(source: ad.AnnData, *, n_cells: int, seed: int) -> ad.AnnData:
     return adata
 
 
+def out_path(n_cells: int, dataset: str = DEFAULT_DATASET) -> Path:
+    """Where the resampled matrix of ``n_cells`` cells from ``dataset`` is written."""
+    tag = "" if dataset == DEFAULT_DATASET else f"{dataset}_"
+    return OUT / f"resampled_{tag}{n_cells}.h5ad"
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=20_000)
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / f"resampled_{args.cells}.h5ad"
+    out = out_path(args.cells, args.dataset)
     adata = resample(read_source(args.dataset), n_cells=args.cells, seed=args.seed)
     adata.write_h5ad(out)
     print(f"wrote {out}: {adata.n_obs} resampled cells x {adata.n_vars} genes")

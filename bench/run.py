@@ -39,9 +39,12 @@ def results_table(results: dict[str, dict]) -> pd.DataFrame:
     table = pd.DataFrame({name: r["steps"] for name, r in results.items()})
     table.loc["total (steps)"] = table.sum()
     for row, key in [("process wall incl. imports (s)", "process_s"),
-                     ("peak RSS (MiB)", "peak_rss_mib"), ("cells after QC", "cells_out"),
-                     ("clusters", "clusters")]:
+                     ("peak RSS (MiB)", "peak_rss_mib"),
+                     ("RSS after imports (MiB)", "baseline_rss_mib"),
+                     ("cells after QC", "cells_out"), ("clusters", "clusters")]:
         table.loc[row] = [r[key] for r in results.values()]
+    table.loc["peak RSS above imports (MiB)"] = (
+        table.loc["peak RSS (MiB)"] - table.loc["RSS after imports (MiB)"])
     table.index.name = "step"
     return table.rename(columns=lambda name: f"{name} s")
 
@@ -50,14 +53,20 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset", default=resample.DEFAULT_DATASET,
+                        help="raw-count registry dataset whose cells are resampled")
+    parser.add_argument("--only", choices=sorted(RUNS), help="run one of the two scripts")
     args = parser.parse_args(argv)
-    h5ad = resample.OUT / f"resampled_{args.cells}.h5ad"
+    h5ad = resample.out_path(args.cells, args.dataset)
     if not h5ad.exists():
-        resample.main(["--cells", str(args.cells), "--seed", str(args.seed)])
-    results = {name: run_one(script, h5ad, resample.OUT / f"{name}_{args.cells}.json")
-               for name, script in RUNS.items()}
+        resample.main(["--cells", str(args.cells), "--seed", str(args.seed),
+                       "--dataset", args.dataset])
+    stem = h5ad.stem.removeprefix("resampled_")
+    runs = {args.only: RUNS[args.only]} if args.only else RUNS
+    results = {name: run_one(script, h5ad, resample.OUT / f"{name}_{stem}.json")
+               for name, script in runs.items()}
     table = results_table(results)
-    table.to_csv(resample.OUT / f"results_{args.cells}.tsv", sep="\t", float_format="%.2f")
+    table.to_csv(resample.OUT / f"results_{stem}.tsv", sep="\t", float_format="%.2f")
     print(f"\n{args.cells} resampled cells ({h5ad.name})\n")
     # tabulate shows None, not NaN, as missing: a step only one of the two runs has
     print(table.astype(object).where(table.notna(), None).to_markdown(

@@ -22,7 +22,7 @@ def main(*, h5ad, params, seed, out, stability, marker_table):
     note = embed(
         adata, n_pcs=params["n_pcs"], n_neighbors=params["n_neighbors"],
         batch_key=params["batch_key"], seed=seed, value_type=value_type,
-        normalization=params["normalization"],
+        normalization=params["normalization"], knn=params["knn"],
     )
     log.info(note)
     table = cluster_over_resolutions(

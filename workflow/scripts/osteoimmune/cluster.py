@@ -104,6 +104,26 @@ def _pearson_residuals_pca(adata: ad.AnnData, *, n_comps: int, seed: int) -> Non
     adata.uns["pca"] = sub.uns["pca"]
 
 
+# Up to this many cells the kNN graph is exact (sklearn, brute force on the PCA/harmony
+# coordinates): deterministic, and faster than pynndescent plus its numba compilation at this
+# size. Above it the approximate pynndescent search scales better.
+EXACT_KNN_MAX_CELLS = 50_000
+
+
+def knn_transformer(n_obs: int, knn: str = "auto") -> str:
+    """The ``transformer`` for ``sc.pp.neighbors``: ``sklearn`` (exact) or ``pynndescent``.
+
+    ``knn`` is ``exact``, ``approximate`` or ``auto`` (exact up to
+    :data:`EXACT_KNN_MAX_CELLS` cells).
+    """
+    if knn == "auto":
+        knn = "exact" if n_obs <= EXACT_KNN_MAX_CELLS else "approximate"
+    if knn not in ("exact", "approximate"):
+        msg = f"cluster.knn must be auto, exact or approximate, not {knn!r}."
+        raise ValueError(msg)
+    return "sklearn" if knn == "exact" else "pynndescent"
+
+
 def embed(
     adata: ad.AnnData,
     *,
@@ -113,11 +133,13 @@ def embed(
     seed: int,
     value_type: str,
     normalization: str = "log1p",
+    knn: str = "auto",
 ) -> str:
     """PCA on the highly variable genes, harmony across batches if several, neighbours, UMAP.
 
-    ``normalization`` and ``value_type`` choose the PCA input (see :func:`pca`). Returns a
-    note saying whether batches were integrated, for the report.
+    ``normalization`` and ``value_type`` choose the PCA input (see :func:`pca`); ``knn`` the
+    neighbour search (see :func:`knn_transformer`). Returns a note saying whether batches were
+    integrated, for the report.
     """
     pca(adata, n_pcs=n_pcs, normalization=normalization, value_type=value_type, seed=seed)
     rep, note = "X_pca", f"one {batch_key}: no batch integration"
@@ -128,11 +150,14 @@ def embed(
             random_state=seed, verbose=False,
         )
         rep, note = "X_pca_harmony", f"harmony across {batches} values of obs['{batch_key}']"
+    transformer = knn_transformer(adata.n_obs, knn)
     sc.pp.neighbors(
-        adata, n_neighbors=min(n_neighbors, adata.n_obs - 1), use_rep=rep, random_state=seed
+        adata, n_neighbors=min(n_neighbors, adata.n_obs - 1), use_rep=rep, random_state=seed,
+        transformer=transformer,
     )
+    adata.uns["osteoimmune"] = adata.uns.get("osteoimmune", {}) | {"knn": transformer}
     sc.tl.umap(adata, random_state=seed)
-    adata.uns.setdefault("osteoimmune", {})["integration"] = note
+    adata.uns["osteoimmune"]["integration"] = note
     return note
 
 
