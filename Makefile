@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup run test lint lock clean
+.PHONY: setup browser run test lint lock clean
 
 setup: $(VENV)/.installed
 
@@ -21,8 +21,21 @@ $(VENV)/.installed: envs/requirements.lock pyproject.toml
 run: setup
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
+
+# tests/test_browser.py opens the reports in Debian's chromium. As root with apt (CI), install
+# it when missing; otherwise say what to install (the browser tests skip, or fail under CI=true).
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; \
+	else \
+	  echo "make: chromium is missing; install it for tests/test_browser.py, e.g." \
+	    "'sudo apt-get install --no-install-recommends chromium'"; \
+	fi
 
 lint: setup
 	$(BIN)/ruff check .

@@ -17,6 +17,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/fetch.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/cluster.smk"
+include: "workflow/rules/annotate.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
 

@@ -72,7 +72,8 @@ def cluster_steps(adata: ad.AnnData, *, params: dict, seed: int, timer: StepTime
     with timer.step("embed (pca+harmony+neighbors+umap)"):
         embed(adata, n_pcs=params["n_pcs"], n_neighbors=params["n_neighbors"],
               batch_key=params["batch_key"], seed=seed, value_type=value_type,
-              normalization=params["normalization"], knn=params["knn"])
+              normalization=params["normalization"], knn=params["knn"],
+              umap_init=params["umap_init"])
     with timer.step("leiden (grid + stability)"):
         cluster_over_resolutions(adata, resolutions=params["resolutions"],
                                  repeats=params["stability_repeats"], seed=seed)

@@ -31,6 +31,7 @@ def run_one(script: str, h5ad: Path, record: Path) -> dict:
                    check=True)
     result = json.loads(record.read_text())
     result["process_s"] = time.perf_counter() - start
+    record.write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -65,6 +66,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     runs = {args.only: RUNS[args.only]} if args.only else RUNS
     results = {name: run_one(script, h5ad, resample.OUT / f"{name}_{stem}.json")
                for name, script in runs.items()}
+    for name in RUNS:  # with --only, the other script's last record of this matrix
+        record = resample.OUT / f"{name}_{stem}.json"
+        if name not in results and record.exists():
+            results[name] = json.loads(record.read_text())
+    results = {name: results[name] for name in RUNS if name in results}
     table = results_table(results)
     table.to_csv(resample.OUT / f"results_{stem}.tsv", sep="\t", float_format="%.2f")
     print(f"\n{args.cells} resampled cells ({h5ad.name})\n")

@@ -10,7 +10,14 @@ from pathlib import Path
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, MiB (Linux reports KiB)."""
+    """This process's peak resident memory so far (``VmHWM``), MiB.
+
+    Not ``ru_maxrss``: Linux carries that across ``exec``, so a child started by a large
+    parent would report the parent's size.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

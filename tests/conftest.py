@@ -1,6 +1,9 @@
 """Shared test fixtures and paths."""
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,3 +28,36 @@ def mirror() -> Path:
     if not (MIRROR / "MANIFEST.tsv").is_file():
         pytest.skip(f"no dataset mirror at {MIRROR}; set OSTEOIMMUNE_MIRROR")
     return MIRROR
+
+
+def snakemake(workdir: Path, *config: str, targets=()) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+        "--directory", str(workdir), "--configfile", str(REPO / "config" / "config.yaml"),
+        "--cores", "2", "--config", *config, "--", *targets,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def run(request, tmp_path_factory) -> Path:
+    """Workdir of one workflow run on every mirrored dataset, shared by the session's tests.
+
+    For development only, OSTEOIMMUNE_TEST_RESULTS may name the workdir of a finished run
+    (the folder holding results/, resources/ and logs/) to test instead of running again.
+    """
+    prebuilt = os.environ.get("OSTEOIMMUNE_TEST_RESULTS")
+    if prebuilt:
+        workdir = Path(prebuilt).resolve()
+        workdir = workdir.parent if workdir.name == "results" else workdir
+        if not (workdir / "results" / "index.html").is_file():
+            pytest.fail(f"OSTEOIMMUNE_TEST_RESULTS={prebuilt} holds no results/index.html")
+        return workdir
+    mirror = request.getfixturevalue("mirror")
+    workdir = tmp_path_factory.mktemp("workflow")
+    result = snakemake(
+        workdir, f"datasets={json.dumps(list(MANIFEST_SHAPES))}", f"mirror={mirror}",
+        "offline=True",
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir

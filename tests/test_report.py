@@ -23,6 +23,8 @@ def scored():
     adata.obs["condition"] = pd.Categorical(["a", "b"] * (n // 2))
     adata.obs["author_cell_type"] = pd.Categorical(["<b>T</b>", "Mono"] * (n // 2))
     adata.obs["leiden"] = pd.Categorical(rng.integers(0, 3, n).astype(str))
+    adata.obs["cell_lineage"] = pd.Categorical(["myeloid"] * n)
+    adata.obs["cell_type"] = pd.Categorical(["classical monocyte"] * n)
     for metric in ("total_counts", "n_genes_by_counts", "pct_counts_mt"):
         adata.obs[metric] = rng.random(n) * 100
     adata.obs["score_M1"] = rng.normal(size=n)
@@ -52,6 +54,17 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
         "coverage": pd.DataFrame({"scored": [True]}, index=["M1"]),
         "by_group": by_group,
         "qc_cells": scored.obs.assign(qc_pass=True),
+        "agreement": pd.DataFrame({"level": ["lineage"], "metric": ["accuracy"],
+                                   "reference": ["<i>authors</i>"], "annotation": [0.9]}),
+        "confusion": pd.DataFrame({"author_lineage": ["myeloid"], "author_cell_type": ["x"],
+                                   "n_cells": [60], "classical monocyte": [60]},
+                                  index=pd.Index(["Mono"], name="author_label")),
+        "composition": pd.DataFrame({"sample": "s1", "cell_lineage": "myeloid",
+                                     "cell_type": ["classical monocyte"], "n_cells": [60],
+                                     "fraction": [1.0]}),
+        "panel_coverage": pd.DataFrame(
+            {c: ["x"] for c in ("lineage", "cell_type", "n_genes", "n_present", "used",
+                                "complete", "reason", "sources")}, index=["mono"]),
         "qc_thresholds": pd.DataFrame({
             "sample": "s1", "scope": "sample", "metric": ["total_counts", "pct_counts_mt"],
             "lower": [5.0, None], "upper": [90.0, 20.0], "cells": scored.n_obs,
@@ -65,8 +78,10 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
     assert "P &amp; Q" in html
     sources = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
     files = re.findall(r'data-file="figures/([^"]+)"', html)
-    # qc thresholds, qc, stability, leiden, labels, condition, heatmap, score
-    assert len(sources) == len(files) == 8
+    # qc thresholds, qc, stability, leiden, labels, condition, lineage, type, composition,
+    # confusion, heatmap, score
+    assert len(sources) == len(files) == 12
+    assert "&lt;i&gt;authors&lt;/i&gt;" in html
     assert "Lyz2, Cd14" in html
     for data, name in zip(sources, files, strict=True):
         assert base64.b64decode(data) == (tmp_path / "figures" / name).read_bytes()

@@ -4,15 +4,14 @@ import base64
 import hashlib
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import anndata as ad
 import pandas as pd
 import pytest
-from conftest import MANIFEST_SHAPES, REPO
+from conftest import MANIFEST_SHAPES, snakemake
 from sklearn.metrics import roc_auc_score
+
+from osteoimmune.panels import LINEAGES
 
 pytestmark = pytest.mark.e2e
 
@@ -21,25 +20,7 @@ SHAPES = MANIFEST_SHAPES
 # the Luecken files hold a random gene panel (no CD14, LYZ, FCGR3A, CD68 or CSF1R).
 UNSCORED = {"paul2015_bm_myeloid", "luecken2021_bmmc_cite", "luecken2021_bmmc_multiome"}
 LABELLED = set(SHAPES) - {"shalek2014_bmdc_lps"}
-
-
-def snakemake(workdir: Path, *config: str, targets=()) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(REPO / "config" / "config.yaml"),
-        "--cores", "2", "--config", *config, "--", *targets,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture(scope="module")
-def run(mirror, tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("workflow")
-    result = snakemake(
-        workdir, f"datasets={json.dumps(list(SHAPES))}", f"mirror={mirror}", "offline=True"
-    )
-    assert result.returncode == 0, result.stderr[-5000:]
-    return workdir
+NOT_COUNTS = {"shalek2014_bmdc_lps", "weinreb2020_larry_bm_culture"}  # tpm, normalized
 
 
 @pytest.mark.parametrize("dataset", list(SHAPES))
@@ -77,6 +58,32 @@ def test_final_anndata_has_clusters_scores_and_labels(run, dataset):
     assert all(isinstance(r, str) and "%" in r or "no gene" in r for r in reasons)
 
 
+@pytest.mark.parametrize("dataset", list(SHAPES))
+def test_final_anndata_has_annotation_and_qc_per_sample(run, dataset):
+    folder = run / "results" / dataset
+    adata = ad.read_h5ad(folder / f"{dataset}.h5ad")
+    assert set(adata.obs["cell_lineage"]) <= {*LINEAGES, "unassigned"}
+    assert adata.obs["cell_type"].notna().all() and "annotation_margin" in adata.obs
+    for metric in ("total_counts", "n_genes_by_counts", "pct_counts_mt"):
+        assert metric in adata.obs
+    # doublets are scored on counts only (non-count input skips count-based QC with a note)
+    assert ("doublet_score" in adata.obs) == (dataset not in NOT_COUNTS)
+    samples = pd.read_csv(folder / "intermediate" / "samples" / "samples.tsv", sep="\t")
+    assert samples["cells"].sum() == SHAPES[dataset][0]
+    for slug in samples["slug"]:  # one qc_sample job per sample
+        assert (run / "logs" / "qc_sample" / dataset / f"{slug}.log").is_file()
+    thresholds = pd.read_csv(folder / "tables" / "qc_thresholds.tsv", sep="\t")
+    assert set(thresholds["sample"].astype(str)) == set(samples["sample"].astype(str))
+    agreement = pd.read_csv(folder / "tables" / "annotation_agreement.tsv", sep="\t")
+    assert agreement.empty == (dataset not in LABELLED)
+
+
+def test_cite_monocytes_carry_cd14_protein(run):
+    agreement = pd.read_csv(run / "results" / "luecken2021_bmmc_cite" / "tables"
+                            / "annotation_agreement.tsv", sep="\t").set_index("metric")
+    assert agreement.loc["CD14_auroc", "annotation"] >= 0.9
+
+
 def test_lps_raises_the_m1_score_in_shalek_dendritic_cells(run):
     adata = ad.read_h5ad(run / "results" / "shalek2014_bmdc_lps" / "shalek2014_bmdc_lps.h5ad")
     lps = (adata.obs["condition"] == "LPS_6h").to_numpy()
@@ -90,7 +97,7 @@ def test_report_images_are_real_pngs_and_files_exist(run, dataset):
     html = (folder / "report.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', html)
     files = re.findall(r'data-file="([^"]+)"', html)
-    assert len(sources) >= 2 + (dataset not in UNSCORED) and len(files) == len(sources)
+    assert len(sources) >= 4 + (dataset not in UNSCORED) and len(files) == len(sources)
     for src, name in zip(sources, files, strict=True):
         png = base64.b64decode(src.removeprefix("data:image/png;base64,"))
         assert png.startswith(b"\x89PNG\r\n\x1a\n")

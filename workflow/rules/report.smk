@@ -11,6 +11,10 @@ rule report_dataset:
         qc_thresholds=rules.filter_cells.output.thresholds,
         stability=rules.cluster_cells.output.stability,
         markers=rules.cluster_cells.output.markers,
+        agreement=rules.annotate_cells.output.agreement,
+        confusion=rules.annotate_cells.output.confusion,
+        composition=rules.annotate_cells.output.composition,
+        panel_coverage=rules.annotate_cells.output.coverage,
         coverage=rules.score_signatures.output.coverage,
         by_group=rules.score_signatures.output.by_group,
     output:

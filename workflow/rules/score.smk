@@ -3,7 +3,7 @@
 
 rule score_signatures:
     input:
-        h5ad=rules.cluster_cells.output.h5ad,
+        h5ad=rules.annotate_cells.output.h5ad,
     output:
         h5ad="results/{dataset}/{dataset}.h5ad",
         coverage="results/{dataset}/tables/signature_coverage.tsv",

@@ -23,6 +23,7 @@ def main(*, h5ad, params, seed, out, stability, marker_table):
         adata, n_pcs=params["n_pcs"], n_neighbors=params["n_neighbors"],
         batch_key=params["batch_key"], seed=seed, value_type=value_type,
         normalization=params["normalization"], knn=params["knn"],
+        umap_init=params["umap_init"],
     )
     log.info(note)
     table = cluster_over_resolutions(

@@ -11,7 +11,8 @@ from osteoimmune.report import dataset_report
 from osteoimmune.runlog import logged
 
 TABLES = (
-    "qc", "lineage", "qc_cells", "qc_thresholds", "stability", "markers", "coverage", "by_group",
+    "qc", "lineage", "qc_cells", "qc_thresholds", "stability", "markers", "agreement",
+    "confusion", "composition", "panel_coverage", "coverage", "by_group",
 )
 
 
@@ -33,6 +34,10 @@ def main(*, h5ad, manifest, tables, registry, config, html, fig_dir):
             "qc_thresholds": read_tsv(tables["qc_thresholds"], dtype={"sample": str}),
             "stability": read_tsv(tables["stability"]),
             "markers": read_tsv(tables["markers"], dtype={"cluster": str}),
+            "agreement": read_tsv(tables["agreement"]),
+            "confusion": read_tsv(tables["confusion"], index_col=0),
+            "composition": read_tsv(tables["composition"], dtype={"sample": str}),
+            "panel_coverage": read_tsv(tables["panel_coverage"], index_col=0),
             "coverage": read_tsv(tables["coverage"], index_col=0),
             "by_group": read_tsv(tables["by_group"], dtype={"group": str}),
         },

@@ -25,7 +25,8 @@ def main(*, h5ad, params, seed, out, coverage_out, by_group_out):
         case_insensitive=meta["gene_symbol_case"] == "upper",
     )
     log.info("scored %d of %d sets", int(coverage["scored"].sum()), len(coverage))
-    groupings = ["leiden"] + (["author_cell_type"] if "author_cell_type" in adata.obs else [])
+    groupings = [key for key in ("leiden", "cell_lineage", "cell_type", "author_cell_type")
+                 if key in adata.obs]
     tables = [
         scores_by_group(adata, groupby=key).rename_axis("group").reset_index()
         .assign(grouping=key) for key in groupings

@@ -114,6 +114,41 @@ def qc_threshold_plot(
     return fig
 
 
+def composition_bars(composition: pd.DataFrame, *, level: str = "cell_type") -> plt.Figure:
+    """Stacked bars: fraction of each sample's cells per ``level`` (cell_type or lineage)."""
+    table = composition.pivot_table(index="sample", columns=level, values="n_cells",
+                                    aggfunc="sum", fill_value=0)
+    table = table.div(table.sum(axis=1), axis=0)
+    table = table[table.sum().sort_values(ascending=False).index]
+    cmap = plt.get_cmap("tab20")
+    fig, ax = plt.subplots(figsize=(4 + 0.5 * len(table), 4))
+    bottom = np.zeros(len(table))
+    for i, column in enumerate(table.columns):
+        ax.bar(table.index.astype(str), table[column], bottom=bottom, color=cmap(i % 20),
+               label=str(column))
+        bottom += table[column].to_numpy()
+    ax.set(ylabel="fraction of cells", ylim=(0, 1), title=f"{level} per sample")
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize=7)
+    return fig
+
+
+def confusion_heatmap(confusion: pd.DataFrame) -> plt.Figure:
+    """Author labels (rows) x our cell types (columns), as the fraction of each row."""
+    counts = confusion.drop(columns=["author_lineage", "author_cell_type", "n_cells"],
+                            errors="ignore")
+    fractions = counts.div(counts.sum(axis=1).replace(0, 1), axis=0)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.35 * counts.shape[1], 1.8 + 0.25 * counts.shape[0]))
+    image = ax.imshow(fractions.to_numpy(dtype=float), aspect="auto", cmap="Blues", vmin=0,
+                      vmax=1)
+    ax.set_xticks(range(counts.shape[1]), counts.columns.astype(str), rotation=60, ha="right",
+                  fontsize=7)
+    ax.set_yticks(range(counts.shape[0]), counts.index.astype(str), fontsize=7)
+    ax.set(xlabel="our cell_type", ylabel="author label")
+    fig.colorbar(image, ax=ax, shrink=0.7, label="fraction of the author label's cells")
+    return fig
+
+
 def score_heatmap(means: pd.DataFrame, *, title: str) -> plt.Figure:
     """Heatmap of mean scores (rows groups, columns sets), z-scored per set across groups."""
     z = (means - means.mean()) / means.std(ddof=0).replace(0, 1)

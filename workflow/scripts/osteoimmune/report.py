@@ -71,6 +71,8 @@ def dataset_figures(
     stability: pd.DataFrame,
     qc_cells: pd.DataFrame,
     qc_thresholds: pd.DataFrame,
+    composition: pd.DataFrame,
+    confusion: pd.DataFrame,
 ) -> dict:
     """Make every figure of a dataset report into ``fig_dir``; returns section -> [Figure]."""
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +99,18 @@ def dataset_figures(
         if key in adata.obs and (key == "author_cell_type" or adata.obs[key].nunique() > 1):
             out["clusters"].append(make(f"umap_{key}", f"UMAP by {key}",
                                         figures.umap_categorical(adata, key, title=key)))
+    out["annotation"] = [
+        make(f"umap_{key}", f"UMAP by {key} (marker panels; author labels not used)",
+             figures.umap_categorical(adata, key, title=key))
+        for key in ("cell_lineage", "cell_type") if key in adata.obs
+    ]
+    if not composition.empty:
+        out["annotation"].append(make("composition", "Cell types per sample (fractions)",
+                                      figures.composition_bars(composition)))
+    if not confusion.empty:
+        out["annotation"].append(make(
+            "annotation_confusion", "Author labels (rows) vs our cell types (columns)",
+            figures.confusion_heatmap(confusion)))
     score_cols = [c for c in adata.obs.columns if c.startswith("score_")]
     out["scores"] = [
         make(f"umap_{col}", f"UMAP by {col}", figures.umap_continuous(adata, col, title=col))
@@ -123,7 +137,7 @@ def dataset_report(
     """Render the HTML report of one dataset and write its figures to ``fig_dir``.
 
     ``tables`` holds the rule outputs: qc, lineage, qc_cells, qc_thresholds, stability,
-    markers, coverage, by_group.
+    markers, agreement, confusion, composition, panel_coverage, coverage, by_group.
     """
     meta = adata.uns["osteoimmune"]
     by_group = tables["by_group"]
@@ -132,6 +146,7 @@ def dataset_report(
     figs = dataset_figures(
         adata, fig_dir=fig_dir, by_cluster=by_cluster, stability=tables["stability"],
         qc_cells=tables["qc_cells"], qc_thresholds=tables["qc_thresholds"],
+        composition=tables["composition"], confusion=tables["confusion"],
     )
     return render(
         "report.html",
@@ -143,6 +158,11 @@ def dataset_report(
         stability_table=table_html(tables["stability"], index=False),
         markers_table=table_html(top_markers(tables["markers"]), index=False),
         coverage_table=table_html(tables["coverage"]),
+        agreement_rows=len(tables["agreement"]),
+        agreement_table=table_html(tables["agreement"], index=False),
+        confusion_table=table_html(tables["confusion"]),
+        composition_table=table_html(composition_wide(tables["composition"])),
+        panel_table=table_html(tables["panel_coverage"][PANEL_COLUMNS]),
         score_tables={
             key: table_html(group.drop(columns="grouping").set_index("group"))
             for key, group in by_group.groupby("grouping", sort=False)
@@ -150,6 +170,18 @@ def dataset_report(
         versions=software_versions(),
         config_yaml=yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False),
     )
+
+
+PANEL_COLUMNS = ["lineage", "cell_type", "n_genes", "n_present", "used", "complete", "reason",
+                 "sources"]
+
+
+def composition_wide(composition: pd.DataFrame) -> pd.DataFrame:
+    """Cells per cell type (rows, with lineage) and sample (columns)."""
+    if composition.empty:
+        return composition
+    return composition.pivot_table(index=["cell_lineage", "cell_type"], columns="sample",
+                                   values="n_cells", aggfunc="sum", fill_value=0)
 
 
 def top_markers(markers: pd.DataFrame, *, n: int = 8) -> pd.DataFrame:

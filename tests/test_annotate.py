@@ -1,0 +1,478 @@
+"""Marker-panel annotation: panels, coverage, scores, lineage and type calls, agreement."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import yaml
+from conftest import REPO
+from scipy import sparse
+
+from osteoimmune.agreement import (
+    agreement_table,
+    agreement_tables,
+    check_label_map,
+    composition_table,
+    confusion_table,
+    map_author_labels,
+    protein_check,
+)
+from osteoimmune.annotate import annotate_cells, score_panels
+from osteoimmune.errors import SignatureError
+from osteoimmune.panels import (
+    CELL_TYPES,
+    LINEAGES,
+    PANEL_SPECS,
+    build_panels,
+    lineage_specific,
+    panel_coverage,
+)
+from osteoimmune.registry import load_registry
+from osteoimmune.signatures import load_library
+
+GROUPS = {
+    "T": ["CD3D", "CD3E", "CD3G", "CD2", "TRAC", "TRBC1", "CD247", "LCK", "IL7R", "CD28"],
+    "mono": ["CD14", "LYZ", "S100A8", "S100A9", "VCAN", "FCN1", "CTSS", "MNDA"],
+    "ery": ["HBB", "HBA1", "HBA2", "GYPA", "ALAS2", "SLC4A1", "AHSP"],
+    "B": ["MS4A1", "BANK1", "CD22", "FCRLA", "TCL1A", "CR2", "CD79A"],
+    "none": [f"FILLER{i:03d}" for i in range(8)],
+}
+EXPECTED = {
+    "T": ("lymphoid", "T cell"),
+    "mono": ("myeloid", "classical monocyte"),
+    "ery": ("erythroid", "erythrocyte"),
+    "B": ("lymphoid", "mature B"),
+    "none": ("unassigned", "unassigned"),
+}
+
+
+@pytest.fixture(scope="module")
+def library():
+    return load_library()
+
+
+@pytest.fixture(scope="module")
+def human(library):
+    return build_panels(library, "human")
+
+
+def make_adata(groups=GROUPS, *, n_cells=60, n_filler=150, seed=0):
+    """Poisson counts: each group of cells expresses its genes highly; log-normalised X."""
+    genes = list(dict.fromkeys(g for genes in groups.values() for g in genes))
+    genes += [f"GENE{i:03d}" for i in range(n_filler)]
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for markers in groups.values():
+        rates = np.full(len(genes), 0.3)
+        rates[[genes.index(g) for g in markers]] = 6.0
+        blocks.append(rng.poisson(rates, size=(n_cells, len(genes))))
+    counts = sparse.csr_matrix(np.vstack(blocks).astype(np.float32))
+    adata = ad.AnnData(X=counts.copy(), layers={"counts": counts})
+    adata.var_names = genes
+    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
+    adata.obs["group"] = np.repeat(list(groups), n_cells)
+    adata.obs["leiden"] = pd.Categorical(np.repeat([str(i) for i in range(len(groups))], n_cells))
+    adata.obs["sample"] = np.tile(["s1", "s2"], adata.n_obs // 2)
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    sc.pp.pca(adata, n_comps=10, random_state=0)
+    sc.pp.neighbors(adata, n_neighbors=10, random_state=0)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def annotated(human):
+    adata = make_adata()
+    coverage, clusters = annotate_cells(adata, human)
+    return adata, coverage, clusters
+
+
+def test_groups_get_their_lineage_and_type(annotated):
+    adata, _, _ = annotated
+    calls = adata.obs.groupby("group", observed=True)[["cell_lineage", "cell_type"]].agg(
+        lambda v: v.astype(str).value_counts().idxmax()
+    )
+    for group, (lineage, cell_type) in EXPECTED.items():
+        assert tuple(calls.loc[group]) == (lineage, cell_type), group
+    agree = adata.obs["cell_lineage"].astype(str) == adata.obs["group"].map(
+        {g: e[0] for g, e in EXPECTED.items()}
+    )
+    assert agree.mean() > 0.95
+
+
+def test_outputs_are_stored_with_margins_and_scores(annotated):
+    adata, coverage, clusters = annotated
+    assert set(adata.obs["cell_lineage"].cat.categories) == {*LINEAGES, "unassigned"}
+    assert isinstance(adata.obsm["panel_scores"], pd.DataFrame)
+    assert list(adata.obsm["panel_scores"].columns) == list(coverage.index[coverage["used"]])
+    margin = adata.obs["annotation_margin"]
+    assigned = adata.obs["cell_lineage"] != "unassigned"
+    assert margin[assigned].notna().all() and margin[~assigned].isna().all()
+    assert (margin[assigned] > 0).mean() > 0.95
+    assert clusters.loc["4", "cell_lineage"] == "unassigned"
+    assert adata.uns["annotation"]["params"]["min_margin"] == 0.1
+    assert sparse.issparse(adata.X)
+
+
+def test_annotated_anndata_writes_to_h5ad(annotated, tmp_path):
+    adata, _, _ = annotated
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert back.obs["cell_type"].tolist() == adata.obs["cell_type"].tolist()
+
+
+def test_subtypes_refine_t_cells_only_when_their_genes_are_there(human):
+    groups = {
+        "CD4": [*GROUPS["T"], "CD4", "CD40LG", "ZBTB7B"],
+        "CD8": [*GROUPS["T"], "CD8A", "CD8B"],
+        "mono": GROUPS["mono"],
+    }
+    adata = make_adata(groups)
+    annotate_cells(adata, human)
+    calls = adata.obs.groupby("group", observed=True)["cell_type"].agg(
+        lambda v: v.astype(str).value_counts().idxmax()
+    )
+    assert calls["CD4"] == "CD4 T" and calls["CD8"] == "CD8 T"
+
+
+def test_same_input_gives_identical_annotation(human):
+    first, second = make_adata(), make_adata()
+    annotate_cells(first, human)
+    annotate_cells(second, human)
+    pd.testing.assert_frame_equal(first.obs, second.obs)
+    pd.testing.assert_frame_equal(first.obsm["panel_scores"], second.obsm["panel_scores"])
+
+
+def test_sparse_and_dense_input_give_the_same_scores(human):
+    adata = make_adata()
+    coverage = panel_coverage(adata, human)
+    on_sparse = score_panels(adata, human, coverage)
+    dense = adata.copy()
+    dense.X = dense.X.toarray()
+    np.testing.assert_allclose(score_panels(dense, human, coverage), on_sparse, atol=1e-5)
+    assert sparse.issparse(adata.X)
+
+
+def test_scores_are_shrunk_z_scores(human):
+    adata = make_adata()
+    coverage = panel_coverage(adata, human)
+    scores = score_panels(adata, human, coverage, shrink=0.0)
+    genes = coverage.at["erythroblast", "present"].split(",")
+    x = adata[:, genes].X.toarray()
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    np.testing.assert_allclose(scores["erythroblast"], z.mean(axis=1), atol=1e-4)
+    shrunk = score_panels(adata, human, coverage, shrink=1.0)["erythroblast"]
+    np.testing.assert_allclose(shrunk, z.sum(axis=1) / (len(genes) + 1), atol=1e-4)
+
+
+def test_coverage_reports_partial_and_unusable_panels(human):
+    adata = make_adata()
+    coverage = panel_coverage(adata, human, min_genes=2, min_coverage=0.5)
+    ery = coverage.loc["erythroblast"]
+    assert ery["used"] and not ery["complete"] and ery["n_present"] == 7
+    assert ery["fraction_present"] == pytest.approx(7 / ery["n_genes"])
+    assert ery["fraction_present"] < 0.5
+    assert coverage.at["monocyte_classical", "complete"]
+    assert not coverage.at["osteoblast", "used"]
+    assert "below the minimum of 2" in coverage.at["osteoblast", "reason"]
+    assert "CD14" in coverage.at["monocyte_classical", "present"].split(",")
+
+
+def test_genes_shared_between_lineages_do_not_count_for_the_lineage(human):
+    specific = lineage_specific(human)
+    assert "CD34" in human["HSC_MPP"].genes and "CD34" in human["B_progenitor"].genes
+    assert "CD34" not in specific["HSC_MPP"].genes
+    assert "CD34" not in specific["B_progenitor"].genes
+    assert set(specific["erythroid_lineage"].genes) >= set(specific["erythroblast"].genes)
+
+
+def test_mouse_symbols_in_a_human_dataset_are_an_error(human):
+    adata = make_adata()
+    adata.var_names = [g.capitalize() if g.isupper() else g for g in adata.var_names]
+    with pytest.raises(SignatureError, match="other species"):
+        panel_coverage(adata, human)
+
+
+def test_upper_cased_mouse_symbols_match_case_insensitively(library):
+    adata = make_adata({"mono": ["LY6C2", "CCR2", "LYZ2", "MS4A4C", "F13A1", "PLAC8"],
+                        "ery": ["HBA-A1", "HBB-BS", "ALAS2", "GYPA", "SLC4A1"]})
+    mouse = build_panels(library, "mouse")
+    with pytest.raises(SignatureError, match="gene_symbol_case"):
+        panel_coverage(adata, mouse)
+    coverage = panel_coverage(adata, mouse, case_insensitive=True)
+    assert coverage.at["monocyte_classical", "n_present"] == 6
+
+
+def test_ensembl_ids_map_through_a_symbol_column_or_fail(human):
+    adata = make_adata()
+    symbols = list(adata.var_names)
+    adata.var_names = [f"ENSG{i:011d}" for i in range(adata.n_vars)]
+    with pytest.raises(SignatureError, match="Ensembl"):
+        panel_coverage(adata, human)
+    adata.var["gene_symbol"] = symbols
+    assert panel_coverage(adata, human).at["monocyte_classical", "n_present"] == 8
+
+
+def test_no_usable_panel_is_an_error(human):
+    adata = make_adata({"a": ["FILLER001"], "b": ["FILLER002"]})
+    with pytest.raises(SignatureError, match="No marker panel"):
+        panel_coverage(adata, human)
+
+
+def test_missing_clusters_or_graph_are_errors(human):
+    adata = make_adata()
+    with pytest.raises(SignatureError, match="'clusters' is not in obs"):
+        annotate_cells(adata, human, cluster_key="clusters")
+    del adata.obsp["connectivities"]
+    with pytest.raises(SignatureError, match="neighbour graph"):
+        annotate_cells(adata, human)
+
+
+def test_extra_panels_replace_or_add_panels(library):
+    extra = {
+        "human": {
+            "chondrocyte": ["SOX9", "COL2A1"],
+            "adipocyte_like": {"genes": ["ADIPOQ", "PLIN1"], "lineage": "stromal"},
+        }
+    }
+    panels = build_panels(library, "human", extra_panels=extra)
+    assert panels["chondrocyte"].genes == ("SOX9", "COL2A1")
+    assert panels["chondrocyte"].sources == ("config",)
+    assert panels["adipocyte_like"].lineage == "stromal"
+    assert panels["adipocyte_like"].cell_type is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "pattern"),
+    [
+        ({"genes": ["A"], "lineage": "bone"}, "needs 'lineage'"),
+        ({"genes": ["A"], "lineage": "stromal", "cell_type": "NK"}, "not a type of lineage"),
+        ({"genes": "A"}, "list of gene symbols"),
+    ],
+)
+def test_bad_extra_panels_are_named(library, entry, pattern):
+    with pytest.raises(SignatureError, match=rf"'new_panel'.*{pattern}"):
+        build_panels(library, "human", extra_panels={"human": {"new_panel": entry}})
+
+
+def test_panel_specs_use_the_vocabulary():
+    for lineage, cell_type, parent in PANEL_SPECS.values():
+        assert lineage in LINEAGES
+        assert cell_type is None or CELL_TYPES[cell_type] == lineage
+        assert parent is None or CELL_TYPES[parent] == lineage
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+LABEL_MAP = {
+    "Mono": {"lineage": "myeloid", "cell_type": "classical monocyte"},
+    "NK cells": {"lineage": "lymphoid", "cell_type": "NK"},
+    "ILC": {"lineage": "lymphoid", "cell_type": None},
+}
+
+
+def hand_obs():
+    return pd.DataFrame(
+        {
+            "author_cell_type": ["Mono", "Mono", "Mono", "NK cells", "NK cells", "ILC", "odd"],
+            "cell_lineage": ["myeloid", "myeloid", "unassigned", "lymphoid", "lymphoid",
+                             "lymphoid", "myeloid"],
+            "cell_type": ["classical monocyte", "macrophage", "unassigned", "NK", "unassigned",
+                          "NK", "macrophage"],
+            "leiden": ["0", "0", "1", "2", "2", "2", "0"],
+            "sample": ["s1", "s1", "s1", "s2", "s2", "s2", "s2"],
+        },
+        index=[f"c{i}" for i in range(7)],
+    )
+
+
+def test_author_labels_map_to_the_vocabulary_and_unknown_ones_are_reported():
+    mapped, unmapped = map_author_labels(hand_obs()["author_cell_type"], LABEL_MAP)
+    assert unmapped == ["odd"]
+    assert mapped["author_lineage"].tolist()[-2:] == ["lymphoid", None]
+    assert mapped["author_cell_type"].tolist()[-2:] == [None, None]
+
+
+def test_agreement_metrics_by_hand():
+    table = agreement_table(hand_obs(), LABEL_MAP).set_index(["level", "metric", "reference"])
+    lineage = table.xs("lineage", level="level")
+    mapped = "author labels mapped to the vocabulary"
+    # 6 cells with a mapped lineage; cell 2 is unassigned
+    assert lineage.loc[("accuracy", mapped), "annotation"] == pytest.approx(5 / 6)
+    assert lineage.loc[("accuracy_of_assigned", mapped), "annotation"] == pytest.approx(1.0)
+    assert lineage.loc[("fraction_assigned", mapped), "n_cells"] == 6
+    cell_type = table.xs("cell_type", level="level")
+    # 5 cells with a mapped type: correct are c0 (monocyte) and c3 (NK)
+    assert cell_type.loc[("accuracy", mapped), "annotation"] == pytest.approx(2 / 5)
+    # F1 monocyte: precision 1, recall 1/3 -> 0.5; NK: precision 1, recall 1/2 -> 2/3
+    assert cell_type.loc[("macro_f1", mapped), "annotation"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert table.loc[("cell_type", "ari", "author labels as published"), "n_cells"] == 7
+
+
+def test_agreement_with_a_perfect_annotation_is_one():
+    obs = hand_obs().iloc[[0, 3]]
+    obs.loc["c3", "cell_type"] = "NK"
+    table = agreement_table(obs, LABEL_MAP)
+    assert np.allclose(table.loc[table["metric"] != "ari", "annotation"], 1.0)
+
+
+def test_invalid_label_maps_are_errors():
+    with pytest.raises(SignatureError, match="'Mono'.*not a type of lineage"):
+        check_label_map({"Mono": {"lineage": "lymphoid", "cell_type": "classical monocyte"}})
+    with pytest.raises(SignatureError, match="lineage 'bone'"):
+        check_label_map({"Mono": {"lineage": "bone", "cell_type": None}})
+
+
+def test_confusion_and_composition_tables():
+    obs = hand_obs()
+    confusion = confusion_table(obs, LABEL_MAP)
+    assert confusion.loc["Mono", "n_cells"] == 3
+    assert confusion.loc["Mono", "unassigned"] == 1
+    assert confusion.loc["NK cells", "lymphoid (no type)"] == 1
+    assert confusion.loc["odd", "author_lineage"] == ""
+    composition = composition_table(obs)
+    assert composition.groupby("sample")["fraction"].sum().tolist() == pytest.approx([1, 1])
+    assert composition["n_cells"].sum() == len(obs)
+
+
+def test_protein_check_separates_predicted_monocytes():
+    obs = hand_obs().drop(columns="author_cell_type")
+    proteins = pd.DataFrame(
+        {"CD14": [90, 80, 2, 1, 0, 3, 70], "CD3": [1, 2, 50, 60, 40, 30, 1]}, index=obs.index
+    )
+    adata = ad.AnnData(obs=obs, obsm={"protein": proteins})
+    check = protein_check(adata, cell_types=("classical monocyte", "macrophage"))
+    assert check["n_cells_in"] == 3 and check["auroc"] == 1.0
+    assert check["ratio_of_means"] == pytest.approx(80 / (6 / 4))
+    # in: c0 (CD14 high) beats the 4 others, the NK cells c3 and c5 beat 1 and 2 of them
+    check = protein_check(adata, cell_types=("classical monocyte", "NK"))
+    assert check["auroc"] == pytest.approx(7 / 12)
+    with pytest.raises(SignatureError, match="No protein 'CD16'"):
+        protein_check(adata, protein="CD16")
+
+
+def test_registry_label_maps_use_the_vocabulary():
+    registry = load_registry(REPO / "config" / "datasets.yaml")
+    maps = {name: e.get("author_label_map") for name, e in registry.items()}
+    assert {n for n, m in maps.items() if m} == {
+        "paul2015_bm_myeloid", "luecken2021_bmmc_cite", "luecken2021_bmmc_multiome",
+        "weinreb2020_larry_bm_culture", "matsushita2023_bm_stroma",
+    }
+    for name, label_map in maps.items():
+        check_label_map(label_map or {}, dataset=name)
+
+
+# --------------------------------------------------------------------------- real data
+
+MAPPED = "author labels mapped to the vocabulary"
+PUBLISHED = "author labels as published"
+
+
+def build_annotated(mirror, dataset):
+    """The dataset through the library functions of the read, QC, cluster and annotate rules."""
+    from osteoimmune.cluster import embed, normalize, select_hvg
+    from osteoimmune.qc import compute_qc_metrics, filter_cells, prepare_qc, threshold_params
+    from osteoimmune.readers import read_dataset
+    from osteoimmune.stability import cluster_over_resolutions
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    qc, params, seed = config["qc"], config["cluster"], config["seed"]
+    entry = load_registry(REPO / "config" / "datasets.yaml")[dataset]
+    paths = {f["filename"]: mirror / dataset / f["filename"] for f in entry["files"]}
+    adata = read_dataset(entry, paths, dataset=dataset)
+    value_type = entry["values"]
+    compute_qc_metrics(adata, gene_lists=qc.get("gene_groups"))
+    prepare_qc(adata, qc=qc, seed=seed, value_type=value_type)
+    adata, _, _ = filter_cells(
+        adata, counts_based=value_type == "counts", min_cells_per_gene=qc["min_cells_per_gene"],
+        lineage_aware=qc["lineage_aware"], min_group_cells=qc["min_group_cells"],
+        remove_doublets=qc["remove_doublets"], min_cells_per_sample=qc["min_cells_per_sample"],
+        on_small_sample=qc["on_small_sample"], dataset=dataset, **threshold_params(qc),
+    )
+    normalize(adata, value_type=value_type)
+    select_hvg(adata, n_top_genes=params["n_top_genes"], value_type=value_type,
+               batch_key=params["batch_key"])
+    embed(adata, n_pcs=params["n_pcs"], n_neighbors=params["n_neighbors"],
+          batch_key=params["batch_key"], seed=seed, value_type=value_type,
+          normalization=params["normalization"])
+    cluster_over_resolutions(adata, resolutions=params["resolutions"],
+                             repeats=params["stability_repeats"], seed=seed)
+    annotate_cells(adata, build_panels(load_library(), entry["species"]))
+    agreement, _, unmapped = agreement_tables(adata, entry["author_label_map"])
+    assert unmapped == []
+    return adata, agreement.set_index(["level", "metric", "reference"])
+
+
+@pytest.fixture(scope="module")
+def real(mirror):
+    cache = {}
+
+    def get(dataset):
+        if dataset not in cache:
+            cache[dataset] = build_annotated(mirror, dataset)
+        return cache[dataset]
+
+    return get
+
+
+@pytest.mark.parametrize("dataset", ["luecken2021_bmmc_cite", "luecken2021_bmmc_multiome"])
+def test_lineage_agrees_with_the_authors_on_luecken(real, dataset):
+    _, table = real(dataset)
+    assert table.loc[("lineage", "accuracy", MAPPED), "annotation"] >= 0.8
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured 0.79: the 240-gene Paul subset has no HSC/MPP, MEP, megakaryocyte or "
+    "basophil marker of the panels, so the MEP cluster stays unassigned and GMPs are called "
+    "myeloid with the committed progenitors they cluster with",
+)
+def test_lineage_accuracy_on_paul_reaches_the_bar(real):
+    _, table = real("paul2015_bm_myeloid")
+    assert table.loc[("lineage", "accuracy", MAPPED), "annotation"] >= 0.8
+
+
+def test_lineage_calls_on_paul_are_right_where_made(real):
+    _, table = real("paul2015_bm_myeloid")
+    assert table.loc[("lineage", "accuracy_of_assigned", MAPPED), "annotation"] >= 0.85
+    assert table.loc[("lineage", "fraction_assigned", MAPPED), "annotation"] >= 0.85
+
+
+@pytest.mark.parametrize(
+    ("dataset", "bar"), [("paul2015_bm_myeloid", 0.55), ("luecken2021_bmmc_cite", 0.51)]
+)
+def test_cell_types_beat_the_leiden_ari_bar(real, dataset, bar):
+    _, table = real(dataset)
+    row = table.loc[("cell_type", "ari", MAPPED)]
+    assert row["annotation"] > bar
+    assert row["annotation"] > row["leiden"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured 0.44: even the authors' own labels mapped to the vocabulary reach only "
+    "0.60 ARI against the 41 published labels, and 0.40 once CD4 and CD8 T are merged, which "
+    "the 1,000-gene panel forces (no CD4, CD8A/B, CD40LG or ZBTB7B)",
+)
+def test_cell_types_beat_the_bar_against_the_published_cite_labels(real):
+    _, table = real("luecken2021_bmmc_cite")
+    assert table.loc[("cell_type", "ari", PUBLISHED), "annotation"] > 0.51
+
+
+def test_predicted_monocytes_carry_cd14_protein(real):
+    adata, table = real("luecken2021_bmmc_cite")
+    check = protein_check(adata)
+    assert check["n_cells_in"] >= 50
+    assert check["auroc"] > 0.9 and check["ratio_of_means"] > 10
+    assert table.loc[("protein", "CD14_auroc", "CD14 ADT of the same cells"), "annotation"] > 0.9
+
+
+def test_low_coverage_panels_are_flagged_on_the_random_gene_panels(real):
+    adata, _ = real("luecken2021_bmmc_multiome")
+    coverage = pd.DataFrame(adata.uns["annotation"]["coverage"]).set_index("panel")
+    used = coverage[coverage["used"]]
+    assert not used["complete"].any()
+    assert (used["fraction_present"] < 0.5).all()
+    assert set(adata.obs["cell_lineage"].astype(str)) <= {*LINEAGES, "unassigned"}

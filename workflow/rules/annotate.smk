@@ -1,0 +1,27 @@
+# Annotate: lineage and cell type of every cell from marker panels (signature library, plus
+# config annotation.panels), agreement with the authors' labels where the registry maps them,
+# composition per sample.
+
+
+rule annotate_cells:
+    input:
+        h5ad=rules.cluster_cells.output.h5ad,
+    output:
+        h5ad="results/{dataset}/intermediate/annotated.h5ad",
+        agreement="results/{dataset}/tables/annotation_agreement.tsv",
+        confusion="results/{dataset}/tables/annotation_confusion.tsv",
+        composition="results/{dataset}/tables/composition.tsv",
+        coverage="results/{dataset}/tables/panel_coverage.tsv",
+    params:
+        annotation=config["annotation"],
+        registry=REGISTRY_PATH,
+    log:
+        "logs/annotate_cells/{dataset}.log",
+    benchmark:
+        "benchmarks/annotate_cells/{dataset}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/annotate_cells.py"

@@ -1,0 +1,383 @@
+"""Marker-panel annotation of bone-marrow cells: lineage per cluster, then cell type per cell.
+
+1. Every used panel (see :mod:`osteoimmune.panels`) gets a per-cell score: the sum over its
+   present genes of the gene's z-score across cells, divided by ``n_genes + shrink`` (computed
+   on the sparse X, never densified), so a panel resting on one or two genes wins only on
+   strong evidence.
+2. Each cluster of ``cluster_key`` gets a lineage from its mean scores of the lineage-specific
+   panels (genes listed by one lineage only, plus a union panel per lineage): the lineage with
+   the highest score wins if that score is at least ``min_score`` and beats the next lineage
+   by ``min_margin``; otherwise the cluster is ``unassigned`` and its cells are tried one by
+   one with the same rule, on their neighbourhood-smoothed scores.
+3. Within its lineage, each cell gets the cell type whose panel wins by the same rule on the
+   cell's scores smoothed over its neighbours of the same lineage (``smoothing_steps`` steps
+   of a lazy random walk on the neighbour graph); then a subtype (CD4 / CD8 T, immature /
+   mature neutrophil) where subtype panels win clearly, else the parent type stays. No clear
+   winner gives ``unassigned``.
+
+Author labels are never read here; :mod:`osteoimmune.agreement` compares with them afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from osteoimmune.errors import SignatureError
+from osteoimmune.panels import (
+    CELL_TYPES,
+    LINEAGES,
+    UNASSIGNED,
+    Panel,
+    gene_positions,
+    lineage_specific,
+    panel_coverage,
+)
+
+log = logging.getLogger(__name__)
+
+CLUSTER_COLUMNS = ("n_cells", "cell_lineage", "lineage_score", "lineage_margin", "cell_types")
+
+
+def score_panels(
+    adata: AnnData,
+    panels: dict[str, Panel],
+    coverage: pd.DataFrame,
+    *,
+    case_insensitive: bool = False,
+    shrink: float = 1.0,
+    clip: float = 10.0,
+) -> pd.DataFrame:
+    """Per-cell score of every used panel from the z-scores of its present genes.
+
+    Parameters
+    ----------
+    adata
+        Log-normalised expression in X (sparse stays sparse: only the panel genes' columns
+        are copied, as float32 CSR).
+    panels
+        The panels, from :func:`osteoimmune.panels.build_panels`.
+    coverage
+        From :func:`osteoimmune.panels.panel_coverage`; only panels with ``used`` are scored.
+    case_insensitive
+        Match gene symbols on upper case.
+    shrink
+        The sum of a panel's z-scores is divided by ``n_genes + shrink`` (0: their mean).
+    clip
+        Values more than ``clip`` standard deviations above a gene's mean are capped, so one
+        extreme cell cannot carry a panel.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Cells x used panels (float32), indexed by ``adata.obs_names``.
+    """
+    positions = gene_positions(adata, case_insensitive=case_insensitive)
+    key = str.upper if case_insensitive else str
+    used = [name for name in coverage.index if coverage.at[name, "used"]]
+    members = {
+        name: sorted({positions[key(g)] for g in coverage.at[name, "present"].split(",") if g})
+        for name in used
+    }
+    columns = sorted({c for cols in members.values() for c in cols})
+    x = adata.X[:, columns]
+    x = sparse.csr_matrix(x, dtype=np.float32) if sparse.issparse(x) else np.asarray(x, float)
+    mean = np.asarray(x.mean(axis=0, dtype=np.float64)).ravel()
+    square = x.multiply(x) if sparse.issparse(x) else x * x
+    variance = np.asarray(square.mean(axis=0, dtype=np.float64)).ravel() - mean**2
+    sd = np.sqrt(np.maximum(variance, 0))
+    detected = sd > 0  # an undetected (constant) gene carries no information
+    sd[~detected] = 1.0
+    cap = (mean + clip * sd).astype(x.dtype)
+    if sparse.issparse(x):
+        x.data = np.minimum(x.data, cap[x.indices])
+    else:
+        x = np.minimum(x, cap)
+    index = {c: i for i, c in enumerate(columns)}
+    weights = np.zeros((len(columns), len(used)))
+    for j, name in enumerate(used):
+        rows = [index[c] for c in members[name] if detected[index[c]]]
+        weights[rows, j] = 1.0 / (sd[rows] * (len(rows) + shrink))
+    scores = np.asarray(x @ weights) - mean @ weights
+    return pd.DataFrame(scores.astype(np.float32), index=adata.obs_names, columns=used)
+
+
+def by_label(scores: pd.DataFrame, panels: dict[str, Panel], attribute: str) -> pd.DataFrame:
+    """The best panel score per lineage or cell type (``attribute``), per row.
+
+    Panels whose ``attribute`` is None (lineage-only panels, for cell types) are left out.
+    """
+    labels: dict[str, list[str]] = {}
+    for name in scores.columns:
+        label = getattr(panels[name], attribute)
+        if label is not None:
+            labels.setdefault(label, []).append(name)
+    return pd.DataFrame(
+        {label: scores[names].max(axis=1) for label, names in labels.items()}, index=scores.index
+    )
+
+
+def best_labels(
+    values: pd.DataFrame, *, min_score: float, min_margin: float
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Per row: the best column, if it reaches ``min_score`` and beats the next by ``min_margin``.
+
+    Returns
+    -------
+    tuple of pandas.Series
+        The label (``unassigned`` when the rule fails), the best score and its margin over
+        the runner-up (over 0 when there is a single column; NaN for no column).
+    """
+    if values.shape[1] == 0:
+        nan = pd.Series(np.nan, index=values.index)
+        return pd.Series(UNASSIGNED, index=values.index), nan, nan
+    array = values.to_numpy(dtype=float)
+    order = np.argsort(-array, axis=1, kind="stable")
+    rows = np.arange(len(array))
+    best = array[rows, order[:, 0]]
+    second = array[rows, order[:, 1]] if array.shape[1] > 1 else np.zeros(len(array))
+    margin = best - second
+    labels = values.columns.to_numpy()[order[:, 0]].astype(object)
+    labels[(best < min_score) | (margin < min_margin)] = UNASSIGNED
+    return (
+        pd.Series(labels, index=values.index),
+        pd.Series(best, index=values.index),
+        pd.Series(margin, index=values.index),
+    )
+
+
+def smoothing_operator(adata: AnnData, blocks: pd.Series) -> sparse.csr_matrix:
+    """One step of a lazy random walk on the neighbour graph, within blocks of cells.
+
+    Edges between cells of different ``blocks`` (e.g. lineages) are dropped, so smoothing never
+    mixes a cell with neighbours of another block. Returns a cells x cells row-stochastic matrix
+    (self weight 1 plus the connectivities, normalised per row); apply it with :func:`smooth`.
+    """
+    if "connectivities" not in adata.obsp:
+        msg = "The AnnData has no neighbour graph (obsp['connectivities']); cluster it first."
+        raise SignatureError(msg)
+    graph = sparse.coo_matrix(adata.obsp["connectivities"], dtype=np.float64)
+    codes = pd.factorize(np.asarray(blocks))[0]
+    keep = codes[graph.row] == codes[graph.col]
+    graph = sparse.csr_matrix(
+        (graph.data[keep], (graph.row[keep], graph.col[keep])), shape=graph.shape
+    )
+    step = graph + sparse.identity(graph.shape[0], format="csr")
+    return (sparse.diags(1.0 / np.asarray(step.sum(axis=1)).ravel()) @ step).tocsr()
+
+
+def smooth(values: pd.DataFrame, operator: sparse.csr_matrix, *, steps: int) -> pd.DataFrame:
+    """Apply the one-step ``operator`` ``steps`` times to a cells x columns table."""
+    array = values.to_numpy(dtype=np.float64)
+    for _ in range(steps):
+        array = operator @ array
+    return pd.DataFrame(array.astype(np.float32), index=values.index, columns=values.columns)
+
+
+def assign_types(
+    scores: pd.DataFrame,
+    lineage: pd.Series,
+    panels: dict[str, Panel],
+    *,
+    min_score: float,
+    min_margin: float,
+) -> pd.Series:
+    """Cell type of each cell within its lineage, then subtype where a subtype wins clearly.
+
+    Parameters
+    ----------
+    scores
+        Cells x panels (smoothed per-cell panel scores).
+    lineage
+        The lineage of each cell (``unassigned`` cells get no type).
+    panels
+        The panels scored.
+    min_score, min_margin
+        The winner rule (see :func:`best_labels`).
+    """
+    cell_type = pd.Series(UNASSIGNED, index=scores.index, dtype=object)
+    rule = {"min_score": min_score, "min_margin": min_margin}
+    for name in [n for n in LINEAGES if (lineage == n).any()]:
+        cells = (lineage == name).to_numpy()
+        top = [n for n in scores.columns if panels[n].lineage == name and panels[n].parent is None]
+        labels, _, _ = best_labels(by_label(scores.loc[cells, top], panels, "cell_type"), **rule)
+        cell_type[cells] = labels
+    for parent in {p.parent for p in panels.values() if p.parent}:
+        cells = (cell_type == parent).to_numpy()
+        children = [n for n in scores.columns if panels[n].parent == parent]
+        if cells.any() and children:
+            values = by_label(scores.loc[cells, children], panels, "cell_type")
+            labels, _, _ = best_labels(values, **rule)
+            cell_type[cells] = labels.where(labels != UNASSIGNED, parent)
+    return cell_type
+
+
+def assign_clusters(
+    specific_scores: pd.DataFrame,
+    clusters: pd.Series,
+    specific: dict[str, Panel],
+    *,
+    min_score: float,
+    min_margin: float,
+) -> pd.DataFrame:
+    """Lineage of each cluster from its mean lineage-specific panel scores.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cluster (index ``cluster``): ``n_cells``, ``cell_lineage``,
+        ``lineage_score``, ``lineage_margin``.
+    """
+    means = specific_scores.groupby(clusters.to_numpy(), observed=True, sort=True).mean()
+    lineage, score, margin = best_labels(
+        by_label(means, specific, "lineage"), min_score=min_score, min_margin=min_margin
+    )
+    table = pd.DataFrame(
+        {
+            "n_cells": clusters.value_counts().reindex(means.index).to_numpy(),
+            "cell_lineage": lineage,
+            "lineage_score": score,
+            "lineage_margin": margin,
+        }
+    )
+    return table.rename_axis("cluster")
+
+
+def _cell_margin(lineages: pd.DataFrame, assigned: pd.Series) -> np.ndarray:
+    """Each cell's score for its assigned lineage minus its best other lineage score."""
+    margin = np.full(len(assigned), np.nan, dtype=np.float32)
+    values = lineages.to_numpy()
+    for j, lineage in enumerate(lineages.columns):
+        cells = (assigned == lineage).to_numpy()
+        others = np.delete(values[cells], j, axis=1)
+        margin[cells] = values[cells, j] - (others.max(axis=1) if others.shape[1] else 0.0)
+    return margin
+
+
+def _for_uns(table: pd.DataFrame) -> dict[str, list]:
+    # Plain Python values only (None as ""), so the table writes to h5ad.
+    out: dict[str, list] = {table.index.name or "index": [str(i) for i in table.index]}
+    for column in table.columns:
+        values = [v.item() if isinstance(v, np.generic) else v for v in table[column]]
+        out[column] = ["" if v is None else v for v in values]
+    return out
+
+
+def _lineages(
+    adata: AnnData,
+    clusters: pd.Series,
+    table: pd.DataFrame,
+    specific_scores: pd.DataFrame,
+    specific: dict[str, Panel],
+    *,
+    steps: int,
+    rule: dict,
+) -> pd.Series:
+    """Each cell's cluster lineage; cells of unassigned clusters are tried one by one."""
+    lineage = clusters.map(table["cell_lineage"]).astype(object)
+    loose = (lineage == UNASSIGNED).to_numpy()
+    if loose.any():
+        smoothed = smooth(specific_scores, smoothing_operator(adata, lineage), steps=steps)
+        own, _, _ = best_labels(by_label(smoothed[loose], specific, "lineage"), **rule)
+        lineage[loose] = own
+    return lineage
+
+
+def _scored(
+    adata: AnnData, panels: dict[str, Panel], *, options: dict, shrink: float
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Panel], pd.DataFrame]:
+    """Coverage and scores of the panels and of their lineage-specific versions."""
+    specific = lineage_specific(panels)
+    coverage = panel_coverage(adata, panels, **options)
+    coverage_specific = panel_coverage(adata, specific, **options)
+    used_specific = coverage_specific.index[coverage_specific["used"]]
+    coverage["used_for_lineage"] = coverage.index.isin(used_specific)
+    scoring = {"case_insensitive": options["case_insensitive"], "shrink": shrink}
+    scores = score_panels(adata, panels, coverage, **scoring)
+    specific_scores = score_panels(adata, specific, coverage_specific, **scoring)
+    return coverage, scores, specific, specific_scores
+
+
+def annotate_cells(
+    adata: AnnData,
+    panels: dict[str, Panel],
+    *,
+    cluster_key: str = "leiden",
+    min_genes: int = 1,
+    min_coverage: float = 0.5,
+    shrink: float = 1.0,
+    min_score: float = 0.1,
+    min_margin: float = 0.1,
+    smoothing_steps: int = 4,
+    case_insensitive: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Annotate every cell with a lineage and a cell type from marker panels.
+
+    Adds obs ``cell_lineage`` and ``cell_type`` (categorical) and ``annotation_margin`` (the
+    cell's smoothed score for its lineage minus its best other lineage; NaN when unassigned),
+    obsm ``panel_scores`` (cells x used panels, unsmoothed) and ``lineage_scores`` (cells x
+    lineages, smoothed), and uns ``annotation`` (parameters, panel coverage, cluster table).
+    Author labels are not read.
+
+    Parameters
+    ----------
+    adata
+        Log-normalised X, clusters in ``obs[cluster_key]`` and the neighbour graph.
+    panels
+        From :func:`osteoimmune.panels.build_panels`.
+    cluster_key
+        The clusters that get a lineage.
+    min_genes, min_coverage
+        Panel use and completeness thresholds (:func:`osteoimmune.panels.panel_coverage`).
+    shrink
+        Panel score = sum of z-scores / (n_genes + shrink) (:func:`score_panels`).
+    min_score, min_margin
+        The winner rule at both levels, in z-score units (:func:`best_labels`).
+    smoothing_steps
+        Steps of the within-lineage random walk that smooths scores before cells are typed.
+    case_insensitive
+        Match gene symbols on upper case.
+
+    Returns
+    -------
+    tuple of pandas.DataFrame
+        The panel coverage table (:func:`osteoimmune.panels.panel_coverage`, plus
+        ``used_for_lineage``) and the per-cluster table (:func:`assign_clusters`, plus
+        ``cell_types``: the cell types of the cluster's cells and their counts).
+    """
+    if cluster_key not in adata.obs:
+        msg = f"Column '{cluster_key}' is not in obs; cluster the cells before annotating them."
+        raise SignatureError(msg)
+    rule = {"min_score": min_score, "min_margin": min_margin}
+    options = {"min_genes": min_genes, "min_coverage": min_coverage,
+               "case_insensitive": case_insensitive}
+    coverage, scores, specific, specific_scores = _scored(adata, panels, options=options,
+                                                          shrink=shrink)
+    clusters = adata.obs[cluster_key].astype(str)
+    table = assign_clusters(specific_scores, clusters, specific, **rule)
+    lineage = _lineages(adata, clusters, table, specific_scores, specific,
+                        steps=smoothing_steps, rule=rule)
+    operator = smoothing_operator(adata, lineage)
+    smoothed = smooth(specific_scores, operator, steps=smoothing_steps)
+    lineages = by_label(smoothed, specific, "lineage")
+    smoothed = smooth(scores, operator, steps=smoothing_steps)
+    cell_type = assign_types(smoothed, lineage, panels, **rule)
+    adata.obs["cell_lineage"] = pd.Categorical(lineage, categories=[*LINEAGES, UNASSIGNED])
+    adata.obs["cell_type"] = pd.Categorical(cell_type, categories=[*CELL_TYPES, UNASSIGNED])
+    adata.obs["annotation_margin"] = _cell_margin(lineages, lineage)
+    adata.obsm["panel_scores"] = scores
+    adata.obsm["lineage_scores"] = lineages
+    table["cell_types"] = [
+        ", ".join(f"{t}: {n}" for t, n in cell_type[clusters == c].value_counts().items())
+        for c in table.index
+    ]
+    params = {"cluster_key": cluster_key, **options, "shrink": shrink, **rule,
+              "smoothing_steps": smoothing_steps}
+    adata.uns["annotation"] = {
+        "params": params, "coverage": _for_uns(coverage), "clusters": _for_uns(table),
+    }
+    return coverage, table

@@ -1,0 +1,497 @@
+"""Cell-type marker panels for annotation: assembly from the library, coverage in a dataset.
+
+A panel is a gene list that marks one cell type (``cell_type``) or, for a few broad panels,
+only a lineage (``cell_type`` None). Its genes come from, in order:
+
+1. the signature library: ``celltype_panel_bone_marrow`` (panel of the same name), the sets
+   in :data:`LIBRARY_SETS` and the neutrophil maturation subsets in :data:`LIBRARY_SUBSETS`;
+2. :data:`SUPPLEMENT`: canonical lineage genes added here so that datasets holding a small or
+   random gene panel (Paul 2015: 240 genes; Luecken 2021: 1,000 / 600 random genes) still
+   carry some genes of each lineage. These are textbook identity genes (TCR constant regions,
+   heme-synthesis genes, granule proteins, ...) curated for this module, not yet part of the
+   curated reference with per-gene sources; move them there when it is next rebuilt;
+3. the user's ``extra_panels`` (config ``annotation.panels``), which replace a panel's genes
+   or add panels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from osteoimmune.errors import SignatureError
+from osteoimmune.signatures import SignatureLibrary
+
+LINEAGES = (
+    "hspc",
+    "myeloid",
+    "lymphoid",
+    "erythroid",
+    "megakaryocyte",
+    "stromal",
+    "osteolineage",
+    "endothelial",
+)
+UNASSIGNED = "unassigned"
+CELLTYPE_SET = "celltype_panel_bone_marrow"
+# Parent types ("T cell", "neutrophil") are kept when their subtypes cannot be told apart.
+CELL_TYPES = {
+    "HSC/MPP": "hspc",
+    "GMP": "hspc",
+    "MEP": "hspc",
+    "lymphoid progenitor": "hspc",
+    "classical monocyte": "myeloid",
+    "non-classical monocyte": "myeloid",
+    "macrophage": "myeloid",
+    "neutrophil": "myeloid",
+    "immature neutrophil": "myeloid",
+    "mature neutrophil": "myeloid",
+    "eosinophil": "myeloid",
+    "basophil": "myeloid",
+    "mast cell": "myeloid",
+    "cDC1": "myeloid",
+    "cDC2": "myeloid",
+    "pDC": "myeloid",
+    "osteoclast": "myeloid",
+    "NK": "lymphoid",
+    "T cell": "lymphoid",
+    "CD4 T": "lymphoid",
+    "CD8 T": "lymphoid",
+    "B progenitor": "lymphoid",
+    "mature B": "lymphoid",
+    "plasma cell": "lymphoid",
+    "erythroid progenitor": "erythroid",
+    "erythrocyte": "erythroid",
+    "megakaryocyte": "megakaryocyte",
+    "LEPR+ CAR stromal": "stromal",
+    "osteoblast lineage": "osteolineage",
+    "chondrocyte": "osteolineage",
+    "endothelial cell": "endothelial",
+}
+
+# Panel name -> (lineage, cell type or None for lineage-only evidence, parent cell type).
+PANEL_SPECS: dict[str, tuple[str, str | None, str | None]] = {
+    "HSC_MPP": ("hspc", "HSC/MPP", None),
+    "GMP_early_myeloid": ("hspc", "GMP", None),
+    "MEP_erythroid_progenitor": ("erythroid", "erythroid progenitor", None),
+    "erythroblast": ("erythroid", "erythrocyte", None),
+    "megakaryocyte_platelet": ("megakaryocyte", "megakaryocyte", None),
+    "monocyte_classical": ("myeloid", "classical monocyte", None),
+    "monocyte_nonclassical": ("myeloid", "non-classical monocyte", None),
+    "macrophage": ("myeloid", "macrophage", None),
+    "neutrophil_lineage": ("myeloid", "neutrophil", None),
+    "neutrophil_promyelocyte": ("myeloid", "immature neutrophil", "neutrophil"),
+    "neutrophil_immature": ("myeloid", "immature neutrophil", "neutrophil"),
+    "neutrophil_mature": ("myeloid", "mature neutrophil", "neutrophil"),
+    "eosinophil": ("myeloid", "eosinophil", None),
+    "basophil": ("myeloid", "basophil", None),
+    "mast": ("myeloid", "mast cell", None),
+    "cDC1": ("myeloid", "cDC1", None),
+    "cDC2": ("myeloid", "cDC2", None),
+    "pDC": ("myeloid", "pDC", None),
+    "osteoclast": ("myeloid", "osteoclast", None),
+    "osteoclast_precursor": ("myeloid", None, None),
+    "myeloid_pan": ("myeloid", None, None),
+    "NK": ("lymphoid", "NK", None),
+    "T": ("lymphoid", "T cell", None),
+    "T_CD4": ("lymphoid", "CD4 T", "T cell"),
+    "T_CD8": ("lymphoid", "CD8 T", "T cell"),
+    "lymphoid_pan": ("lymphoid", None, None),
+    "B_progenitor": ("lymphoid", "B progenitor", None),
+    "B_mature": ("lymphoid", "mature B", None),
+    "plasma": ("lymphoid", "plasma cell", None),
+    "endothelial": ("endothelial", "endothelial cell", None),
+    "MSC_LEPR_stroma": ("stromal", "LEPR+ CAR stromal", None),
+    "osteoblast": ("osteolineage", "osteoblast lineage", None),
+    "osteocyte": ("osteolineage", "osteoblast lineage", None),
+    "chondrocyte": ("osteolineage", "chondrocyte", None),
+}
+# Library sets (their gene list of the species) merged into a panel.
+LIBRARY_SETS = {
+    "osteoclast": "osteoclast_differentiation_core",
+    "osteoclast_precursor": "osteoclast_precursor_mouse",
+    "osteoblast": "osteoblast_lineage_core",
+    "osteocyte": "osteocyte_core",
+    "MSC_LEPR_stroma": "bm_stromal_LEPR_CAR_niche",
+}
+LIBRARY_SUBSETS = {
+    "neutrophil_promyelocyte": ("neutrophil_maturation_stages", "promyelocyte"),
+    "neutrophil_immature": ("neutrophil_maturation_stages", "myelocyte"),
+    "neutrophil_mature": ("neutrophil_maturation_stages", "mature"),
+}
+
+_HUMAN = {
+    "HSC_MPP": "MLLT3 MEIS1 HOXA9 BAALC SMIM24 CYTL1",
+    "GMP_early_myeloid": "CTSG RNASE2",
+    "MEP_erythroid_progenitor": "TAL1 CNRIP1 PKLR EPOR TFR2 RHAG KEL ERMAP BLVRB",
+    "erythroblast": "HBA2 HBD HBM GYPB AHSP SPTA1 ANK1 EPB42 SLC25A37 SELENBP1 SNCA HEMGN "
+    "TMCC2 FECH UROD BPGM TRIM58 DMTN RHD HBQ1",
+    "megakaryocyte_platelet": "GP1BB GP6 TUBB1 MPL CLEC1B GNG11 TREML1 NRGN CAVIN2 MYL9 PEAR1 "
+    "SELP PF4V1 CMTM5",
+    "monocyte_classical": "S100A12 CTSS LGALS2 CD36 MNDA CCR2 MS4A6A FPR1 PLBD1",
+    "monocyte_nonclassical": "HES4 RHOC SIGLEC10 TCF7L2 LYPD2 VMO1 CSF1R",
+    "macrophage": "APOE SELENOP LYVE1 MARCO FOLR2 SLC40A1 HMOX1 SPIC MAF CD5L",
+    "neutrophil_lineage": "CXCR1 MME CEACAM8 CEACAM6 CRISP3 OLFM4 MMP9 PADI4 CMTM2 PROK2 "
+    "S100P ARG1",
+    "neutrophil_immature": "OLFM4 CEACAM6 BPI",
+    "neutrophil_mature": "CXCR1 PADI4 CMTM2 PROK2 FPR2",
+    "eosinophil": "CCR3 SIGLEC8 ALOX15 PTGDR2 RNASE3",
+    "mast": "HPGDS CMA1 MS4A2",
+    "cDC1": "BATF3 WDFY4 C1orf54 CLNK DNASE1L3",
+    "cDC2": "CD1E HLA-DQA1 HLA-DQB1 PKIB",
+    "pDC": "PLD4 SERPINF1 ITM2C PTCRA LAMP5 SCT",
+    "NK": "KLRC1 NCR1 SH2D1B SPON2 KIR2DL1 KIR2DL3 KIR2DL4 KIR3DL1 KIR3DL2",
+    "T": "CD3G CD2 CD5 CD6 CD28 CD247 LCK ITK TRAC TRBC1 TRBC2 TRGC1 TRGC2 BCL11B SKAP1 THEMIS",
+    "T_CD4": "CD4 CD40LG ZBTB7B ANKRD55",
+    "T_CD8": "CD8A CD8B",
+    "lymphoid_pan": "IKZF3 CD2 CD7 CD247 LCK CD96 LTB IL7R",
+    "B_progenitor": "VPREB3 RAG1 RAG2 CD79B PAX5 CD19 ARPP21",
+    "B_mature": "CD79B CD22 PAX5 FCRLA CR2 FCER2 TCL1A IGHM IGHD BLK FCRL1",
+    "plasma": "DERL3 TXNDC5 FKBP11 IGHG1 IGHA1",
+    "myeloid_pan": "CD33 ITGAM CYBB NCF1 NCF2 AIF1 CSF1R PLAUR CLEC7A FCGR2A TLR2 LILRB2 LYZ "
+    "CST3 CD68",
+    "endothelial": "CLDN5 ESAM TIE1 TEK FLT1 EGFL7 RAMP2 PLVAP STAB2",
+    "MSC_LEPR_stroma": "PDGFRA",
+    "chondrocyte": "SOX9 COL2A1 ACAN COL10A1 COMP MATN3 COL9A1 COL9A2 COL11A2 CHAD HAPLN1 "
+    "SNORC UCMA CNMD",
+}
+_MOUSE = {
+    "HSC_MPP": "Meis1 Hoxa9 Ctla2a",
+    "MEP_erythroid_progenitor": "Tal1 Pklr Epor Tfr2 Rhd Ermap Aqp1 Alad Hmbs Urod Fech Cpox",
+    "erythroblast": "Hba-a2 Hbb-bt Hbb-b1 Hbb-b2 Beta-s Spta1 Ank1 Epb42 Snca Bpgm Trim10 "
+    "Tmcc2 Hemgn Slc25a37",
+    "megakaryocyte_platelet": "Gp1bb Gp5 Gp6 Tubb1 Mpl Clec1b Treml1 Cavin2",
+    "monocyte_classical": "Ms4a6c Csf1r Fcgr1",
+    "macrophage": "Spic Cd5l Slc40a1 Mrc1 Cd68 Marco",
+    "neutrophil_lineage": "Cd177 Chil3 Lcn2 Mmp8 Mmp9 Wfdc21 Lrg1 Fpr1 Fpr2",
+    "neutrophil_immature": "Fcnb",
+    "neutrophil_mature": "Fpr1 Fpr2",
+    "eosinophil": "Prg3 Ear1 Ear6 Ccr3 Il5ra Alox15",
+    "basophil": "Ms4a2 Hdc",
+    "mast": "Mcpt1 Mcpt2 Ms4a2 Hdc Tpsab1",
+    "cDC1": "Batf3 Wdfy4 Naaa",
+    "cDC2": "Clec4a4",
+    "pDC": "Klk1 Spib Tcf4",
+    "NK": "Klra4 Klra7 Klra8 Klrc1",
+    "T": "Cd3d Cd2 Cd5 Cd6 Cd28 Cd247 Lck Itk Trbc1 Trbc2 Bcl11b Themis Skap1",
+    "T_CD4": "Cd4 Cd40lg Zbtb7b",
+    "T_CD8": "Cd8a Cd8b1",
+    "lymphoid_pan": "Ikzf3 Cd2 Cd7 Cd247 Lck Ltb Il7r Cd96",
+    "B_progenitor": "Vpreb3 Rag2 Cd19 Pax5 Cd79b",
+    "B_mature": "Cd79b Cd22 Pax5 Ighd Ighm H2-Ob Fcrla Bank1",
+    "plasma": "Igkc Derl3 Txndc5 Fkbp11 Ighg1 Igha",
+    "myeloid_pan": "Itgam Cybb Ncf1 Ncf2 Aif1 Csf1r Lyz2 Cd68 Clec7a Tlr2 Cst3",
+    "endothelial": "Tek Tie1 Cldn5 Esam Egfl7 Ramp2 Flt1 Plvap",
+    "MSC_LEPR_stroma": "Pdgfra Pdgfrb",
+    "chondrocyte": "Sox9 Col2a1 Acan Col10a1 Comp Matn3 Col9a1 Col9a2 Col11a2 Chad Hapln1 "
+    "Snorc Ucma Cnmd",
+}
+SUPPLEMENT = {
+    "human": {name: genes.split() for name, genes in _HUMAN.items()},
+    "mouse": {name: genes.split() for name, genes in _MOUSE.items()},
+}
+SUPPLEMENT_SOURCE = "osteoimmune.panels.SUPPLEMENT (canonical lineage genes, curated here)"
+COVERAGE_COLUMNS = (
+    "lineage",
+    "cell_type",
+    "parent",
+    "n_genes",
+    "n_present",
+    "n_expressed",
+    "fraction_present",
+    "used",
+    "complete",
+    "reason",
+    "present",
+    "missing",
+    "sources",
+)
+# Symbol columns looked for in var when var_names are Ensembl IDs.
+SYMBOL_COLUMNS = ("gene_symbol", "gene_symbols", "symbol", "feature_name", "gene_name")
+_ENSEMBL = r"^ENS[A-Z]*G\d{6,}"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A marker panel: its genes and the lineage / cell type it marks.
+
+    Attributes
+    ----------
+    name
+        The panel name (``celltype_panel_bone_marrow`` names where the library has one).
+    lineage
+        One of :data:`LINEAGES`.
+    cell_type
+        One of :data:`CELL_TYPES`, or None for a panel that is evidence for the lineage only.
+    parent
+        For a subtype panel (``CD4 T``), the cell type it refines (``T cell``).
+    genes
+        Gene symbols of the dataset's species, without duplicates.
+    sources
+        Where the genes come from (library set names, the supplement, ``config``).
+    """
+
+    name: str
+    lineage: str
+    cell_type: str | None
+    parent: str | None
+    genes: tuple[str, ...]
+    sources: tuple[str, ...]
+
+
+def _library_genes(library: SignatureLibrary, name: str, species: str) -> tuple[list, list]:
+    """Genes of panel ``name`` from the library, and the library sets they come from."""
+    genes, sources = [], []
+    panel = (library.sets.get(CELLTYPE_SET, {}).get("panels") or {}).get(species, {})
+    if name in panel:
+        genes += panel[name]
+        sources.append(CELLTYPE_SET)
+    set_genes = library.sets.get(LIBRARY_SETS.get(name), {}).get("genes", {})
+    if set_genes.get(species):
+        genes += set_genes[species]
+        sources.append(LIBRARY_SETS[name])
+    if name in LIBRARY_SUBSETS:
+        set_name, subset = LIBRARY_SUBSETS[name]
+        subsets = library.sets.get(set_name, {}).get("subsets") or {}
+        if subsets.get(subset, {}).get(species):
+            genes += subsets[subset][species]
+            sources.append(f"{set_name}.{subset}")
+    return genes, sources
+
+
+def _extra_panel(name: str, entry, species: str) -> tuple[tuple, list[str]]:
+    """Check one user panel; return its (lineage, cell type, parent) and genes."""
+    where = f"Annotation panel '{name}' ({species}, config annotation.panels)"
+    if isinstance(entry, list):
+        entry = {"genes": entry}
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("genes"), list)
+        or not all(isinstance(g, str) and g for g in entry["genes"])
+    ):
+        msg = f"{where}: expected a list of gene symbols, or a mapping with 'genes'."
+        raise SignatureError(msg)
+    if name in PANEL_SPECS and "lineage" not in entry:
+        return PANEL_SPECS[name], entry["genes"]
+    lineage, cell_type = entry.get("lineage"), entry.get("cell_type")
+    if lineage not in LINEAGES:
+        msg = (
+            f"{where}: a new panel needs 'lineage' (one of {', '.join(LINEAGES)}) and "
+            f"optionally 'cell_type'; got lineage {lineage!r}. Known panels: "
+            f"{', '.join(PANEL_SPECS)}."
+        )
+        raise SignatureError(msg)
+    if cell_type is not None and CELL_TYPES.get(cell_type) != lineage:
+        types = [t for t, lin in CELL_TYPES.items() if lin == lineage]
+        msg = f"{where}: cell_type {cell_type!r} is not a type of lineage '{lineage}': {types}."
+        raise SignatureError(msg)
+    return (lineage, cell_type, None), entry["genes"]
+
+
+def build_panels(
+    library: SignatureLibrary,
+    species: str,
+    *,
+    extra_panels: dict | None = None,
+    supplement: bool = True,
+) -> dict[str, Panel]:
+    """Assemble the annotation panels of ``species``.
+
+    Parameters
+    ----------
+    library
+        The signature library (see :func:`osteoimmune.signatures.load_library`).
+    species
+        ``human`` or ``mouse``.
+    extra_panels
+        ``{species: {panel: genes}}`` from config ``annotation.panels``. ``genes`` is a list
+        (replaces the genes of a known panel) or ``{genes, lineage, cell_type}`` (a new panel;
+        ``cell_type`` may be omitted for lineage-only evidence).
+    supplement
+        Add the genes of :data:`SUPPLEMENT` to the library's panels.
+
+    Returns
+    -------
+    dict
+        Panel name -> :class:`Panel`, for panels with at least one gene.
+    """
+    if species not in SUPPLEMENT:
+        msg = f"Unknown species '{species}'; allowed: {', '.join(SUPPLEMENT)}."
+        raise SignatureError(msg)
+    panels = {}
+    for name, spec in PANEL_SPECS.items():
+        genes, sources = _library_genes(library, name, species)
+        if supplement and SUPPLEMENT[species].get(name):
+            genes += SUPPLEMENT[species][name]
+            sources.append(SUPPLEMENT_SOURCE)
+        if genes:
+            panels[name] = Panel(name, *spec, tuple(dict.fromkeys(genes)), tuple(sources))
+    for name, entry in ((extra_panels or {}).get(species) or {}).items():
+        spec, genes = _extra_panel(name, entry, species)
+        panels[name] = Panel(name, *spec, tuple(dict.fromkeys(genes)), ("config",))
+    return panels
+
+
+def gene_positions(adata: AnnData, *, case_insensitive: bool = False) -> dict[str, int]:
+    """Map gene symbols to columns of ``adata``, through a var symbol column for Ensembl IDs.
+
+    Parameters
+    ----------
+    adata
+        The dataset.
+    case_insensitive
+        Match on upper case (datasets that store mouse symbols upper-cased).
+
+    Returns
+    -------
+    dict
+        Symbol (upper-cased if ``case_insensitive``) -> column index; the first column wins.
+    """
+    names = pd.Index(adata.var_names).astype(str)
+    if names.str.match(_ENSEMBL).mean() > 0.5:
+        column = next((c for c in SYMBOL_COLUMNS if c in adata.var), None)
+        if column is None:
+            msg = (
+                f"var_names are Ensembl gene IDs (e.g. '{names[0]}') and var has no symbol "
+                f"column ({', '.join(SYMBOL_COLUMNS)}); marker panels are gene symbols. Add a "
+                "symbol column to var or set `gene_column:` in the registry."
+            )
+            raise SignatureError(msg)
+        names = pd.Index(adata.var[column]).astype(str)
+    if case_insensitive:
+        names = names.str.upper()
+    positions: dict[str, int] = {}
+    for index, name in enumerate(names):
+        positions.setdefault(name, index)
+    return positions
+
+
+def _detected(adata: AnnData, columns: list[int]) -> np.ndarray:
+    """Cells with a nonzero value, per column (stays sparse)."""
+    x = adata.X[:, columns]
+    nonzero = (x != 0).sum(axis=0) if sparse.issparse(x) else (np.asarray(x) != 0).sum(axis=0)
+    return np.asarray(nonzero).ravel()
+
+
+def panel_coverage(
+    adata: AnnData,
+    panels: dict[str, Panel],
+    *,
+    min_genes: int = 2,
+    min_coverage: float = 0.5,
+    case_insensitive: bool = False,
+) -> pd.DataFrame:
+    """How much of each panel the dataset holds, and whether it is used.
+
+    A panel is used when at least ``min_genes`` of its genes are present and detected in some
+    cell; it is then scored on those genes only. A used panel with fewer than ``min_coverage``
+    of its genes present is marked incomplete (``complete`` False): its score rests on a part
+    of the panel, which the annotation reports.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per panel (index ``panel``), columns :data:`COVERAGE_COLUMNS`; ``present``
+        and ``missing`` are comma-joined symbols.
+    """
+    positions = gene_positions(adata, case_insensitive=case_insensitive)
+    key = str.upper if case_insensitive else str
+    every = sorted(
+        {positions[key(g)] for p in panels.values() for g in p.genes if key(g) in positions}
+    )
+    detected = dict(zip(every, _detected(adata, every), strict=True)) if every else {}
+    rows = []
+    for panel in panels.values():
+        present = [g for g in panel.genes if key(g) in positions]
+        expressed = [g for g in present if detected[positions[key(g)]] > 0]
+        fraction = len(present) / len(panel.genes)
+        used = len(expressed) >= min_genes
+        reason = (
+            ""
+            if used
+            else (
+                f"{len(expressed)} of {len(panel.genes)} genes present and detected, "
+                f"below the minimum of {min_genes}"
+            )
+        )
+        rows.append(
+            (
+                panel.lineage,
+                panel.cell_type,
+                panel.parent,
+                len(panel.genes),
+                len(present),
+                len(expressed),
+                fraction,
+                used,
+                used and fraction >= min_coverage,
+                reason,
+                ",".join(present),
+                ",".join(g for g in panel.genes if key(g) not in positions),
+                "; ".join(panel.sources),
+            )
+        )
+    table = pd.DataFrame(
+        rows, columns=list(COVERAGE_COLUMNS), index=pd.Index(list(panels), name="panel")
+    )
+    _check_species(table, adata, panels, case_insensitive=case_insensitive)
+    return table
+
+
+def _check_species(
+    table: pd.DataFrame, adata: AnnData, panels: dict[str, Panel], *, case_insensitive: bool
+) -> None:
+    """Raise when symbols are of the other species or nothing usable is present."""
+    n_present = int(table["n_present"].sum())
+    names = pd.Index(adata.var_names).astype(str)
+    genes = {g for p in panels.values() for g in p.genes}
+    upper = {g.upper() for g in genes}
+    # Same symbols in the other species' case: e.g. CD3E for Cd3e, Cd3e for CD3E.
+    other_case = names[~names.isin(genes) & names.str.upper().isin(upper)]
+    if not case_insensitive and len(other_case) > max(5, 2 * n_present):
+        msg = (
+            f"Only {n_present} marker-panel genes match var_names exactly, but "
+            f"{len(other_case)} match in another letter case (e.g. {', '.join(other_case[:3])}):"
+            " the gene symbols look like those of the other species. Check the dataset's "
+            "`species:`, or set `gene_symbol_case: upper` if the source upper-cased them."
+        )
+        raise SignatureError(msg)
+    if not table["used"].any():
+        msg = (
+            f"No marker panel has enough of its genes in the dataset ({n_present} panel genes "
+            f"present in {adata.n_vars} var_names, e.g. {', '.join(names[:3])}); check that "
+            "var_names are gene symbols of the dataset's species."
+        )
+        raise SignatureError(msg)
+
+
+def lineage_specific(panels: dict[str, Panel]) -> dict[str, Panel]:
+    """The panels without genes that panels of another lineage also list, plus lineage unions.
+
+    A gene in two lineages' panels (CD34: HSC and B progenitors; Car2: erythroid progenitors
+    and osteoclasts; Mpo: GMP and promyelocytes) cannot tell those lineages apart, so the
+    lineage step scores panels without them; panels left without genes are dropped. Each
+    lineage also gets a union panel ``<lineage>_lineage`` of all its specific genes, where
+    weak but agreeing genes of different panels add up (small or random gene panels).
+    """
+    lineages: dict[str, set[str]] = {}
+    for panel in panels.values():
+        for gene in panel.genes:
+            lineages.setdefault(gene, set()).add(panel.lineage)
+    out = {}
+    for name, panel in panels.items():
+        genes = tuple(g for g in panel.genes if len(lineages[g]) == 1)
+        if genes:
+            out[name] = Panel(name, panel.lineage, panel.cell_type, panel.parent, genes,
+                              panel.sources)
+    for lineage in LINEAGES:
+        genes = [g for p in out.values() if p.lineage == lineage for g in p.genes]
+        if genes:
+            name = f"{lineage}_lineage"
+            out[name] = Panel(name, lineage, None, None, tuple(dict.fromkeys(genes)),
+                              ("union of the lineage's specific genes",))
+    return out
