@@ -42,8 +42,9 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
              "paper": "P & Q", "doi": None, "accession": None, "license": "MIT"}
     manifest = {"files": [{"filename": "x.h5ad", "role": "counts", "url": "https://e.org/x",
                            "sha256": "0" * 64, "bytes": 1, "source": "mirror"}]}
-    by_group = pd.DataFrame({"grouping": "leiden", "group": ["0", "1", "2"],
-                             "n_cells": [20, 20, 20], "M1": [0.1, 0.2, 0.3]})
+    by_group = pd.DataFrame({"grouping": ["cell_type"] * 2, "value": ["score", "z"],
+                             "group": ["classical monocyte"] * 2, "n_cells": [60, 60],
+                             "M1": [0.1, 1.2]})
     tables = {
         "qc": pd.DataFrame({"cells_in": [60]}),
         "lineage": pd.DataFrame({"sample": ["s1"], "qc_group": ["0"], "cells": [60]}),
@@ -53,6 +54,16 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
                                  "gene": ["Lyz2", "Cd14", "Cd3e"]}),
         "coverage": pd.DataFrame({"scored": [True]}, index=["M1"]),
         "by_group": by_group,
+        "method_agreement": pd.DataFrame({"spearman": [0.9], "n_cells": [60]},
+                                         index=pd.Index(["M1"], name="set")),
+        "states": pd.DataFrame(),
+        "genes": pd.DataFrame({"cell_type": ["classical monocyte"], "gene": ["Tnfsf11"],
+                               "mean": [0.5], "fraction": [0.3], "n_cells": [60],
+                               "present": [True]}),
+        "pairs": pd.DataFrame({"ligand": ["Tnfsf11"], "receptor": ["Tnfrsf11a"],
+                               "kind": "signalling", "sender": ["classical monocyte"],
+                               "receiver": ["x"],
+                               "score": [0.2], "present": [True]}),
         "qc_cells": scored.obs.assign(qc_pass=True),
         "agreement": pd.DataFrame({"level": ["lineage"], "metric": ["accuracy"],
                                    "reference": ["<i>authors</i>"], "annotation": [0.9]}),
@@ -70,8 +81,9 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
             "lower": [5.0, None], "upper": [90.0, 20.0], "cells": scored.n_obs,
         }),
     }
+    config = {"seed": 0}
     html = dataset_report(
-        scored, entry=entry, manifest=manifest, tables=tables, config={"seed": 0},
+        scored, entry=entry, manifest=manifest, tables=tables, config=config,
         fig_dir=tmp_path / "figures",
     )
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
@@ -79,8 +91,8 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
     sources = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
     files = re.findall(r'data-file="figures/([^"]+)"', html)
     # qc thresholds, qc, stability, leiden, labels, condition, lineage, type, composition,
-    # confusion, heatmap, score
-    assert len(sources) == len(files) == 12
+    # confusion, cell type x signature heatmap, RANKL/OPG dot plot, pairs
+    assert len(sources) == len(files) == 13
     assert "&lt;i&gt;authors&lt;/i&gt;" in html
     assert "Lyz2, Cd14" in html
     for data, name in zip(sources, files, strict=True):

@@ -8,6 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from osteoimmune.errors import SignatureError
 from osteoimmune.scoring import (
+    calibrated_scores,
     coverage_table,
     default_score_sets,
     gene_coverage,
@@ -146,12 +147,34 @@ def test_same_seed_same_scores(library):
     assert not np.allclose(first.obs[f"score_{M1}"], other.obs[f"score_{M1}"])
 
 
-def test_default_sets_are_m1_m2_and_trained_immunity(library):
+def test_default_sets_are_every_score_set(library):
     names = default_score_sets(library, "mouse")
     assert M1 in names and M2A in names and "trained_immunity_core6_zhang2022" in names
+    for program in ("osteoclast_differentiation_core", "osteoblast_lineage_core",
+                    "bm_stromal_LEPR_CAR_niche", "neutrophil_NET_machinery", "NK_cytotoxicity",
+                    "DC_maturation_mregDC", "complement_anaphylatoxin_and_C3_receptors"):
+        assert program in names
     assert all(library.sets[n]["use"] == "score" for n in names)
-    assert "osteoclast_differentiation_core" not in names
-    assert "trained_immunity_glycolysis_axis" not in names  # trained_immunity_metabolic
+    assert "complement_components_and_regulators" not in names  # per_gene
+    assert "trained_immunity_central_HSPC_axis" not in names  # reference_only
+
+
+def test_calibrated_scores_add_z_p_and_a_second_method(library):
+    adata = _make_adata(library)
+    table = score_signatures(adata, library, species="mouse", seed=3)
+    agreement = calibrated_scores(adata, library, species="mouse", coverage=table, seed=3,
+                                  n_null=100)
+    scored = list(table.index[table["scored"]])
+    assert scored and list(agreement.index) == scored
+    for name in scored:
+        assert f"z_{name}" in adata.obs
+    assert list(adata.obsm["signature_p"].columns) == scored
+    p = adata.obsm["signature_p"].to_numpy()
+    assert ((p > 0) & (p <= 1)).all()
+    # the boosted M1 genes: calibrated z high where the score is high, and the methods agree
+    top = adata.obs[f"score_{M1}"].rank(ascending=False) <= 10
+    assert adata.obs.loc[top, f"z_{M1}"].mean() > 2
+    assert agreement.loc[M1, "spearman"] > 0.5
 
 
 def test_default_sets_on_tiny_dataset(library):

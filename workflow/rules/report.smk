@@ -17,6 +17,10 @@ rule report_dataset:
         panel_coverage=rules.annotate_cells.output.coverage,
         coverage=rules.score_signatures.output.coverage,
         by_group=rules.score_signatures.output.by_group,
+        method_agreement=rules.score_signatures.output.agreement,
+        states=rules.score_signatures.output.states,
+        genes=rules.score_signatures.output.genes,
+        pairs=rules.score_signatures.output.pairs,
     output:
         html="results/{dataset}/report.html",
         figures=directory("results/{dataset}/figures"),

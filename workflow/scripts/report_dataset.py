@@ -12,12 +12,21 @@ from osteoimmune.runlog import logged
 
 TABLES = (
     "qc", "lineage", "qc_cells", "qc_thresholds", "stability", "markers", "agreement",
-    "confusion", "composition", "panel_coverage", "coverage", "by_group",
+    "confusion", "composition", "panel_coverage", "coverage", "method_agreement", "by_group",
+    "states", "genes", "pairs",
 )
 
 
 def read_tsv(path, **kwargs):
     return pd.read_csv(path, sep="\t", **kwargs)
+
+
+def read_tsv_or_empty(path, **kwargs):
+    # a table with no columns is written as an empty line, which pandas cannot read back
+    try:
+        return read_tsv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
 
 
 def main(*, h5ad, manifest, tables, registry, config, html, fig_dir):
@@ -40,6 +49,10 @@ def main(*, h5ad, manifest, tables, registry, config, html, fig_dir):
             "panel_coverage": read_tsv(tables["panel_coverage"], index_col=0),
             "coverage": read_tsv(tables["coverage"], index_col=0),
             "by_group": read_tsv(tables["by_group"], dtype={"group": str}),
+            "method_agreement": read_tsv(tables["method_agreement"], index_col=0),
+            "states": read_tsv_or_empty(tables["states"]),
+            "genes": read_tsv_or_empty(tables["genes"], dtype={"cell_type": str}),
+            "pairs": read_tsv_or_empty(tables["pairs"]),
         },
         config=config,
         fig_dir=Path(fig_dir),

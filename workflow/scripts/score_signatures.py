@@ -1,39 +1,99 @@
-"""Snakemake rule score_signatures: score the library's gene signatures per cell."""
+"""Snakemake rule score_signatures: signature scores, calibration, M1/M2 states, axes, pairs."""
 
 import logging
+from pathlib import Path
 
 import anndata as ad
 import pandas as pd
 
 from osteoimmune.runlog import logged
-from osteoimmune.scoring import default_score_sets, score_signatures, scores_by_group
+from osteoimmune.scoring import (
+    calibrated_scores,
+    default_score_sets,
+    score_signatures,
+    scores_by_group,
+)
 from osteoimmune.signatures import load_library
+from osteoimmune.states import (
+    gate_mask,
+    gene_table,
+    ligand_receptor_panel,
+    polarization,
+    state_table,
+)
 
 log = logging.getLogger("osteoimmune")
+GROUPINGS = ("leiden", "cell_lineage", "cell_type", "author_cell_type")
+# Reported gene by gene per cell type: the RANKL/OPG axis and the cytokines.
+PER_GENE_SETS = (
+    "osteoimmune_RANKL_OPG_axis", "osteoclastogenic_inflammatory_cytokines",
+    "anti_osteoclastogenic_cytokines",
+)
 
 
-def main(*, h5ad, params, seed, out, coverage_out, by_group_out):
-    adata = ad.read_h5ad(h5ad)
-    meta = adata.uns["osteoimmune"]
+def load_sets(params, species):
     library = load_library()
+    added = [name for extra in params.get("user_sets", [])
+             for name in library.add_sets(Path(extra["path"]), species=extra.get("species"))]
     sets = params["sets"]
     if sets == "default":
-        sets = default_score_sets(library, meta["species"])
+        sets = default_score_sets(library, species) + [
+            n for n in added if library.sets[n]["genes"].get(species)]
+    return library, sets
+
+
+def first_scored(preference, scored):
+    """The first set of a preference list (or a single name) that was scored, else None."""
+    names = [preference] if isinstance(preference, str) else preference
+    return next((name for name in names if name in scored), None)
+
+
+def by_group(adata):
+    tables = [
+        scores_by_group(adata, groupby=key, prefix=prefix).rename_axis("group").reset_index()
+        .assign(grouping=key, value=value)
+        for key in GROUPINGS if key in adata.obs
+        for prefix, value in (("score_", "score"), ("z_", "z"))
+    ]
+    return pd.concat(tables, ignore_index=True)
+
+
+def main(*, h5ad, params, seed, out, tables):
+    adata = ad.read_h5ad(h5ad)
+    meta = adata.uns["osteoimmune"]
+    species, upper = meta["species"], meta["gene_symbol_case"] == "upper"
+    library, sets = load_sets(params, species)
     coverage = score_signatures(
-        adata, library, species=meta["species"], sets=sets,
-        min_coverage=params["min_coverage"], seed=seed,
-        case_insensitive=meta["gene_symbol_case"] == "upper",
+        adata, library, species=species, sets=sets, min_coverage=params["min_coverage"],
+        seed=seed, case_insensitive=upper,
+    )
+    agreement = calibrated_scores(
+        adata, library, species=species, coverage=coverage, seed=seed,
+        n_null=params["n_null"], case_insensitive=upper,
     )
     log.info("scored %d of %d sets", int(coverage["scored"].sum()), len(coverage))
-    groupings = [key for key in ("leiden", "cell_lineage", "cell_type", "author_cell_type")
-                 if key in adata.obs]
-    tables = [
-        scores_by_group(adata, groupby=key).rename_axis("group").reset_index()
-        .assign(grouping=key) for key in groupings
-    ]
-    by_group = pd.concat(tables, ignore_index=True)
-    coverage.to_csv(coverage_out, sep="\t")
-    by_group.to_csv(by_group_out, sep="\t", index=False)
+    pol = params["polarization"]
+    gate = gate_mask(adata.obs, cell_types=pol["cell_types"])
+    m1, m2 = (first_scored(pol[key], agreement.index) for key in ("m1", "m2"))
+    if m1 and m2:
+        states = polarization(
+            adata.obs.filter(like="z_").rename(columns=lambda c: c.removeprefix("z_")),
+            adata.obsm["signature_p"], gate=gate, m1=m1, m2=m2, alpha=params["alpha"],
+        )
+        adata.obs[states.columns] = states
+        meta["polarization"] = {"m1": m1, "m2": m2, "gated_cells": int(gate.sum())}
+    log.info("polarization gate: %d cells of types %s", gate.sum(), pol["cell_types"])
+    genes = sorted({g for name in PER_GENE_SETS for g in library.genes(name, species)})
+    per_type = dict(groupby="cell_type", min_cells=params["min_cells_per_type"],
+                    case_insensitive=upper)
+    coverage.to_csv(tables["coverage"], sep="\t")
+    agreement.to_csv(tables["agreement"], sep="\t")
+    by_group(adata).to_csv(tables["by_group"], sep="\t", index=False)
+    (state_table(adata.obs, groupby="sample") if "polarization_state" in adata.obs
+     else pd.DataFrame()).to_csv(tables["states"], sep="\t", index=False)
+    gene_table(adata, genes, **per_type).to_csv(tables["genes"], sep="\t", index=False)
+    ligand_receptor_panel(adata, species=species, library=library, **per_type).to_csv(
+        tables["pairs"], sep="\t", index=False)
     adata.write_h5ad(out, compression="gzip")
 
 
@@ -44,6 +104,6 @@ if __name__ == "__main__":
             params=snakemake.params.signatures,
             seed=snakemake.params.seed,
             out=snakemake.output.h5ad,
-            coverage_out=snakemake.output.coverage,
-            by_group_out=snakemake.output.by_group,
+            tables={key: snakemake.output[key] for key in (
+                "coverage", "agreement", "by_group", "states", "genes", "pairs")},
         )

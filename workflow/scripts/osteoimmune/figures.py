@@ -177,3 +177,54 @@ def stability_plot(table: pd.DataFrame, *, chosen: float) -> plt.Figure:
     twin.set_ylabel("clusters", color="tab:orange")
     ax.legend(loc="lower left", fontsize=7)
     return fig
+
+
+STATE_COLORS = {"M1-like": "tab:red", "M2-like": "tab:blue", "mixed": "tab:purple",
+                "unpolarized": "lightgrey"}
+
+
+def state_map(obs: pd.DataFrame, *, m1: str, m2: str) -> plt.Figure:
+    """Calibrated M1 vs M2 z-scores of the gated cells, coloured by polarization state."""
+    gated = obs[obs["polarization_state"].notna()]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for state, color in STATE_COLORS.items():
+        part = gated[gated["polarization_state"] == state]
+        ax.scatter(part[f"z_{m1}"], part[f"z_{m2}"], s=8, color=color,
+                   label=f"{state} ({len(part)})")
+    ax.axline((0, 0), slope=1, color="grey", linestyle=":", linewidth=0.8)
+    ax.set(xlabel=f"z {m1}", ylabel=f"z {m2}",
+           title=f"M1/M2 states of {len(gated)} monocytes/macrophages")
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def dot_plot(table: pd.DataFrame, *, group_col: str, title: str) -> plt.Figure:
+    """Genes (columns) x groups (rows): dot size = fraction expressing, colour = mean."""
+    present = table[table["present"].astype(bool)]
+    genes = list(dict.fromkeys(present["gene"]))
+    groups = list(dict.fromkeys(present[group_col].astype(str)))
+    fig, ax = plt.subplots(figsize=(1.5 + 0.4 * len(genes), 1.2 + 0.3 * len(groups)))
+    x = present["gene"].map({g: i for i, g in enumerate(genes)})
+    y = present[group_col].astype(str).map({g: i for i, g in enumerate(groups)})
+    points = ax.scatter(x, y, s=10 + 190 * present["fraction"].to_numpy(dtype=float),
+                        c=present["mean"].to_numpy(dtype=float), cmap="Reds")
+    ax.set_xticks(range(len(genes)), genes, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(groups)), groups, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(points, ax=ax, shrink=0.7, label="mean log expression")
+    return fig
+
+
+def pair_heatmap(pairs: pd.DataFrame, *, n: int = 25) -> plt.Figure:
+    """The strongest ligand-receptor interactions: pair (rows) x sender -> receiver."""
+    top = pairs[pairs["present"].astype(bool)].nlargest(n, "score")
+    top = top.assign(pair=top["ligand"] + " -> " + top["receptor"],
+                     route=top["sender"].astype(str) + " -> " + top["receiver"].astype(str))
+    grid = top.pivot_table(index="pair", columns="route", values="score", aggfunc="max")
+    fig, ax = plt.subplots(figsize=(2.5 + 0.35 * grid.shape[1], 1.5 + 0.3 * grid.shape[0]))
+    image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis")
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=70, ha="right", fontsize=6)
+    ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
+    ax.set_title(f"Top {len(top)} immune-to-bone interactions (sender -> receiver)", fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.7, label="ligand mean x receptor mean")
+    return fig

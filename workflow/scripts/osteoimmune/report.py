@@ -14,6 +14,8 @@ import pandas as pd
 import yaml
 
 from osteoimmune import figures
+from osteoimmune.signatures import load_library
+from osteoimmune.states import top_interactions
 
 TEMPLATES = Path(__file__).parent / "templates"
 PACKAGES = ("osteoimmune", "scanpy", "anndata", "numpy", "scipy", "pandas", "leidenalg",
@@ -67,12 +69,15 @@ def dataset_figures(
     adata: ad.AnnData,
     *,
     fig_dir: Path,
-    by_cluster: pd.DataFrame,
     stability: pd.DataFrame,
     qc_cells: pd.DataFrame,
     qc_thresholds: pd.DataFrame,
     composition: pd.DataFrame,
     confusion: pd.DataFrame,
+    by_group: pd.DataFrame,
+    pairs: pd.DataFrame,
+    genes: pd.DataFrame,
+    polarization: dict,
 ) -> dict:
     """Make every figure of a dataset report into ``fig_dir``; returns section -> [Figure]."""
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -111,17 +116,58 @@ def dataset_figures(
         out["annotation"].append(make(
             "annotation_confusion", "Author labels (rows) vs our cell types (columns)",
             figures.confusion_heatmap(confusion)))
-    score_cols = [c for c in adata.obs.columns if c.startswith("score_")]
-    out["scores"] = [
-        make(f"umap_{col}", f"UMAP by {col}", figures.umap_continuous(adata, col, title=col))
-        for col in score_cols
-    ]
-    sets = [c.removeprefix("score_") for c in score_cols]
-    if sets and not by_cluster.empty:
-        out["scores"].insert(0, make(
-            "scores_by_cluster", "Mean score per Leiden cluster (z-scored per set)",
-            figures.score_heatmap(by_cluster[sets], title="Signature scores by cluster"),
-        ))
+    out["scores"] = signature_figures(adata, make=make, by_group=by_group, pairs=pairs,
+                                      genes=genes, polarization=polarization)
+    return out
+
+
+KEY_SETS = (
+    "macrophage_M1_classical_core", "macrophage_M2a_alternative_core",
+    "trained_immunity_core6_zhang2022", "osteoclast_differentiation_core",
+    "osteoblast_lineage_core", "bm_stromal_LEPR_CAR_niche",
+)
+PROGRAM_CATEGORIES = ("bone_cells", "neutrophil", "nk_cell", "dendritic_cell", "complement")
+
+
+def _mean_z(by_group: pd.DataFrame, grouping: str) -> pd.DataFrame:
+    rows = by_group[(by_group["grouping"] == grouping) & (by_group["value"] == "z")]
+    return rows.drop(columns=["grouping", "value", "n_cells"]).set_index("group").dropna(
+        axis=1, how="all")
+
+
+def signature_figures(adata, *, make, by_group, pairs, genes, polarization) -> list:
+    """Figures of the signatures section: heatmaps, key-score UMAPs, states, genes, pairs."""
+    library = load_library()
+    by_type, by_lineage = _mean_z(by_group, "cell_type"), _mean_z(by_group, "cell_lineage")
+    category = {name: library.sets[name]["category"] for name in by_type.columns
+                if name in library.sets}
+    out = []
+    if not by_type.empty:
+        out.append(make("signatures_by_cell_type", "Mean calibrated z per cell type and set",
+                        figures.score_heatmap(by_type, title="Cell type x signature (mean z)")))
+    trained = [n for n, c in category.items() if c.startswith("trained_immunity")]
+    if trained and not by_lineage.empty:
+        out.append(make("trained_immunity_by_lineage", "Trained-immunity sets by lineage "
+                        "(mean z); in unstimulated cells: inflammatory priming, not training",
+                        figures.score_heatmap(by_lineage[trained], title="Trained immunity")))
+    programs = [n for n, c in category.items() if c in PROGRAM_CATEGORIES]
+    if programs and not by_type.empty:
+        out.append(make("osteoimmune_programs", "Osteoimmune programs by cell type (mean z)",
+                        figures.score_heatmap(by_type[programs], title="Programs")))
+    if "polarization_state" in adata.obs and adata.obs["polarization_state"].notna().any():
+        out.append(make("m1_m2_state_map", "M1/M2 state map within monocytes/macrophages",
+                        figures.state_map(adata.obs, m1=polarization["m1"],
+                                          m2=polarization["m2"])))
+    for name in (n for n in KEY_SETS if f"score_{n}" in adata.obs):
+        out.append(make(f"umap_score_{name}", f"UMAP by score_{name}",
+                        figures.umap_continuous(adata, f"score_{name}", title=name)))
+    if not genes.empty and genes["present"].astype(bool).any():
+        out.append(make("rankl_opg_cytokines", "RANKL/OPG axis and cytokines per cell type",
+                        figures.dot_plot(genes, group_col="cell_type",
+                                         title="RANKL/OPG and cytokines")))
+    if not pairs.empty and pairs["present"].astype(bool).any():
+        out.append(make("ligand_receptor", "Immune-to-bone ligand-receptor panel",
+                        figures.pair_heatmap(pairs)))
     return out
 
 
@@ -137,16 +183,17 @@ def dataset_report(
     """Render the HTML report of one dataset and write its figures to ``fig_dir``.
 
     ``tables`` holds the rule outputs: qc, lineage, qc_cells, qc_thresholds, stability,
-    markers, agreement, confusion, composition, panel_coverage, coverage, by_group.
+    markers, agreement, confusion, composition, panel_coverage, coverage, method_agreement,
+    by_group, states, genes, pairs.
     """
     meta = adata.uns["osteoimmune"]
     by_group = tables["by_group"]
-    by_cluster = by_group[by_group["grouping"] == "leiden"].drop(columns="grouping")
-    by_cluster = by_cluster.set_index("group")
     figs = dataset_figures(
-        adata, fig_dir=fig_dir, by_cluster=by_cluster, stability=tables["stability"],
+        adata, fig_dir=fig_dir, stability=tables["stability"],
         qc_cells=tables["qc_cells"], qc_thresholds=tables["qc_thresholds"],
-        composition=tables["composition"], confusion=tables["confusion"],
+        composition=tables["composition"], confusion=tables["confusion"], by_group=by_group,
+        pairs=tables["pairs"], genes=tables["genes"],
+        polarization=meta.get("polarization", {}),
     )
     return render(
         "report.html",
@@ -163,9 +210,12 @@ def dataset_report(
         confusion_table=table_html(tables["confusion"]),
         composition_table=table_html(composition_wide(tables["composition"])),
         panel_table=table_html(tables["panel_coverage"][PANEL_COLUMNS]),
+        method_table=table_html(tables["method_agreement"]),
+        states_table=table_html(tables["states"], index=False),
+        pairs_table=table_html(top_pairs(tables["pairs"]), index=False),
         score_tables={
-            key: table_html(group.drop(columns="grouping").set_index("group"))
-            for key, group in by_group.groupby("grouping", sort=False)
+            key: table_html(group.drop(columns=["grouping", "value"]).set_index("group"))
+            for key, group in by_group[by_group["value"] == "z"].groupby("grouping", sort=False)
         },
         versions=software_versions(),
         config_yaml=yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False),
@@ -182,6 +232,13 @@ def composition_wide(composition: pd.DataFrame) -> pd.DataFrame:
         return composition
     return composition.pivot_table(index=["cell_lineage", "cell_type"], columns="sample",
                                    values="n_cells", aggfunc="sum", fill_value=0)
+
+
+def top_pairs(pairs: pd.DataFrame, *, n: int = 20) -> pd.DataFrame:
+    """The ``n`` strongest signalling interactions with both genes present (no decoy rows)."""
+    if pairs.empty:
+        return pairs
+    return top_interactions(pairs, n=n).drop(columns=["source", "note"], errors="ignore")
 
 
 def top_markers(markers: pd.DataFrame, *, n: int = 8) -> pd.DataFrame:

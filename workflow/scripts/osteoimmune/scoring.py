@@ -12,11 +12,13 @@ import scanpy as sc
 from anndata import AnnData
 from scipy import sparse
 
+from osteoimmune.calibration import calibrate
 from osteoimmune.errors import SignatureError
+from osteoimmune.ranks import method_agreement
 from osteoimmune.signatures import SignatureLibrary
 
-DEFAULT_CATEGORIES = ("macrophage_polarization", "trained_immunity")
 SCORE_PREFIX = "score_"
+Z_PREFIX = "z_"
 COVERAGE_COLUMNS = (
     "n_genes",
     "n_present",
@@ -30,16 +32,13 @@ COVERAGE_COLUMNS = (
 
 
 def default_score_sets(library: SignatureLibrary, species: str) -> list[str]:
-    """Return the sets scored by default, with genes for ``species``.
+    """Return the sets scored by default: every ``use: score`` set with genes for ``species``.
 
-    These are the ``use: score`` sets of the macrophage-polarization (M1/M2) and
-    trained-immunity categories.
+    That is macrophage polarization (M1/M2), trained immunity and the osteoimmune programs
+    (osteoclast, osteoblast lineage, LEPR+ niche, complement, NET machinery, NK cytotoxicity,
+    DC maturation).
     """
-    return [
-        name
-        for name in library.names(use=("score",), species=species)
-        if library.sets[name]["category"] in DEFAULT_CATEGORIES
-    ]
+    return list(library.names(use=("score",), species=species))
 
 
 def _resolve_sets(
@@ -293,8 +292,57 @@ def score_signatures(
     return table
 
 
-def scores_by_group(adata: AnnData, *, groupby: str) -> pd.DataFrame:
-    """Mean of every ``score_*`` column of ``adata.obs`` per group.
+def calibrated_scores(
+    adata: AnnData,
+    library: SignatureLibrary,
+    *,
+    species: str,
+    coverage: pd.DataFrame,
+    seed: int = 0,
+    n_null: int = 100,
+    case_insensitive: bool = False,
+    n_bins: int = 25,
+    ctrl_size: int = 50,
+) -> pd.DataFrame:
+    """Null-calibrated z-scores and a rank-based second method for the scored sets (in place).
+
+    For every set scored by :func:`score_signatures` (``coverage['scored']``): ``n_null``
+    random gene sets matched in size and expression bin give each cell a z-score
+    (``obs['z_<set>']``) and an empirical p (``obsm['signature_p']``) for the primary score;
+    UCell scores (``obsm['signature_ucell']``) are the second method.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Per set: Spearman correlation of the primary score with UCell (method agreement).
+    """
+    sets = {
+        name: gene_coverage(adata, library.genes(name, species),
+                            case_insensitive=case_insensitive)[0]
+        for name in coverage.index[coverage["scored"].astype(bool)]
+    }
+    for column in [c for c in adata.obs.columns if str(c).startswith(Z_PREFIX)]:
+        del adata.obs[column]
+    if not sets:
+        return pd.DataFrame(columns=["spearman", "n_cells"]).rename_axis("set")
+    n_bins, ctrl_size = _control_params(adata.n_vars, n_bins=n_bins, ctrl_size=ctrl_size)
+    mean = calibrate(adata, sets, method="mean", n_null=n_null, n_bins=n_bins,
+                     ctrl_size=ctrl_size, seed=seed)
+    ucell = calibrate(adata, sets, method="ucell", n_null=n_null, n_bins=n_bins, seed=seed)
+    for name in sets:
+        adata.obs[f"{Z_PREFIX}{name}"] = mean.z[name].to_numpy()
+    adata.obsm["signature_p"] = mean.p
+    adata.obsm["signature_ucell"] = ucell.score
+    adata.obsm["signature_ucell_z"] = ucell.z
+    primary = adata.obs[[f"{SCORE_PREFIX}{name}" for name in sets]]
+    primary.columns = list(sets)
+    return method_agreement(primary, ucell.score)
+
+
+def scores_by_group(
+    adata: AnnData, *, groupby: str, prefix: str = SCORE_PREFIX
+) -> pd.DataFrame:
+    """Mean of every ``<prefix>*`` column of ``adata.obs`` per group.
 
     Parameters
     ----------
@@ -302,6 +350,8 @@ def scores_by_group(adata: AnnData, *, groupby: str) -> pd.DataFrame:
         A dataset scored by :func:`score_signatures`.
     groupby
         The obs column to group cells by (e.g. a cluster or cell-type column).
+    prefix
+        ``score_`` for the scores, ``z_`` for the calibrated z-scores.
 
     Returns
     -------
@@ -312,9 +362,9 @@ def scores_by_group(adata: AnnData, *, groupby: str) -> pd.DataFrame:
     if groupby not in adata.obs:
         msg = f"Column '{groupby}' is not in obs; available: {', '.join(map(str, adata.obs))}."
         raise SignatureError(msg)
-    columns = [c for c in adata.obs.columns if str(c).startswith(SCORE_PREFIX)]
+    columns = [c for c in adata.obs.columns if str(c).startswith(prefix)]
     grouped = adata.obs.groupby(groupby, observed=True)
     means = grouped[columns].mean()
-    means.columns = [c.removeprefix(SCORE_PREFIX) for c in columns]
+    means.columns = [c.removeprefix(prefix) for c in columns]
     means.insert(0, "n_cells", grouped.size())
     return means

@@ -1,0 +1,491 @@
+"""Macrophage polarization states, per-gene tables and the immune-to-bone ligand-receptor panel.
+
+State calls use the calibrated signature results of :func:`osteoimmune.calibration.calibrate`
+(per-cell z-scores and empirical p-values), never raw scores, and only within the gate of
+monocytes and macrophages from the annotation. The per-gene tables and the ligand-receptor
+panel read a few genes as sparse column slices of the log-normalised matrix; the cells x genes
+matrix is never densified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from osteoimmune.errors import OsteoimmuneError
+from osteoimmune.panels import UNASSIGNED, gene_positions
+from osteoimmune.signatures import SPECIES, SignatureLibrary, load_library
+
+GATE_TYPES = ("classical monocyte", "non-classical monocyte", "macrophage")
+STATES = ("M1-like", "M2-like", "mixed", "unpolarized")
+STATE_COLUMNS = ("polarization_index", "polarization_state")
+
+
+class StateError(OsteoimmuneError, ValueError):
+    """Input to the state calls, gene tables or ligand-receptor panel is invalid."""
+
+
+def gate_mask(obs: pd.DataFrame, *, cell_types: Sequence[str] = GATE_TYPES) -> np.ndarray:
+    """Return which cells are in the polarization gate (monocytes and macrophages).
+
+    Parameters
+    ----------
+    obs
+        Cell annotations with a ``cell_type`` column.
+    cell_types
+        Cell types in the gate.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, one value per row of ``obs``.
+    """
+    _require_columns(obs, ["cell_type"], what="obs")
+    return obs["cell_type"].isin(list(cell_types)).to_numpy(dtype=bool)
+
+
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str], *, what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        msg = (
+            f"{what} has no column {', '.join(map(repr, missing))} (columns: "
+            f"{', '.join(map(str, frame.columns)) or 'none'})."
+        )
+        raise StateError(msg)
+
+
+def _check_polarization_input(z, p, gate, m1, m2, alpha) -> np.ndarray:
+    for frame, what in ((z, "z-scores"), (p, "p-values")):
+        missing = [name for name in (m1, m2) if name not in frame.columns]
+        if missing:
+            msg = (
+                f"Calibrated {what} have no set {', '.join(map(repr, missing))}; it was not "
+                "scored. Check the signature coverage table (sets under the coverage threshold "
+                "are not scored) and the set names."
+            )
+            raise StateError(msg)
+    if not z.index.equals(p.index):
+        msg = "z-scores and p-values are not for the same cells in the same order."
+        raise StateError(msg)
+    gate = np.asarray(gate)
+    if gate.dtype != bool or gate.shape != (len(z),):
+        msg = f"gate must be a boolean array with one value per cell ({len(z)}), got {gate.shape}."
+        raise StateError(msg)
+    if not 0 < alpha < 1:
+        msg = f"alpha must be between 0 and 1, got {alpha}."
+        raise StateError(msg)
+    return gate
+
+
+def polarization(
+    z: pd.DataFrame,
+    p: pd.DataFrame,
+    *,
+    gate: np.ndarray,
+    m1: str,
+    m2: str,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Call M1/M2 polarization per cell from calibrated M1 and M2 signature results.
+
+    Parameters
+    ----------
+    z, p
+        Per-cell z-scores and empirical p-values, cells x sets (``Calibration.z``/``.p``).
+    gate
+        Boolean per cell: the cells to call (see :func:`gate_mask`).
+    m1, m2
+        Names of the M1 and M2 sets.
+    alpha
+        A set is significant in a cell when its empirical p is below ``alpha``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed like ``z``: ``polarization_index`` = z[m1] - z[m2] and ``polarization_state``,
+        categorical with categories :data:`STATES`: M1-like (only M1 significant), M2-like
+        (only M2), mixed (both), unpolarized (neither). Both are NaN outside the gate; the
+        state is also NaN where a p-value is NaN, the index where a z-score is (or both are
+        infinite).
+    """
+    gate = _check_polarization_input(z, p, gate, m1, m2, alpha)
+    p1, p2 = p[m1].to_numpy(dtype=float), p[m2].to_numpy(dtype=float)
+    sig1, sig2 = p1 < alpha, p2 < alpha
+    codes = np.select([sig1 & ~sig2, ~sig1 & sig2, sig1 & sig2], [0, 1, 2], default=3)
+    callable_ = gate & ~np.isnan(p1) & ~np.isnan(p2)
+    state = pd.Categorical.from_codes(np.where(callable_, codes, -1), categories=list(STATES))
+    index = (z[m1].astype(float) - z[m2].astype(float)).where(gate)
+    return pd.DataFrame(
+        {"polarization_index": index.to_numpy(), "polarization_state": state}, index=z.index
+    )
+
+
+def _group_order(values: pd.Series) -> list:
+    # Categories in their own order, other values sorted: the same input, the same rows.
+    seen = pd.unique(values.dropna())
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return [c for c in values.cat.categories if c in set(seen)]
+    return sorted(seen, key=str)
+
+
+def _states_of(obs: pd.DataFrame) -> pd.Series:
+    states = obs["polarization_state"]
+    unknown = set(states.dropna().astype(str)) - set(STATES)
+    if unknown:
+        msg = f"Unknown polarization states {sorted(unknown)}; expected {', '.join(STATES)}."
+        raise StateError(msg)
+    return pd.Series(pd.Categorical(states, categories=list(STATES)), index=obs.index)
+
+
+def state_table(obs_with_states: pd.DataFrame, *, groupby: str = "sample") -> pd.DataFrame:
+    """Count polarization states per group among gated cells.
+
+    Parameters
+    ----------
+    obs_with_states
+        Cell annotations with ``groupby`` and the columns of :func:`polarization`.
+    groupby
+        Column to group by (``sample``, ``cell_type``, ...).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Tidy, one row per group and state (all four states, groups in order): ``groupby``,
+        ``state``, ``n_cells``, ``n_gated`` (cells with a state in the group), ``fraction``
+        (``n_cells / n_gated``; NaN without gated cells) and ``mean_polarization_index`` of the
+        group's gated cells (over finite values), repeated on the group's rows.
+    """
+    _require_columns(obs_with_states, [groupby, *STATE_COLUMNS], what="obs")
+    obs = obs_with_states[obs_with_states[groupby].notna()]
+    states = _states_of(obs)
+    gated = states.notna().to_numpy()
+    groups = _group_order(obs[groupby])
+    rows = pd.MultiIndex.from_product([groups, list(STATES)], names=[groupby, "state"])
+    keys = [obs[groupby].to_numpy()[gated], states.astype(str).to_numpy()[gated]]
+    counts = pd.Series(1, index=pd.MultiIndex.from_arrays(keys)).groupby(level=[0, 1]).size()
+    table = counts.reindex(rows, fill_value=0).rename("n_cells").reset_index()
+    table["n_gated"] = table.groupby(groupby, sort=False)["n_cells"].transform("sum")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table["fraction"] = table["n_cells"] / table["n_gated"].replace(0, np.nan)
+    index = obs["polarization_index"].astype(float).where(gated)
+    means = index[np.isfinite(index)].groupby(obs[groupby], observed=True).mean()
+    table["mean_polarization_index"] = table[groupby].map(means).astype(float)
+    table["state"] = pd.Categorical(table["state"], categories=list(STATES))
+    return table
+
+
+def _kept_groups(
+    obs: pd.DataFrame, *, groupby: str, min_cells: int, exclude: Sequence[str]
+) -> tuple[list, np.ndarray, np.ndarray]:
+    # Groups with at least min_cells cells; codes per cell (-1: not in a kept group); sizes.
+    _require_columns(obs, [groupby], what="obs")
+    if int(min_cells) != min_cells or min_cells < 1:
+        msg = f"min_cells must be a positive integer, got {min_cells}."
+        raise StateError(msg)
+    values, excluded = obs[groupby], set(exclude)
+    counts = values.value_counts()
+    groups = [g for g in _group_order(values) if g not in excluded and counts[g] >= min_cells]
+    codes = pd.Index(groups).get_indexer(values.to_numpy())
+    return groups, codes, counts.reindex(groups).to_numpy(dtype=float)
+
+
+def _column_slice(matrix, columns: np.ndarray) -> sparse.csr_matrix:
+    # Only the requested columns, as CSR; a dense X is sliced before it is converted.
+    if sparse.issparse(matrix):
+        return sparse.csr_matrix(matrix[:, columns])
+    return sparse.csr_matrix(np.asarray(matrix[:, columns]))
+
+
+def _group_stats(matrix, codes: np.ndarray, columns: np.ndarray, sizes: np.ndarray):
+    # Group x gene mean and fraction > 0: an indicator (groups x cells) product with the slice.
+    cells = np.flatnonzero(codes >= 0)
+    indicator = sparse.csr_matrix(
+        (np.ones(len(cells)), (codes[cells], cells)), shape=(len(sizes), len(codes))
+    )
+    block = _column_slice(matrix, columns).astype(np.float64)
+    sums = (indicator @ block).toarray()
+    expressing = (indicator @ (block > 0).astype(np.float64)).toarray()
+    return sums / sizes[:, None], expressing / sizes[:, None]
+
+
+def gene_table(
+    adata: AnnData,
+    genes: Sequence[str],
+    *,
+    groupby: str = "cell_type",
+    min_cells: int = 10,
+    case_insensitive: bool = False,
+    exclude: Sequence[str] = (UNASSIGNED,),
+) -> pd.DataFrame:
+    """Mean expression and fraction of expressing cells of a few genes per group.
+
+    Parameters
+    ----------
+    adata
+        Log-normalised expression in ``X`` (sparse stays sparse; only the genes' columns are
+        read) and ``groupby`` in ``obs``.
+    genes
+        Gene symbols, e.g. ``load_library().genes("osteoimmune_RANKL_OPG_axis", species)``.
+    groupby
+        Column of ``obs`` to group by.
+    min_cells
+        Groups with fewer cells are dropped.
+    case_insensitive
+        Match symbols case-insensitively (``uns['osteoimmune']['gene_symbol_case'] ==
+        'upper'``: mouse symbols stored upper-cased).
+    exclude
+        Groups left out (cells not assigned a type).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Tidy, one row per gene and group (genes in the given order, groups in ``obs`` order):
+        ``groupby``, ``gene`` (as given), ``n_cells``, ``mean`` (mean log-normalised
+        expression), ``fraction`` (of cells with expression > 0) and ``present``; genes absent
+        from the dataset have NaN ``mean`` and ``fraction`` and ``present`` False.
+    """
+    genes = list(dict.fromkeys(genes))
+    groups, codes, sizes = _kept_groups(
+        adata.obs, groupby=groupby, min_cells=min_cells, exclude=exclude
+    )
+    positions = gene_positions(adata, case_insensitive=case_insensitive)
+    key = str.upper if case_insensitive else str
+    columns = np.array([positions.get(key(g), -1) for g in genes], dtype=np.int64)
+    present = columns >= 0
+    mean = np.full((len(groups), len(genes)), np.nan)
+    fraction = mean.copy()
+    if groups and present.any():
+        mean[:, present], fraction[:, present] = _group_stats(
+            adata.X, codes, columns[present], sizes
+        )
+    return pd.DataFrame(
+        {
+            groupby: np.tile(np.array(groups, dtype=object), len(genes)),
+            "gene": np.repeat(np.array(genes, dtype=object), len(groups)),
+            "n_cells": np.tile(sizes, len(genes)).astype(np.int64),
+            "mean": mean.T.ravel(),
+            "fraction": fraction.T.ravel(),
+            "present": np.repeat(present, len(groups)),
+        }
+    )
+
+
+class LRPair(NamedTuple):
+    """A ligand and its receptor (or co-receptor, or decoy receptor) with a short note."""
+
+    ligand: str
+    receptor: str
+    kind: str  # "signalling", "co-receptor" or "decoy"
+    note: str
+
+
+_PAIR_NOTES = {
+    "RANKL-RANK": "RANKL drives osteoclast differentiation through RANK",
+    "RANKL-OPG": (
+        "decoy: OPG made by the receiver binds RANKL and blocks RANK signalling; a high "
+        "score means inhibition"
+    ),
+    "CSF1-CSF1R": "M-CSF: survival and proliferation of osteoclast precursors and macrophages",
+    "IL1B-IL1R1": "pro-osteoclastogenic cytokine",
+    "IL6-IL6R": "classic IL-6 signalling needs membrane IL-6R on the receiver",
+    "IL6-IL6ST": (
+        "co-receptor: gp130 is the signalling subunit of the IL-6 receptor; trans-signalling "
+        "through soluble IL-6R needs only gp130 on the receiver"
+    ),
+    "TNF-TNFR1": "pro-osteoclastogenic cytokine",
+    "IL17A-IL17RA": "Th17 cytokine; induces RANKL in osteoblast-lineage and stromal cells",
+    "SEMA4D-PLXNB1": "osteoclast Sema4D suppresses bone formation through Plexin-B1",
+    "EFNB2-EPHB4": "bidirectional ephrinB2-EphB4 coupling of osteoclasts and osteoblasts",
+    "CXCL12-CXCR4": "CXCL12 from the stromal niche retains CXCR4+ cells in the marrow",
+}
+# Pair -> (human ligand, human receptor, mouse ligand, mouse receptor, kind); mouse symbols
+# are the MGI ones, not case-converted human ones (human IL6R is mouse Il6ra).
+_PAIR_GENES = {
+    "RANKL-RANK": ("TNFSF11", "TNFRSF11A", "Tnfsf11", "Tnfrsf11a", "signalling"),
+    "RANKL-OPG": ("TNFSF11", "TNFRSF11B", "Tnfsf11", "Tnfrsf11b", "decoy"),
+    "CSF1-CSF1R": ("CSF1", "CSF1R", "Csf1", "Csf1r", "signalling"),
+    "IL1B-IL1R1": ("IL1B", "IL1R1", "Il1b", "Il1r1", "signalling"),
+    "IL6-IL6R": ("IL6", "IL6R", "Il6", "Il6ra", "signalling"),
+    "IL6-IL6ST": ("IL6", "IL6ST", "Il6", "Il6st", "co-receptor"),
+    "TNF-TNFR1": ("TNF", "TNFRSF1A", "Tnf", "Tnfrsf1a", "signalling"),
+    "IL17A-IL17RA": ("IL17A", "IL17RA", "Il17a", "Il17ra", "signalling"),
+    "SEMA4D-PLXNB1": ("SEMA4D", "PLXNB1", "Sema4d", "Plxnb1", "signalling"),
+    "EFNB2-EPHB4": ("EFNB2", "EPHB4", "Efnb2", "Ephb4", "signalling"),
+    "CXCL12-CXCR4": ("CXCL12", "CXCR4", "Cxcl12", "Cxcr4", "signalling"),
+}
+LR_PAIRS: dict[str, tuple[LRPair, ...]] = {
+    "human": tuple(
+        LRPair(ligand, receptor, kind, _PAIR_NOTES[name])
+        for name, (ligand, receptor, _, _, kind) in _PAIR_GENES.items()
+    ),
+    "mouse": tuple(
+        LRPair(ligand, receptor, kind, _PAIR_NOTES[name])
+        for name, (_, _, ligand, receptor, kind) in _PAIR_GENES.items()
+    ),
+}
+# Library sets whose members are cited as the source of a pair's genes.
+LR_SOURCE_SETS = (
+    "osteoimmune_RANKL_OPG_axis",
+    "osteoimmune_coupling_semaphorin_ephrin",
+    "osteoclastogenic_inflammatory_cytokines",
+)
+SPEC_SOURCE = "pair as named in the product spec (issue 5)"
+LR_COLUMNS = (
+    "ligand", "receptor", "kind", "sender", "receiver", "ligand_mean", "ligand_fraction",
+    "receptor_mean", "receptor_fraction", "score", "present", "source", "note",
+)  # fmt: skip
+
+
+def _check_species(species: str) -> None:
+    if species not in SPECIES:
+        msg = f"Unknown species '{species}'; allowed: {', '.join(SPECIES)}."
+        raise StateError(msg)
+
+
+def _pair_source(pair: LRPair, members: dict[str, set[str]]) -> tuple[str, list[str]]:
+    # Short source (sets holding the pair's genes) and the names of those sets.
+    parts, sets, covered = [], [], set()
+    for name, genes in members.items():
+        hit = [g for g in (pair.ligand, pair.receptor) if g.upper() in genes]
+        if hit:
+            parts.append(f"{name} ({', '.join(hit)})")
+            sets.append(name)
+            covered.update(hit)
+    if not parts:
+        return SPEC_SOURCE, sets
+    rest = [g for g in (pair.ligand, pair.receptor) if g not in covered]
+    if rest:
+        parts.append(f"{', '.join(rest)}: {SPEC_SOURCE}")
+    return "; ".join(parts), sets
+
+
+def lr_pairs(*, species: str, library: SignatureLibrary | None = None) -> pd.DataFrame:
+    """The ligand-receptor pairs of the panel with their sources in the signature library.
+
+    Parameters
+    ----------
+    species
+        ``human`` or ``mouse`` (species-correct symbols from :data:`LR_PAIRS`).
+    library
+        The signature library; default :func:`osteoimmune.signatures.load_library`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per pair in :data:`LR_PAIRS` order: ``ligand``, ``receptor``, ``kind``,
+        ``source`` (the sets of :data:`LR_SOURCE_SETS` that hold the pair's genes, else
+        :data:`SPEC_SOURCE`), ``citation`` (those sets' citations, each once) and ``note``.
+    """
+    _check_species(species)
+    library = load_library() if library is None else library
+    members = {n: {g.upper() for g in library.genes(n, species)} for n in LR_SOURCE_SETS}
+    rows = []
+    for pair in LR_PAIRS[species]:
+        source, sets = _pair_source(pair, members)
+        cited = dict.fromkeys(c for name in sets for c in library.sets[name]["citations"])
+        rows.append({**pair._asdict(), "source": source, "citation": "; ".join(cited)})
+    return pd.DataFrame(rows, columns=["ligand", "receptor", "kind", "source", "citation", "note"])
+
+
+def _pair_notes(pairs: pd.DataFrame, present: dict[str, bool]) -> list[str]:
+    notes = []
+    for ligand, receptor, note in pairs[["ligand", "receptor", "note"]].itertuples(index=False):
+        absent = [g for g in (ligand, receptor) if not present[g]]
+        if absent:
+            note = f"{note}; {', '.join(absent)} not in the dataset"
+        notes.append(note)
+    return notes
+
+
+def ligand_receptor_panel(
+    adata: AnnData,
+    *,
+    species: str,
+    groupby: str = "cell_type",
+    min_cells: int = 10,
+    case_insensitive: bool = False,
+    exclude: Sequence[str] = (UNASSIGNED,),
+    library: SignatureLibrary | None = None,
+) -> pd.DataFrame:
+    """Score the immune-to-bone ligand-receptor pairs for every pair of cell types.
+
+    The score of a pair from a sender to a receiver type is ``ligand_mean * receptor_mean``
+    (mean log-normalised expression of the ligand in the sender and of the receptor in the
+    receiver): zero when either is silent, and ranking pairs like their geometric mean.
+
+    Parameters
+    ----------
+    adata
+        Log-normalised expression in ``X`` (only the pairs' genes are read, sparse) and
+        ``groupby`` in ``obs``.
+    species
+        ``human`` or ``mouse``.
+    groupby, min_cells, case_insensitive, exclude
+        As in :func:`gene_table`.
+    library
+        The signature library for the sources; default :func:`load_library`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Tidy, columns :data:`LR_COLUMNS`, one row per pair (in :data:`LR_PAIRS` order), sender
+        and receiver (groups in order). ``present`` is True when both genes are in the
+        dataset (else ``score`` is NaN and ``note`` says which is missing); ``kind`` marks
+        the RANKL-OPG decoy row and the IL6-IL6ST co-receptor row.
+    """
+    pairs = lr_pairs(species=species, library=library)
+    genes = list(dict.fromkeys([*pairs["ligand"], *pairs["receptor"]]))
+    table = gene_table(
+        adata, genes, groupby=groupby, min_cells=min_cells,
+        case_insensitive=case_insensitive, exclude=exclude,
+    )  # fmt: skip
+    groups = list(dict.fromkeys(table[groupby]))
+    present = dict(zip(table["gene"], table["present"], strict=False))
+    p_idx, s_idx, r_idx = (a.ravel() for a in np.indices((len(pairs), len(groups), len(groups))))
+    out = pairs.iloc[p_idx].reset_index(drop=True)
+    out["sender"] = pd.Series(groups, dtype=object).iloc[s_idx].to_numpy()
+    out["receiver"] = pd.Series(groups, dtype=object).iloc[r_idx].to_numpy()
+    stats = table.set_index(["gene", groupby])[["mean", "fraction"]]
+    for role, group in (("ligand", "sender"), ("receptor", "receiver")):
+        values = stats.reindex(pd.MultiIndex.from_arrays([out[role], out[group]]))
+        out[f"{role}_mean"] = values["mean"].to_numpy(dtype=float)
+        out[f"{role}_fraction"] = values["fraction"].to_numpy(dtype=float)
+    out["score"] = out["ligand_mean"] * out["receptor_mean"]
+    out["present"] = out["ligand"].map(present) & out["receptor"].map(present)
+    out["note"] = _pair_notes(out, present)
+    return out[list(LR_COLUMNS)]
+
+
+def top_interactions(
+    table: pd.DataFrame, *, n: int = 20, kinds: Sequence[str] = ("signalling", "co-receptor")
+) -> pd.DataFrame:
+    """The ``n`` highest-scoring sender-receiver pairs of a :func:`ligand_receptor_panel`.
+
+    Parameters
+    ----------
+    table
+        The panel.
+    n
+        Rows to keep.
+    kinds
+        Pair kinds ranked; the RANKL-OPG decoy is left out by default, since its score means
+        inhibition rather than signalling.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows with both genes present and a positive score, by score (descending; ties keep
+        the panel's order), index reset.
+    """
+    if int(n) != n or n < 1:
+        msg = f"n must be a positive integer, got {n}."
+        raise StateError(msg)
+    _require_columns(table, ["kind", "score", "present"], what="ligand-receptor table")
+    keep = table["present"].astype(bool) & (table["score"] > 0) & table["kind"].isin(kinds)
+    ranked = table[keep].sort_values("score", ascending=False, kind="mergesort")
+    return ranked.head(int(n)).reset_index(drop=True)
