@@ -5,13 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
-import yaml
 from conftest import REPO
 from scipy import sparse
 
 from osteoimmune.agreement import (
     agreement_table,
-    agreement_tables,
     check_label_map,
     composition_table,
     confusion_table,
@@ -370,49 +368,14 @@ MAPPED = "author labels mapped to the vocabulary"
 PUBLISHED = "author labels as published"
 
 
-def build_annotated(mirror, dataset):
-    """The dataset through the library functions of the read, QC, cluster and annotate rules."""
-    from osteoimmune.cluster import embed, normalize, select_hvg
-    from osteoimmune.qc import compute_qc_metrics, filter_cells, prepare_qc, threshold_params
-    from osteoimmune.readers import read_dataset
-    from osteoimmune.stability import cluster_over_resolutions
-
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    qc, params, seed = config["qc"], config["cluster"], config["seed"]
-    entry = load_registry(REPO / "config" / "datasets.yaml")[dataset]
-    paths = {f["filename"]: mirror / dataset / f["filename"] for f in entry["files"]}
-    adata = read_dataset(entry, paths, dataset=dataset)
-    value_type = entry["values"]
-    compute_qc_metrics(adata, gene_lists=qc.get("gene_groups"))
-    prepare_qc(adata, qc=qc, seed=seed, value_type=value_type)
-    adata, _, _ = filter_cells(
-        adata, counts_based=value_type == "counts", min_cells_per_gene=qc["min_cells_per_gene"],
-        lineage_aware=qc["lineage_aware"], min_group_cells=qc["min_group_cells"],
-        remove_doublets=qc["remove_doublets"], min_cells_per_sample=qc["min_cells_per_sample"],
-        on_small_sample=qc["on_small_sample"], dataset=dataset, **threshold_params(qc),
-    )
-    normalize(adata, value_type=value_type)
-    select_hvg(adata, n_top_genes=params["n_top_genes"], value_type=value_type,
-               batch_key=params["batch_key"])
-    embed(adata, n_pcs=params["n_pcs"], n_neighbors=params["n_neighbors"],
-          batch_key=params["batch_key"], seed=seed, value_type=value_type,
-          normalization=params["normalization"])
-    cluster_over_resolutions(adata, resolutions=params["resolutions"],
-                             repeats=params["stability_repeats"], seed=seed)
-    annotate_cells(adata, build_panels(load_library(), entry["species"]))
-    agreement, _, unmapped = agreement_tables(adata, entry["author_label_map"])
-    assert unmapped == []
-    return adata, agreement.set_index(["level", "metric", "reference"])
-
-
 @pytest.fixture(scope="module")
-def real(mirror):
-    cache = {}
-
+def real(run):
+    """A dataset annotated by the workflow run of the session (conftest ``run``)."""
     def get(dataset):
-        if dataset not in cache:
-            cache[dataset] = build_annotated(mirror, dataset)
-        return cache[dataset]
+        folder = run / "results" / dataset
+        agreement = pd.read_csv(folder / "tables" / "annotation_agreement.tsv", sep="\t")
+        return (ad.read_h5ad(folder / f"{dataset}.h5ad"),
+                agreement.set_index(["level", "metric", "reference"]))
 
     return get
 
@@ -476,3 +439,13 @@ def test_low_coverage_panels_are_flagged_on_the_random_gene_panels(real):
     assert not used["complete"].any()
     assert (used["fraction_present"] < 0.5).all()
     assert set(adata.obs["cell_lineage"].astype(str)) <= {*LINEAGES, "unassigned"}
+
+
+@pytest.mark.parametrize("dataset", ["paul2015_bm_myeloid", "luecken2021_bmmc_cite",
+                                     "luecken2021_bmmc_multiome", "weinreb2020_larry_bm_culture",
+                                     "matsushita2023_bm_stroma"])
+def test_registry_maps_every_author_label_of_the_real_data(real, dataset):
+    adata, _ = real(dataset)
+    label_map = load_registry(REPO / "config" / "datasets.yaml")[dataset]["author_label_map"]
+    _, unmapped = map_author_labels(adata.obs["author_cell_type"], label_map)
+    assert unmapped == []

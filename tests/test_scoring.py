@@ -8,6 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from osteoimmune.errors import SignatureError
 from osteoimmune.scoring import (
+    add_user_sets,
     calibrated_scores,
     coverage_table,
     default_score_sets,
@@ -224,3 +225,15 @@ def test_scores_by_group_means(library):
     assert table.loc["boosted", M1] == pytest.approx(expected)
     with pytest.raises(SignatureError, match="'cluster' is not in obs"):
         scores_by_group(adata, groupby="cluster")
+
+
+def test_user_sets_from_gmt_and_yaml_files_are_added(tmp_path):
+    library = load_library()
+    (tmp_path / "mine.gmt").write_text("MY_M1\tmy note\tNos2\tIl1b\tTnf\n")
+    (tmp_path / "mine.yaml").write_text(
+        "sets:\n  my_human_set:\n    description: human only\n    genes: {human: [CD14]}\n")
+    added = add_user_sets(library, [{"path": str(tmp_path / "mine.gmt"), "species": "mouse"},
+                                    {"path": str(tmp_path / "mine.yaml")}], species="mouse")
+    assert added == ["MY_M1"]  # the human-only YAML set has no mouse genes
+    assert library.genes("MY_M1", "mouse") == ["Nos2", "Il1b", "Tnf"]
+    assert "my_human_set" in library.sets

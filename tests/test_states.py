@@ -396,3 +396,11 @@ def test_top_interactions():
     assert with_decoy["receptor"].item() == "TNFRSF11B"
     with pytest.raises(StateError, match="positive integer"):
         top_interactions(panel, n=0)
+
+
+def test_first_scored_takes_the_first_available_set():
+    from osteoimmune.states import first_scored
+
+    assert first_scored(["a", "b"], {"b", "c"}) == "b"
+    assert first_scored("c", {"b", "c"}) == "c"
+    assert first_scored(["x"], {"b"}) is None

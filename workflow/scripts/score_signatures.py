@@ -1,20 +1,21 @@
 """Snakemake rule score_signatures: signature scores, calibration, M1/M2 states, axes, pairs."""
 
 import logging
-from pathlib import Path
 
 import anndata as ad
 import pandas as pd
 
 from osteoimmune.runlog import logged
 from osteoimmune.scoring import (
+    add_user_sets,
     calibrated_scores,
     default_score_sets,
+    group_means,
     score_signatures,
-    scores_by_group,
 )
 from osteoimmune.signatures import load_library
 from osteoimmune.states import (
+    first_scored,
     gate_mask,
     gene_table,
     ligand_receptor_panel,
@@ -23,7 +24,6 @@ from osteoimmune.states import (
 )
 
 log = logging.getLogger("osteoimmune")
-GROUPINGS = ("leiden", "cell_lineage", "cell_type", "author_cell_type")
 # Reported gene by gene per cell type: the RANKL/OPG axis and the cytokines.
 PER_GENE_SETS = (
     "osteoimmune_RANKL_OPG_axis", "osteoclastogenic_inflammatory_cytokines",
@@ -31,38 +31,15 @@ PER_GENE_SETS = (
 )
 
 
-def load_sets(params, species):
-    library = load_library()
-    added = [name for extra in params.get("user_sets", [])
-             for name in library.add_sets(Path(extra["path"]), species=extra.get("species"))]
-    sets = params["sets"]
-    if sets == "default":
-        sets = default_score_sets(library, species) + [
-            n for n in added if library.sets[n]["genes"].get(species)]
-    return library, sets
-
-
-def first_scored(preference, scored):
-    """The first set of a preference list (or a single name) that was scored, else None."""
-    names = [preference] if isinstance(preference, str) else preference
-    return next((name for name in names if name in scored), None)
-
-
-def by_group(adata):
-    tables = [
-        scores_by_group(adata, groupby=key, prefix=prefix).rename_axis("group").reset_index()
-        .assign(grouping=key, value=value)
-        for key in GROUPINGS if key in adata.obs
-        for prefix, value in (("score_", "score"), ("z_", "z"))
-    ]
-    return pd.concat(tables, ignore_index=True)
-
-
 def main(*, h5ad, params, seed, out, tables):
     adata = ad.read_h5ad(h5ad)
     meta = adata.uns["osteoimmune"]
     species, upper = meta["species"], meta["gene_symbol_case"] == "upper"
-    library, sets = load_sets(params, species)
+    library = load_library()
+    added = add_user_sets(library, params.get("user_sets", []), species=species)
+    sets = params["sets"]
+    if sets == "default":
+        sets = default_score_sets(library, species) + added
     coverage = score_signatures(
         adata, library, species=species, sets=sets, min_coverage=params["min_coverage"],
         seed=seed, case_insensitive=upper,
@@ -88,7 +65,7 @@ def main(*, h5ad, params, seed, out, tables):
                     case_insensitive=upper)
     coverage.to_csv(tables["coverage"], sep="\t")
     agreement.to_csv(tables["agreement"], sep="\t")
-    by_group(adata).to_csv(tables["by_group"], sep="\t", index=False)
+    group_means(adata).to_csv(tables["by_group"], sep="\t", index=False)
     (state_table(adata.obs, groupby="sample") if "polarization_state" in adata.obs
      else pd.DataFrame()).to_csv(tables["states"], sep="\t", index=False)
     gene_table(adata, genes, **per_type).to_csv(tables["genes"], sep="\t", index=False)

@@ -6,6 +6,8 @@ the dataset are not scored; the coverage table says which and why.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import scanpy as sc
@@ -368,3 +370,30 @@ def scores_by_group(
     means.columns = [c.removeprefix(prefix) for c in columns]
     means.insert(0, "n_cells", grouped.size())
     return means
+
+
+GROUPINGS = ("leiden", "cell_lineage", "cell_type", "author_cell_type")
+
+
+def add_user_sets(library: SignatureLibrary, user_sets: list[dict], *, species: str) -> list[str]:
+    """Add users' YAML / GMT set files (``signatures.user_sets``) to ``library``.
+
+    Returns the added names that have genes for ``species`` (scored with the defaults).
+    """
+    added = [name for extra in user_sets
+             for name in library.add_sets(Path(extra["path"]), species=extra.get("species"))]
+    return [name for name in added if library.sets[name]["genes"].get(species)]
+
+
+def group_means(adata: AnnData, *, groupings=GROUPINGS) -> pd.DataFrame:
+    """Mean score and mean z per group for every grouping present in obs (long format).
+
+    Columns: group, n_cells, one per set, grouping, value (``score`` or ``z``).
+    """
+    tables = [
+        scores_by_group(adata, groupby=key, prefix=prefix).rename_axis("group").reset_index()
+        .assign(grouping=key, value=value)
+        for key in groupings if key in adata.obs
+        for prefix, value in ((SCORE_PREFIX, "score"), (Z_PREFIX, "z"))
+    ]
+    return pd.concat(tables, ignore_index=True)

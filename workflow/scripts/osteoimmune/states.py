@@ -489,3 +489,9 @@ def top_interactions(
     keep = table["present"].astype(bool) & (table["score"] > 0) & table["kind"].isin(kinds)
     ranked = table[keep].sort_values("score", ascending=False, kind="mergesort")
     return ranked.head(int(n)).reset_index(drop=True)
+
+
+def first_scored(preference: str | Sequence[str], scored) -> str | None:
+    """The first set of a preference list (or a single name) among ``scored``, else None."""
+    names = [preference] if isinstance(preference, str) else list(preference)
+    return next((name for name in names if name in scored), None)
