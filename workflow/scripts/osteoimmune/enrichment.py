@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from osteoimmune.errors import OsteoimmuneError
+from osteoimmune.scoring import match_symbols
 from osteoimmune.signatures import SignatureLibrary
 
 log = logging.getLogger(__name__)
@@ -88,14 +89,14 @@ def _match_sets(
     gene_sets: Mapping[str, Iterable[str]], universe: Sequence[str], *, case_insensitive: bool
 ) -> dict[str, list[str]]:
     """Each set's genes as spelled in ``universe``, keeping only genes found there."""
-    fold = str.upper if case_insensitive else str
-    spelled: dict[str, str] = {}
-    for gene in universe:
-        spelled.setdefault(fold(gene), gene)
+    sets = {term: [str(g) for g in genes] for term, genes in gene_sets.items()}
+    # one lookup over the universe for all sets, then split back per set
+    found = iter(match_symbols([g for genes in sets.values() for g in genes], universe,
+                               case_insensitive=case_insensitive))
     matched = {}
-    for term, genes in gene_sets.items():
-        found = (spelled.get(fold(str(g))) for g in genes)
-        matched[term] = list(dict.fromkeys(g for g in found if g is not None))
+    for term, genes in sets.items():
+        spelled = [next(found) for _ in genes]
+        matched[term] = list(dict.fromkeys(g for g in spelled if g is not None))
     return matched
 
 

@@ -60,6 +60,21 @@ def _resolve_sets(
     return names
 
 
+def match_symbols(
+    genes, universe, *, case_insensitive: bool = False
+) -> list[str | None]:
+    """Each gene as spelled in ``universe`` (None when absent), in the order of ``genes``.
+
+    ``case_insensitive`` matches on upper case; when two names of ``universe`` differ only by
+    case, the first one is used.
+    """
+    fold = str.upper if case_insensitive else str
+    spelled: dict[str, str] = {}
+    for name in universe:
+        spelled.setdefault(fold(str(name)), name)
+    return [spelled.get(fold(str(gene))) for gene in genes]
+
+
 def gene_coverage(
     adata: AnnData, genes: list[str], *, case_insensitive: bool = False
 ) -> tuple[list[str], list[str]]:
@@ -81,14 +96,8 @@ def gene_coverage(
         The dataset's own var_names for the present genes (in set order) and the set's
         genes that are missing.
     """
-    if case_insensitive:
-        lookup: dict[str, str] = {}
-        for var in adata.var_names:
-            lookup.setdefault(var.upper(), var)
-        matched = [(g, lookup.get(g.upper())) for g in genes]
-    else:
-        var_names = set(adata.var_names)
-        matched = [(g, g if g in var_names else None) for g in genes]
+    spelled = match_symbols(genes, adata.var_names, case_insensitive=case_insensitive)
+    matched = list(zip(genes, spelled, strict=True))
     present = list(dict.fromkeys(var for _, var in matched if var is not None))
     missing = [g for g, var in matched if var is None]
     return present, missing
