@@ -13,12 +13,16 @@ configfile: "config/config.yaml"
 validate(config, "config/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/fetch.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/cluster.smk"
 include: "workflow/rules/annotate.smk"
 include: "workflow/rules/score.smk"
+include: "workflow/rules/compare.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -30,11 +30,13 @@ def mirror() -> Path:
     return MIRROR
 
 
-def snakemake(workdir: Path, *config: str, targets=()) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *config: str, targets=(), options=()
+) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
         "--directory", str(workdir), "--configfile", str(REPO / "config" / "config.yaml"),
-        "--cores", "2", "--config", *config, "--", *targets,
+        "--cores", "2", *options, "--config", *config, "--", *targets,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 

@@ -1,6 +1,9 @@
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
+from compare_donors import main as compare_rule
 from scipy import stats
 
 from osteoimmune.compare import (
@@ -253,3 +256,24 @@ def test_bad_input_is_a_clear_error(change, match):
 def test_min_cells_must_be_positive():
     with pytest.raises(ComparisonError, match="min_cells"):
         donor_aggregates(_simulate(), score_columns=SCORES, min_cells=0)
+
+
+def test_rule_writes_donor_tables_with_a_donor_level_p_value(tmp_path):
+    """The workflow's compare_conditions step on a synthetic two-condition, 4+4-donor dataset."""
+    obs = _simulate().rename(columns={"score_shifted": "z_shifted", "score_null": "z_null"})
+    obs.index = [f"cell{i}" for i in range(len(obs))]
+    adata = ad.AnnData(X=sp.csr_matrix((len(obs), 3), dtype=np.float32), obs=obs)
+    adata.write_h5ad(tmp_path / "scored.h5ad")
+    out = {k: tmp_path / f"{k}.tsv" for k in ("aggregates", "comparison", "note")}
+    params = {"values": "z", "group_key": "cell_type", "min_cells": 10, "min_donors": 3}
+    compare_rule(h5ad=tmp_path / "scored.h5ad", params=params, reference="B",
+         aggregates_out=out["aggregates"], comparison_out=out["comparison"],
+         note_out=out["note"])
+    table = pd.read_csv(out["comparison"], sep="\t")
+    hit = _row(table, "monocyte", "z_shifted")
+    # reference B: the shift shows as A minus B, negative
+    assert (hit["condition_a"], hit["condition_b"]) == ("B", "A")
+    assert hit["difference"] < -0.5 * SHIFT and hit["p_value"] < 0.05
+    assert _row(table, "monocyte", "z_null")["fdr"] > 0.05
+    assert len(pd.read_csv(out["aggregates"], sep="\t")) == 8 * 2
+    assert out["note"].read_text().startswith("2 conditions: A (4 donors), B (4 donors).")

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from osteoimmune.report import dataset_report, index_row, render
+from osteoimmune.compare import compare_conditions, design_note, donor_aggregates
+from osteoimmune.report import dataset_report, index_row, key_signature_block, render
 
 
 @pytest.fixture
@@ -21,6 +22,8 @@ def scored():
     adata.obs_names = [f"c{i}" for i in range(n)]
     adata.obs["sample"] = pd.Categorical(["s1"] * n)
     adata.obs["condition"] = pd.Categorical(["a", "b"] * (n // 2))
+    # four donors per condition, ids like "a0" ... "b3"
+    adata.obs["donor"] = [f"{c}{(i // 2) % 4}" for i, c in enumerate(adata.obs["condition"])]
     adata.obs["author_cell_type"] = pd.Categorical(["<b>T</b>", "Mono"] * (n // 2))
     adata.obs["leiden"] = pd.Categorical(rng.integers(0, 3, n).astype(str))
     adata.obs["cell_lineage"] = pd.Categorical(["myeloid"] * n)
@@ -28,6 +31,7 @@ def scored():
     for metric in ("total_counts", "n_genes_by_counts", "pct_counts_mt"):
         adata.obs[metric] = rng.random(n) * 100
     adata.obs["score_M1"] = rng.normal(size=n)
+    adata.obs["z_M1"] = adata.obs["score_M1"] + 2.0 * (adata.obs["condition"] == "b")
     adata.obsm["X_umap"] = rng.normal(size=(n, 2))
     adata.uns["osteoimmune"] = {
         "dataset": "toy", "species": "mouse", "value_type": "tpm", "normalization": "log1p",
@@ -81,27 +85,61 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
             "lower": [5.0, None], "upper": [90.0, 20.0], "cells": scored.n_obs,
         }),
     }
-    config = {"seed": 0}
+    aggregates = donor_aggregates(scored.obs, score_columns=["z_M1"], min_cells=3)
+    tables["aggregates"] = aggregates
+    tables["comparison"] = compare_conditions(aggregates)
+    tables["prerank"] = pd.DataFrame({
+        "cell_type": ["classical monocyte", "classical monocyte"], "term": ["M1", "<u>M2</u>"],
+        "es": [0.8, -0.5], "nes": [1.9, -1.2], "pval": [0.001, 0.2], "fdr": [0.002, 0.3],
+        "n_genes": [10, 8], "n_ranked": [30, 30], "lead_genes": ["Il1b;Tnf", "Mrc1"]})
+    tables["ora"] = pd.DataFrame({
+        "leiden": ["0"], "term": ["M1"], "overlap": ["2/10"], "n_overlap": [2],
+        "set_size": [10], "n_query": [5], "pval": [0.01], "fdr": [0.02], "odds_ratio": [9.0],
+        "genes": ["Il1b;Tnf"]})
+    config = {"seed": 0, "compare": {"group_key": "cell_type", "min_donors": 3}}
     html = dataset_report(
         scored, entry=entry, manifest=manifest, tables=tables, config=config,
-        fig_dir=tmp_path / "figures",
+        fig_dir=tmp_path / "figures", design_note=design_note(aggregates) + " <b>x</b>",
     )
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
     assert "P &amp; Q" in html
     sources = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
     files = re.findall(r'data-file="figures/([^"]+)"', html)
     # qc thresholds, qc, stability, leiden, labels, condition, lineage, type, composition,
-    # confusion, cell type x signature heatmap, RANKL/OPG dot plot, pairs
-    assert len(sources) == len(files) == 13
+    # confusion, cell type x signature heatmap, RANKL/OPG dot plot, pairs, donor comparison,
+    # enrichment top terms
+    assert len(sources) == len(files) == 15
+    assert {"donor_comparison.png", "enrichment_top_terms.png"} <= set(files)
+    assert "2 conditions: a (4 donors), b (4 donors)." in html and "&lt;b&gt;x" in html
+    assert "Welch" not in html  # the shown columns; the test name is in the TSV
+    assert "&lt;u&gt;M2&lt;/u&gt;" in html and "Il1b;Tnf" in html
     assert "&lt;i&gt;authors&lt;/i&gt;" in html
     assert "Lyz2, Cd14" in html
     for data, name in zip(sources, files, strict=True):
         assert base64.b64decode(data) == (tmp_path / "figures" / name).read_bytes()
+        svg = (tmp_path / "figures" / name).with_suffix(".svg")
+        assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()
+        assert f'href="figures/{svg.name}"' in html
 
 
 def test_index_row_and_page(scored):
     row = index_row(scored, entry={"title": "Toy", "species": "mouse"})
     assert row["value_type"] == "tpm" and row["author_labels"] == 2
     assert row["means"] == {"M1": pytest.approx(scored.obs["score_M1"].mean())}
+    by_group = pd.DataFrame({
+        "grouping": ["cell_type"] * 4, "value": ["score", "z", "z", "z"],
+        "group": ["macrophage", "macrophage", "<i>B</i>", "osteoclast"],
+        "n_cells": [50, 50, 20, 30],
+        "macrophage_M1_classical_core": [0.3, 3.0, -1.0, np.nan],
+    })
+    row["key"] = key_signature_block(by_group)
+    assert row["key"]["sets"][:2] == ["M1", "M2a"]
+    first = row["key"]["rows"][0]
+    assert first["cell_type"] == "macrophage" and first["n_cells"] == 50  # z rows only
+    assert first["cells"][0] == ("3.00", "rgb(255,85,85)")  # capped at +2: strongest red
+    assert first["cells"][1][0] == "n.s."  # M2a not scored
+    assert row["key"]["rows"][1]["cells"][0][0] == "n.s."  # osteoclast: no M1 value
+    assert row["key"]["rows"][2]["cells"][0] == ("-1.00", "rgb(170,170,255)")
     html = render("index.html", rows=[row], signatures=["M1"], versions={"osteoimmune": "0"})
+    assert "&lt;i&gt;B&lt;/i&gt;" in html and "background: rgb(255,85,85)" in html
     assert 'href="toy/report.html"' in html and "<td>tpm</td>" in html

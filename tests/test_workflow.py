@@ -4,6 +4,7 @@ import base64
 import hashlib
 import json
 import re
+import zipfile
 
 import anndata as ad
 import pandas as pd
@@ -152,6 +153,70 @@ def test_report_images_are_real_pngs_and_files_exist(run, dataset):
         assert png.startswith(b"\x89PNG\r\n\x1a\n")
         assert (folder / name).read_bytes() == png
     assert "Provenance" in html and "sha256" in html
+
+
+@pytest.mark.parametrize("dataset", list(SHAPES))
+def test_every_report_figure_has_an_svg_copy(run, dataset):
+    folder = run / "results" / dataset / "figures"
+    pngs = sorted(folder.glob("*.png"))
+    assert pngs
+    for png in pngs:
+        svg = png.with_suffix(".svg").read_text()
+        assert "<svg" in svg and "</svg>" in svg
+
+
+def test_conditions_are_compared_across_donors_not_cells(run):
+    # Shalek: LPS vs unstimulated cells of one pool of mice (one donor): descriptive only
+    tables = run / "results" / "shalek2014_bmdc_lps" / "tables"
+    table = pd.read_csv(tables / "condition_comparison.tsv", sep="\t")
+    assert not table.empty and table["descriptive_only"].all() and table["p_value"].isna().all()
+    m1 = table[(table["variable"] == "z_macrophage_M1_classical_core")
+               & (table["cell_type"] == "unassigned")].iloc[0]
+    # the registry's reference condition comes first; LPS raises M1
+    assert (m1["condition_a"], m1["condition_b"]) == ("Unstimulated", "LPS_6h")
+    assert m1["difference"] > 0
+    assert "descriptive" in (tables / "condition_design.txt").read_text()
+    aggregates = pd.read_csv(tables / "donor_aggregates.tsv", sep="\t")
+    assert set(aggregates["condition"]) == {"Unstimulated", "LPS_6h"}
+    # one condition: an empty comparison and a note saying so
+    paul = run / "results" / "paul2015_bm_myeloid" / "tables"
+    assert (paul / "condition_design.txt").read_text().startswith("One condition only")
+    html = (run / "results" / "shalek2014_bmdc_lps" / "report.html").read_text()
+    assert "Comparison of conditions" in html and "donor_comparison.png" in html
+
+
+def test_enrichment_runs_offline_per_cell_type(run):
+    tables = run / "results" / "weinreb2020_larry_bm_culture" / "tables"
+    prerank = pd.read_csv(tables / "enrichment_prerank.tsv", sep="\t")
+    assert {"GMP", "classical monocyte"} <= set(prerank["cell_type"])
+    assert "unassigned" not in set(prerank["cell_type"])
+    # granule proteins (Elane, Mpo, Prtn3, Ctsg) mark mouse GMPs (Paul 2015)
+    gmp = prerank[prerank["cell_type"] == "GMP"].set_index("term")
+    assert gmp.loc["neutrophil_NET_granule_cargo", "nes"] > 0
+    assert gmp.loc["neutrophil_NET_granule_cargo", "fdr"] < 0.05
+    ora = pd.read_csv(tables / "enrichment_ora.tsv", sep="\t", dtype={"leiden": str})
+    assert not ora.empty and (ora["fdr"] < 0.05).any()
+    gmt = (tables / "gene_sets.gmt").read_text().splitlines()
+    assert any(line.startswith("neutrophil_NET_granule_cargo\t") for line in gmt)
+    html = (run / "results" / "weinreb2020_larry_bm_culture" / "report.html").read_text()
+    assert "enrichment_top_terms.png" in html
+
+
+def test_snakemake_report_builds_with_captions(run, tmp_path):
+    out = tmp_path / "report.zip"
+    result = snakemake(
+        run, f"datasets={json.dumps(list(SHAPES))}", "offline=True",
+        options=["--report", str(out)],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with zipfile.ZipFile(out) as archive:
+        names = archive.namelist()
+        page = archive.read("report/report.html").decode()
+    assert sum(n.endswith("/condition_comparison.tsv") for n in names) == len(SHAPES)
+    assert sum(n.endswith("/report.html") for n in names) >= len(SHAPES)
+    for category in ("Quality control", "Cell types", "Signatures", "Enrichment"):
+        assert category in page
+    assert "Prerank GSEA (gseapy, offline) per cell type" in page  # a caption
 
 
 def test_index_links_every_report(run):

@@ -8,9 +8,21 @@ rule annotate_cells:
         h5ad=rules.cluster_cells.output.h5ad,
     output:
         h5ad="results/{dataset}/intermediate/annotated.h5ad",
-        agreement="results/{dataset}/tables/annotation_agreement.tsv",
+        agreement=report(
+            "results/{dataset}/tables/annotation_agreement.tsv",
+            caption="../report/annotation_agreement.rst",
+            category="3 Cell types",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "annotation_agreement.tsv"},
+        ),
         confusion="results/{dataset}/tables/annotation_confusion.tsv",
-        composition="results/{dataset}/tables/composition.tsv",
+        composition=report(
+            "results/{dataset}/tables/composition.tsv",
+            caption="../report/composition.rst",
+            category="3 Cell types",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "composition.tsv"},
+        ),
         coverage="results/{dataset}/tables/panel_coverage.tsv",
     params:
         annotation=config["annotation"],

@@ -7,8 +7,20 @@ rule cluster_cells:
         h5ad=rules.filter_cells.output.h5ad,
     output:
         h5ad="results/{dataset}/intermediate/clustered.h5ad",
-        stability="results/{dataset}/tables/cluster_stability.tsv",
-        markers="results/{dataset}/tables/markers.tsv",
+        stability=report(
+            "results/{dataset}/tables/cluster_stability.tsv",
+            caption="../report/cluster_stability.rst",
+            category="2 Clusters",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "cluster_stability.tsv"},
+        ),
+        markers=report(
+            "results/{dataset}/tables/markers.tsv",
+            caption="../report/markers.rst",
+            category="2 Clusters",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "markers.tsv"},
+        ),
     params:
         cluster=config["cluster"],
         seed=config["seed"],

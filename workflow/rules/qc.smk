@@ -28,7 +28,13 @@ rule filter_cells:
         unpack(qc_sample_files),
     output:
         h5ad="results/{dataset}/intermediate/qc.h5ad",
-        summary="results/{dataset}/tables/qc_summary.tsv",
+        summary=report(
+            "results/{dataset}/tables/qc_summary.tsv",
+            caption="../report/qc_summary.rst",
+            category="1 Quality control",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "qc_summary.tsv"},
+        ),
         lineage="results/{dataset}/tables/qc_lineage_losses.tsv",
         thresholds="results/{dataset}/tables/qc_thresholds.tsv",
         cells="results/{dataset}/tables/qc_cells.tsv.gz",

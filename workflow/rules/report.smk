@@ -21,9 +21,26 @@ rule report_dataset:
         states=rules.score_signatures.output.states,
         genes=rules.score_signatures.output.genes,
         pairs=rules.score_signatures.output.pairs,
+        aggregates=rules.compare_conditions.output.aggregates,
+        comparison=rules.compare_conditions.output.comparison,
+        note=rules.compare_conditions.output.note,
+        prerank=rules.enrichment.output.prerank,
+        ora=rules.enrichment.output.ora,
     output:
-        html="results/{dataset}/report.html",
-        figures=directory("results/{dataset}/figures"),
+        html=report(
+            "results/{dataset}/report.html",
+            caption="../report/report_html.rst",
+            category="0 Reports",
+            labels={"dataset": "{dataset}", "file": "report.html"},
+        ),
+        figures=report(
+            directory("results/{dataset}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="7 Figures",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "{name}"},
+        ),
     params:
         registry=REGISTRY_PATH,
         config=config,
@@ -43,8 +60,14 @@ rule report_index:
     input:
         h5ads=expand("results/{dataset}/{dataset}.h5ad", dataset=DATASETS),
         reports=expand("results/{dataset}/report.html", dataset=DATASETS),
+        by_groups=expand("results/{dataset}/tables/scores_by_group.tsv", dataset=DATASETS),
     output:
-        html="results/index.html",
+        html=report(
+            "results/index.html",
+            caption="../report/index.rst",
+            category="0 Reports",
+            labels={"dataset": "all", "file": "index.html"},
+        ),
     params:
         datasets=DATASETS,
         registry=REGISTRY_PATH,

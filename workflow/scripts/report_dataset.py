@@ -13,7 +13,7 @@ from osteoimmune.runlog import logged
 TABLES = (
     "qc", "lineage", "qc_cells", "qc_thresholds", "stability", "markers", "agreement",
     "confusion", "composition", "panel_coverage", "coverage", "method_agreement", "by_group",
-    "states", "genes", "pairs",
+    "states", "genes", "pairs", "aggregates", "comparison", "note", "prerank", "ora",
 )
 
 
@@ -32,6 +32,9 @@ def read_tsv_or_empty(path, **kwargs):
 def main(*, h5ad, manifest, tables, registry, config, html, fig_dir):
     adata = ad.read_h5ad(h5ad)
     dataset = adata.uns["osteoimmune"]["dataset"]
+    # group and condition labels stay text (e.g. Leiden "0", conditions "2", "4", "6")
+    groups = (config["compare"]["group_key"], config["enrichment"]["group_key"])
+    text = {key: str for key in ("donor", "condition", "condition_a", "condition_b", *groups)}
     page = dataset_report(
         adata,
         entry=load_registry(registry)[dataset],
@@ -53,9 +56,14 @@ def main(*, h5ad, manifest, tables, registry, config, html, fig_dir):
             "states": read_tsv_or_empty(tables["states"]),
             "genes": read_tsv_or_empty(tables["genes"], dtype={"cell_type": str}),
             "pairs": read_tsv_or_empty(tables["pairs"]),
+            "aggregates": read_tsv_or_empty(tables["aggregates"], dtype=text),
+            "comparison": read_tsv_or_empty(tables["comparison"], dtype=text),
+            "prerank": read_tsv_or_empty(tables["prerank"], dtype=text),
+            "ora": read_tsv_or_empty(tables["ora"], dtype={"leiden": str}),
         },
         config=config,
         fig_dir=Path(fig_dir),
+        design_note=Path(tables["note"]).read_text(encoding="utf-8").strip(),
     )
     Path(html).write_text(page, encoding="utf-8")
 

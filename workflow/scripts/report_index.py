@@ -3,19 +3,22 @@
 from pathlib import Path
 
 import anndata as ad
+import pandas as pd
 
 from osteoimmune.registry import load_registry
-from osteoimmune.report import index_row, render, software_versions
+from osteoimmune.report import index_row, key_signature_block, render, software_versions
 from osteoimmune.runlog import logged
 
 
-def main(*, h5ads, registry, html):
+def main(*, h5ads, by_groups, registry, html):
     entries = load_registry(registry)
     rows = []
-    for path in h5ads:
+    for path, by_group in zip(h5ads, by_groups, strict=True):
         adata = ad.read_h5ad(path, backed="r")
-        rows.append(index_row(adata, entry=entries[adata.uns["osteoimmune"]["dataset"]]))
+        row = index_row(adata, entry=entries[adata.uns["osteoimmune"]["dataset"]])
         adata.file.close()
+        row["key"] = key_signature_block(pd.read_csv(by_group, sep="\t", dtype={"group": str}))
+        rows.append(row)
     signatures = sorted({name for row in rows for name in row["means"]})
     page = render("index.html", rows=rows, signatures=signatures, versions=software_versions())
     Path(html).write_text(page, encoding="utf-8")
@@ -23,5 +26,5 @@ def main(*, h5ads, registry, html):
 
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
-        main(h5ads=snakemake.input.h5ads, registry=snakemake.params.registry,
-             html=snakemake.output.html)
+        main(h5ads=snakemake.input.h5ads, by_groups=snakemake.input.by_groups,
+             registry=snakemake.params.registry, html=snakemake.output.html)

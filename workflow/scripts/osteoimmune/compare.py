@@ -221,7 +221,10 @@ def _several_groups(values: list[np.ndarray], names: list[str], *, testable: boo
         f"{name}: {len(v)} donors, mean {np.mean(v):.4g}" if len(v) else f"{name}: 0 donors"
         for name, v in zip(names, values, strict=True)
     )
+    means = [np.mean(v) for v in values if len(v)]
     row = {
+        # with several conditions: the range of the condition means
+        "difference": float(np.max(means) - np.min(means)) if means else np.nan,
         "effect_size_measure": "epsilon squared",
         "test": "none (descriptive)",
         "descriptive_only": True,
@@ -288,7 +291,8 @@ def compare_conditions(
     Two conditions: difference of donor means (``condition_b`` minus ``condition_a``), Hedges'
     g, Welch's t-test across donors (``p_value``) and, as a rank-based check, the Mann-Whitney
     U test (``p_mannwhitney``). More conditions: Kruskal-Wallis across donors with epsilon
-    squared as effect size; the per-condition donor counts and means are in ``note``.
+    squared as effect size, ``difference`` the range (largest minus smallest) of the
+    condition means; the per-condition donor counts and means are in ``note``.
     ``fdr`` is Benjamini-Hochberg over all ``p_value`` of the table.
 
     Parameters

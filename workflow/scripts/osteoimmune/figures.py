@@ -1,4 +1,4 @@
-"""Report figures (matplotlib, Agg backend), each saved as PNG and returned as PNG bytes."""
+"""Report figures (matplotlib, Agg backend), each saved as PNG and SVG, returned as PNG bytes."""
 
 from __future__ import annotations
 
@@ -17,12 +17,18 @@ QC_METRICS = ("total_counts", "n_genes_by_counts", "pct_counts_mt")
 
 
 def save(fig: plt.Figure, path: Path) -> bytes:
-    """Save ``fig`` as PNG to ``path``, close it, and return the PNG bytes."""
+    """Save ``fig`` as PNG to ``path`` and as SVG beside it, close it, return the PNG bytes.
+
+    Neither file carries a creation date, so the same figure gives the same bytes.
+    """
+    path = Path(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(path.with_suffix(".svg"), format="svg", bbox_inches="tight",
+                metadata={"Date": None})
     plt.close(fig)
     data = buffer.getvalue()
-    Path(path).write_bytes(data)
+    path.write_bytes(data)
     return data
 
 
@@ -227,4 +233,68 @@ def pair_heatmap(pairs: pd.DataFrame, *, n: int = 25) -> plt.Figure:
     ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
     ax.set_title(f"Top {len(top)} immune-to-bone interactions (sender -> receiver)", fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.7, label="ligand mean x receptor mean")
+    return fig
+
+
+def donor_comparison_plot(
+    plot_data: pd.DataFrame, comparison: pd.DataFrame, *, group_key: str = "cell_type",
+    n: int = 6,
+) -> plt.Figure:
+    """Donor values per condition (one dot per donor) of the ``n`` largest effects.
+
+    Variables are ranked by FDR when tested, else by the absolute difference of the
+    condition means; each panel title carries the test result or "descriptive".
+    """
+    ranked = comparison.assign(
+        _order=comparison["fdr"].fillna(2.0),
+        _size=-comparison["difference"].abs().fillna(0),
+    ).sort_values(["_order", "_size"], kind="stable").head(n)
+    fig, axes = plt.subplots(1, max(len(ranked), 1), figsize=(2.6 * max(len(ranked), 1), 3.2),
+                             squeeze=False)
+    conditions = [str(c) for c in plot_data["condition"].astype("category").cat.categories]
+    for ax, row in zip(axes[0], ranked.itertuples(), strict=False):
+        group, variable = getattr(row, group_key), row.variable
+        values = plot_data[(plot_data[group_key].astype(str) == str(group))
+                           & (plot_data["variable"] == variable)]
+        for i, condition in enumerate(conditions):
+            donors = values[values["condition"].astype(str) == condition]
+            jitter = np.linspace(-0.12, 0.12, len(donors)) if len(donors) > 1 else [0.0]
+            ax.scatter(i + np.asarray(jitter), donors["value"], s=28, zorder=3)
+            if len(donors):
+                ax.hlines(donors["value"].mean(), i - 0.25, i + 0.25, color="black")
+        result = "descriptive" if row.descriptive_only else f"FDR {row.fdr:.2g}"
+        ax.set_xticks(range(len(conditions)), conditions, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{group}\n{variable.removeprefix('z_')}\n{result}", fontsize=7)
+        ax.set_xlim(-0.6, len(conditions) - 0.4)
+    axes[0][0].set_ylabel("donor value (one dot per donor)")
+    fig.tight_layout()
+    return fig
+
+
+def top_terms_plot(
+    prerank: pd.DataFrame, *, group_col: str = "cell_type", n_terms: int = 15,
+    max_fdr: float = 0.25,
+) -> plt.Figure:
+    """Prerank GSEA: NES of the most significant terms (rows) per group (columns).
+
+    Terms are the ``n_terms`` with the smallest FDR anywhere; cells with FDR above
+    ``max_fdr`` are drawn pale, missing (not testable) cells blank.
+    """
+    best = prerank.groupby("term")["fdr"].min().sort_values(kind="stable").head(n_terms)
+    grid = prerank[prerank["term"].isin(best.index)].pivot_table(
+        index="term", columns=group_col, values="nes", aggfunc="first").reindex(best.index)
+    fdr = prerank[prerank["term"].isin(best.index)].pivot_table(
+        index="term", columns=group_col, values="fdr", aggfunc="first").reindex(
+        index=grid.index, columns=grid.columns)
+    values = grid.to_numpy(dtype=float)
+    limit = max(np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0, 1.0)
+    fig, ax = plt.subplots(figsize=(3 + 0.4 * grid.shape[1], 1.5 + 0.3 * grid.shape[0]))
+    image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
+    weak = np.ma.masked_where(~(fdr.to_numpy(dtype=float) > max_fdr), np.ones_like(values))
+    ax.imshow(weak, aspect="auto", cmap="Greys", vmin=0, vmax=4, alpha=0.6)
+    ax.set_xticks(range(grid.shape[1]), grid.columns.astype(str), rotation=60, ha="right",
+                  fontsize=7)
+    ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
+    ax.set_title(f"Prerank GSEA, top {len(grid)} terms (pale: FDR > {max_fdr:g})", fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.7, label="NES")
     return fig

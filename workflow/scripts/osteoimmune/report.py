@@ -1,4 +1,7 @@
-"""Self-contained HTML reports (jinja2, autoescaped) with figures embedded as PNG."""
+"""Self-contained HTML reports (jinja2, autoescaped) with figures embedded as PNG.
+
+Every figure is also written as PNG and SVG next to the report (``figures/``).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import pandas as pd
 import yaml
 
 from osteoimmune import figures
+from osteoimmune.compare import COMPARISON_COLUMNS, comparison_plot_data
 from osteoimmune.signatures import load_library
 from osteoimmune.states import top_interactions
 
@@ -24,11 +28,16 @@ PACKAGES = ("osteoimmune", "scanpy", "anndata", "numpy", "scipy", "pandas", "lei
 
 @dataclass
 class Figure:
-    """A figure in a report: its caption, file name and PNG bytes."""
+    """A figure in a report: its caption, PNG file name (an SVG beside it) and PNG bytes."""
 
     caption: str
     filename: str
     png: bytes
+
+    @property
+    def svg_filename(self) -> str:
+        """The SVG copy of the figure."""
+        return str(Path(self.filename).with_suffix(".svg"))
 
     @property
     def data_uri(self) -> str:
@@ -78,6 +87,11 @@ def dataset_figures(
     pairs: pd.DataFrame,
     genes: pd.DataFrame,
     polarization: dict,
+    aggregates: pd.DataFrame | None = None,
+    comparison: pd.DataFrame | None = None,
+    prerank: pd.DataFrame | None = None,
+    group_key: str = "cell_type",
+    enrichment_key: str = "cell_type",
 ) -> dict:
     """Make every figure of a dataset report into ``fig_dir``; returns section -> [Figure]."""
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +132,20 @@ def dataset_figures(
             figures.confusion_heatmap(confusion)))
     out["scores"] = signature_figures(adata, make=make, by_group=by_group, pairs=pairs,
                                       genes=genes, polarization=polarization)
+    out["comparison"] = []
+    if comparison is not None and not comparison.empty:
+        out["comparison"].append(make(
+            "donor_comparison", "Donor values per condition of the largest differences (one "
+            "dot per donor, bar = mean); tests across donors only",
+            figures.donor_comparison_plot(
+                comparison_plot_data(aggregates, group_key=group_key), comparison,
+                group_key=group_key)))
+    out["enrichment"] = []
+    if prerank is not None and not prerank.empty:
+        out["enrichment"].append(make(
+            "enrichment_top_terms", "Prerank GSEA per cell type against the signature "
+            "library: normalised enrichment score of the top terms",
+            figures.top_terms_plot(prerank, group_col=enrichment_key)))
     return out
 
 
@@ -179,21 +207,28 @@ def dataset_report(
     tables: dict[str, pd.DataFrame],
     config: dict,
     fig_dir: Path,
+    design_note: str = "",
 ) -> str:
     """Render the HTML report of one dataset and write its figures to ``fig_dir``.
 
     ``tables`` holds the rule outputs: qc, lineage, qc_cells, qc_thresholds, stability,
     markers, agreement, confusion, composition, panel_coverage, coverage, method_agreement,
-    by_group, states, genes, pairs.
+    by_group, states, genes, pairs, aggregates, comparison, prerank, ora; ``design_note`` the
+    sentence on conditions and donors.
     """
     meta = adata.uns["osteoimmune"]
     by_group = tables["by_group"]
+    group_key = config.get("compare", {}).get("group_key", "cell_type")
+    comparison, prerank, ora = tables["comparison"], tables["prerank"], tables["ora"]
     figs = dataset_figures(
         adata, fig_dir=fig_dir, stability=tables["stability"],
         qc_cells=tables["qc_cells"], qc_thresholds=tables["qc_thresholds"],
         composition=tables["composition"], confusion=tables["confusion"], by_group=by_group,
         pairs=tables["pairs"], genes=tables["genes"],
-        polarization=meta.get("polarization", {}),
+        polarization=meta.get("polarization", {}), aggregates=tables["aggregates"],
+        comparison=comparison, prerank=prerank,
+        group_key=group_key,
+        enrichment_key=config.get("enrichment", {}).get("group_key", "cell_type"),
     )
     return render(
         "report.html",
@@ -217,6 +252,15 @@ def dataset_report(
             key: table_html(group.drop(columns=["grouping", "value"]).set_index("group"))
             for key, group in by_group[by_group["value"] == "z"].groupby("grouping", sort=False)
         },
+        design_note=design_note,
+        min_donors=config.get("compare", {}).get("min_donors", 3),
+        comparison_rows=len(comparison),
+        comparison_table=table_html(top_comparisons(comparison), index=False),
+        proportions_table=table_html(donor_proportions(tables["aggregates"], group_key)),
+        prerank_rows=len(prerank),
+        prerank_table=table_html(top_terms(prerank, "nes"), index=False),
+        ora_rows=len(ora),
+        ora_table=table_html(top_terms(ora, "odds_ratio"), index=False),
         versions=software_versions(),
         config_yaml=yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False),
     )
@@ -260,3 +304,72 @@ def index_row(adata: ad.AnnData, *, entry: dict) -> dict:
         if "author_cell_type" in adata.obs else 0,
         "means": {c.removeprefix("score_"): float(adata.obs[c].mean()) for c in scores},
     }
+
+
+COMPARISON_SHOWN = ["variable", "condition_a", "condition_b", "n_donors_a", "n_donors_b",
+                    "mean_a", "mean_b", "difference", "effect_size", "p_value", "fdr",
+                    "descriptive_only"]
+
+
+def top_comparisons(comparison: pd.DataFrame, *, n: int = 25) -> pd.DataFrame:
+    """The ``n`` rows with the smallest FDR, then the largest absolute difference."""
+    if comparison.empty:
+        return comparison
+    ranked = comparison.assign(_fdr=comparison["fdr"].fillna(2.0),
+                               _size=-comparison["difference"].abs().fillna(0))
+    ranked = ranked.sort_values(["_fdr", "_size"], kind="stable").head(n)
+    group = [c for c in comparison.columns if c not in COMPARISON_COLUMNS][:1]
+    shown = [c for c in COMPARISON_SHOWN if ranked[c].notna().any()]
+    if ranked["condition_a"].isna().all():  # several conditions: means are in the note
+        shown.append("note")
+    return ranked[group + shown]
+
+
+def donor_proportions(aggregates: pd.DataFrame, group_key: str) -> pd.DataFrame:
+    """Cell-type proportions: groups (rows) x condition and donor (columns)."""
+    if aggregates.empty:
+        return aggregates
+    return aggregates.pivot_table(index=group_key, columns=["condition", "donor"],
+                                  values="proportion", aggfunc="first", observed=True)
+
+
+def top_terms(table: pd.DataFrame, effect: str, *, n: int = 25) -> pd.DataFrame:
+    """The ``n`` most significant enrichment rows (smallest FDR, then p, then effect)."""
+    if table.empty:
+        return table
+    ranked = table.assign(_abs=-table[effect].abs())
+    ranked = ranked.sort_values(["fdr", "pval", "_abs"], kind="stable").head(n)
+    return ranked.drop(columns=["_abs"])
+
+
+KEY_LABELS = {
+    "macrophage_M1_classical_core": "M1", "macrophage_M2a_alternative_core": "M2a",
+    "trained_immunity_core6_zhang2022": "trained (core 6)",
+    "osteoclast_differentiation_core": "osteoclast", "osteoblast_lineage_core": "osteoblast",
+    "bm_stromal_LEPR_CAR_niche": "LEPR+ niche",
+}
+
+
+def key_signature_block(by_group: pd.DataFrame, *, sets=KEY_SETS, limit: float = 2.0) -> dict:
+    """Cell types x key signatures (mean calibrated z) of one dataset, for the index page.
+
+    Returns ``{"sets": [...], "rows": [{"cell_type", "n_cells", "cells": [(text, colour)]}]}``;
+    a set the dataset did not score shows as "n.s." in every row; colours run from blue
+    (z = -``limit``) through white to red (z = +``limit``).
+    """
+    z = by_group[(by_group["grouping"] == "cell_type") & (by_group["value"] == "z")]
+    rows = []
+    for record in z.sort_values("n_cells", ascending=False, kind="stable").to_dict("records"):
+        cells = []
+        for name in sets:
+            value = record.get(name)
+            if value is None or pd.isna(value):
+                cells.append(("n.s.", "#f3f3f3"))
+                continue
+            t = max(-1.0, min(1.0, float(value) / limit))
+            fade = 255 - round(170 * abs(t))  # light enough for black text
+            colour = f"rgb(255,{fade},{fade})" if t > 0 else f"rgb({fade},{fade},255)"
+            cells.append((f"{value:.2f}", colour))
+        rows.append({"cell_type": str(record["group"]), "n_cells": int(record["n_cells"]),
+                     "cells": cells})
+    return {"sets": [KEY_LABELS.get(name, name) for name in sets], "rows": rows}

@@ -1,0 +1,73 @@
+# Compare and enrich: donor-level comparison of conditions, and offline gseapy enrichment
+# (prerank GSEA per cell type, over-representation of Leiden cluster markers).
+
+
+rule compare_conditions:
+    input:
+        h5ad=rules.score_signatures.output.h5ad,
+    output:
+        aggregates=report(
+            "results/{dataset}/tables/donor_aggregates.tsv",
+            caption="../report/donor_aggregates.rst",
+            category="5 Conditions",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "donor_aggregates.tsv"},
+        ),
+        comparison=report(
+            "results/{dataset}/tables/condition_comparison.tsv",
+            caption="../report/condition_comparison.rst",
+            category="5 Conditions",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "condition_comparison.tsv"},
+        ),
+        note="results/{dataset}/tables/condition_design.txt",
+    params:
+        compare=config["compare"],
+        reference=lambda wildcards: REGISTRY[wildcards.dataset].get("reference_condition"),
+    log:
+        "logs/compare_conditions/{dataset}.log",
+    benchmark:
+        "benchmarks/compare_conditions/{dataset}.tsv"
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/compare_donors.py"
+
+
+rule enrichment:
+    input:
+        h5ad=rules.score_signatures.output.h5ad,
+        markers=rules.cluster_cells.output.markers,
+    output:
+        prerank=report(
+            "results/{dataset}/tables/enrichment_prerank.tsv",
+            caption="../report/enrichment_prerank.rst",
+            category="6 Enrichment",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "enrichment_prerank.tsv"},
+        ),
+        ora=report(
+            "results/{dataset}/tables/enrichment_ora.tsv",
+            caption="../report/enrichment_ora.rst",
+            category="6 Enrichment",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "enrichment_ora.tsv"},
+        ),
+        gmt="results/{dataset}/tables/gene_sets.gmt",
+    params:
+        enrichment=config["enrichment"],
+        user_sets=config["signatures"]["user_sets"],
+        seed=config["seed"],
+    threads: 1
+    log:
+        "logs/enrichment/{dataset}.log",
+    benchmark:
+        "benchmarks/enrichment/{dataset}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/enrich_cell_types.py"
