@@ -9,7 +9,9 @@ import zipfile
 import anndata as ad
 import pandas as pd
 import pytest
-from conftest import MANIFEST_SHAPES, snakemake
+import yaml
+from conftest import MANIFEST_SHAPES, REPO, snakemake
+from score_signatures import main as score_rule
 from sklearn.metrics import roc_auc_score
 
 from osteoimmune.panels import LINEAGES
@@ -19,6 +21,7 @@ from osteoimmune.signatures import load_library
 pytestmark = pytest.mark.e2e
 
 SHAPES = MANIFEST_SHAPES
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 # Datasets where no default set reaches the coverage threshold: the Luecken files hold a random
 # gene panel (no CD14, LYZ, FCGR3A, CD68 or CSF1R). Paul 2015 (240 genes) has one: NET cargo.
 UNSCORED = {"luecken2021_bmmc_cite", "luecken2021_bmmc_multiome"}
@@ -108,6 +111,27 @@ def test_bone_and_net_programs_do_not_follow_lps_in_shalek(run):
     assert coverage["scored"].all()
     for name in bone:
         assert 0.35 <= roc_auc_score(lps, adata.obs[f"score_{name}"]) <= 0.65, name
+
+
+def test_user_gmt_set_is_scored_by_the_score_step(run, tmp_path):
+    """signatures.user_sets through the workflow's score step, on the Shalek cells."""
+    gmt = tmp_path / "mine.gmt"
+    # interferon-stimulated genes that LPS induces in these cells (Shalek et al. 2014)
+    gmt.write_text("my_lps_isg\tinterferon response, user set\tIfit1\tIfit3\tIsg15\tRsad2"
+                   "\tCxcl10\tIrf7\tOasl1\tMx1\n")
+    params = {**CONFIG["signatures"], "user_sets": [{"path": str(gmt), "species": "mouse"}]}
+    folder = run / "results" / "shalek2014_bmdc_lps"
+    names = ("coverage", "agreement", "by_group", "states", "genes", "pairs")
+    tables = {name: tmp_path / f"{name}.tsv" for name in names}
+    score_rule(h5ad=folder / "intermediate" / "annotated.h5ad", params=params, seed=0,
+               out=tmp_path / "scored.h5ad", tables=tables)
+    adata = ad.read_h5ad(tmp_path / "scored.h5ad")
+    lps = (adata.obs["condition"] == "LPS_6h").to_numpy()
+    assert roc_auc_score(lps, adata.obs["z_my_lps_isg"]) >= 0.95
+    coverage = pd.read_csv(tables["coverage"], sep="\t", index_col=0)
+    assert bool(coverage.loc["my_lps_isg", "scored"])
+    # the library's own defaults are still scored beside it
+    assert "score_macrophage_M1_classical_core" in adata.obs
 
 
 def test_matsushita_bone_programs_peak_in_the_authors_populations(run):
