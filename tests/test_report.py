@@ -9,7 +9,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from osteoimmune.compare import compare_conditions, design_note, donor_aggregates
+from osteoimmune import figures
+from osteoimmune.compare import (
+    compare_conditions,
+    comparison_plot_data,
+    design_note,
+    donor_aggregates,
+)
 from osteoimmune.report import dataset_report, index_row, key_signature_block, render
 
 
@@ -143,3 +149,17 @@ def test_index_row_and_page(scored):
     html = render("index.html", rows=[row], signatures=["M1"], versions={"osteoimmune": "0"})
     assert "&lt;i&gt;B&lt;/i&gt;" in html and "background: rgb(255,85,85)" in html
     assert 'href="toy/report.html"' in html and "<td>tpm</td>" in html
+
+
+def test_donor_plot_copes_with_a_condition_without_values():
+    """A score mean needs min_cells per donor: a condition may have no donor value at all."""
+    obs = pd.DataFrame({
+        "donor": ["d1"] * 12 + ["d2"] * 3, "condition": ["a"] * 12 + ["b"] * 3,
+        "cell_type": "macrophage", "z_M1": np.linspace(0, 1, 15),
+    })
+    aggregates = donor_aggregates(obs, score_columns=["z_M1"], min_cells=10)
+    comparison = compare_conditions(aggregates)
+    data = comparison_plot_data(aggregates)
+    assert set(data.loc[data["variable"] == "z_M1", "condition"]) == {"a"}
+    fig = figures.donor_comparison_plot(data, comparison)
+    assert len(fig.axes) == len(comparison)

@@ -258,10 +258,11 @@ def donor_comparison_plot(
                            & (plot_data["variable"] == variable)]
         for i, condition in enumerate(conditions):
             donors = values[values["condition"].astype(str) == condition]
-            jitter = np.linspace(-0.12, 0.12, len(donors)) if len(donors) > 1 else [0.0]
-            ax.scatter(i + np.asarray(jitter), donors["value"], s=28, zorder=3)
-            if len(donors):
-                ax.hlines(donors["value"].mean(), i - 0.25, i + 0.25, color="black")
+            if donors.empty:  # no donor of this condition has a value (too few cells)
+                continue
+            jitter = np.linspace(-0.12, 0.12, len(donors)) if len(donors) > 1 else 0.0
+            ax.scatter(i + jitter, donors["value"], s=28, zorder=3)
+            ax.hlines(donors["value"].mean(), i - 0.25, i + 0.25, color="black")
         result = "descriptive" if row.descriptive_only else f"FDR {row.fdr:.2g}"
         ax.set_xticks(range(len(conditions)), conditions, rotation=45, ha="right", fontsize=7)
         ax.set_title(f"{group}\n{variable.removeprefix('z_')}\n{result}", fontsize=7)
