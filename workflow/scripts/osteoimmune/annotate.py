@@ -14,6 +14,11 @@
    of a lazy random walk on the neighbour graph); then a subtype (CD4 / CD8 T, immature /
    mature neutrophil) where subtype panels win clearly, else the parent type stays. No clear
    winner gives ``unassigned``.
+4. Where the dataset carries surface-protein counts of the same cells (CITE-seq ADT in
+   ``obsm['protein']``), the proteins named by ``protein_markers`` join their panels' scores
+   at the cell-type step (CLR per cell, z-scored across cells, like one more gene each): the
+   random RNA gene panels of such datasets often lack the few genes that split T cells into
+   CD4 and CD8. Lineages stay RNA-only.
 
 Author labels are never read here; :mod:`osteoimmune.agreement` compares with them afterwards.
 """
@@ -41,6 +46,7 @@ from osteoimmune.panels import (
 log = logging.getLogger(__name__)
 
 CLUSTER_COLUMNS = ("n_cells", "cell_lineage", "lineage_score", "lineage_margin", "cell_types")
+PROTEIN_KEY = "protein"
 
 
 def score_panels(
@@ -51,6 +57,8 @@ def score_panels(
     case_insensitive: bool = False,
     shrink: float = 1.0,
     clip: float = 10.0,
+    proteins: pd.DataFrame | None = None,
+    protein_members: dict[str, list[str]] | None = None,
 ) -> pd.DataFrame:
     """Per-cell score of every used panel from the z-scores of its present genes.
 
@@ -70,6 +78,9 @@ def score_panels(
     clip
         Values more than ``clip`` standard deviations above a gene's mean are capped, so one
         extreme cell cannot carry a panel.
+    proteins, protein_members
+        Optional z-scored protein values (cells x proteins, :func:`protein_values`) and, per
+        panel, the proteins that count as genes of the panel.
 
     Returns
     -------
@@ -99,11 +110,60 @@ def score_panels(
         x = np.minimum(x, cap)
     index = {c: i for i, c in enumerate(columns)}
     weights = np.zeros((len(columns), len(used)))
+    extra = np.zeros((adata.n_obs, len(used)))
     for j, name in enumerate(used):
         rows = [index[c] for c in members[name] if detected[index[c]]]
-        weights[rows, j] = 1.0 / (sd[rows] * (len(rows) + shrink))
-    scores = np.asarray(x @ weights) - mean @ weights
+        own = (protein_members or {}).get(name, [])
+        weights[rows, j] = 1.0 / (sd[rows] * (len(rows) + len(own) + shrink))
+        if own:
+            extra[:, j] = proteins[own].to_numpy().sum(axis=1) / (len(rows) + len(own) + shrink)
+    scores = np.asarray(x @ weights) - mean @ weights + extra
     return pd.DataFrame(scores.astype(np.float32), index=adata.obs_names, columns=used)
+
+
+def protein_values(adata: AnnData, *, clip: float = 10.0) -> pd.DataFrame:
+    """Surface-protein counts (``obsm['protein']``) as CLR values z-scored across cells.
+
+    CLR: a cell's log1p count of a protein minus its mean log1p count over all proteins (as in
+    :func:`osteoimmune.agreement.protein_check`). Proteins constant across cells are dropped;
+    values above ``clip`` standard deviations are capped, as for genes.
+    """
+    counts = adata.obsm[PROTEIN_KEY]
+    logged = np.log1p(np.asarray(counts, dtype=np.float64))
+    clr = logged - logged.mean(axis=1, keepdims=True)
+    sd = clr.std(axis=0)
+    keep = sd > 0
+    z = (clr[:, keep] - clr[:, keep].mean(axis=0)) / sd[keep]
+    return pd.DataFrame(
+        np.minimum(z, clip),
+        index=adata.obs_names,
+        columns=pd.Index(counts.columns[keep]).astype(str),
+    )
+
+
+def protein_members(
+    adata: AnnData, panels: dict[str, Panel], markers: dict[str, list[str]] | None
+) -> dict[str, list[str]]:
+    """The proteins of ``markers`` (panel -> protein names) measured in ``obsm['protein']``.
+
+    Names match case-insensitively; a panel name that is not a panel raises. Without protein
+    counts in the dataset, or without markers, the result is empty.
+    """
+    unknown = sorted(set(markers or {}) - set(panels))
+    if unknown:
+        msg = (
+            f"annotation.protein_markers names unknown panels {unknown}; known panels: "
+            f"{', '.join(panels)}."
+        )
+        raise SignatureError(msg)
+    if not markers or PROTEIN_KEY not in adata.obsm:
+        return {}
+    measured = {str(c).upper(): str(c) for c in adata.obsm[PROTEIN_KEY].columns}
+    found = {
+        name: [measured[p.upper()] for p in names if p.upper() in measured]
+        for name, names in markers.items()
+    }
+    return {name: names for name, names in found.items() if names}
 
 
 def by_label(scores: pd.DataFrame, panels: dict[str, Panel], attribute: str) -> pd.DataFrame:
@@ -288,18 +348,35 @@ def _lineages(
 
 
 def _scored(
-    adata: AnnData, panels: dict[str, Panel], *, options: dict, shrink: float
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Panel], pd.DataFrame]:
-    """Coverage and scores of the panels and of their lineage-specific versions."""
+    adata: AnnData,
+    panels: dict[str, Panel],
+    *,
+    options: dict,
+    shrink: float,
+    protein_markers: dict[str, list[str]] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Panel], pd.DataFrame]:
+    """Coverage, panel scores and their protein part, lineage-specific panels and scores."""
     specific = lineage_specific(panels)
     coverage = panel_coverage(adata, panels, **options)
     coverage_specific = panel_coverage(adata, specific, **options)
     used_specific = coverage_specific.index[coverage_specific["used"]]
     coverage["used_for_lineage"] = coverage.index.isin(used_specific)
+    members = protein_members(adata, panels, protein_markers)
+    coverage["proteins"] = [",".join(members.get(name, [])) for name in coverage.index]
+    with_protein = coverage.index.isin(list(members))
+    coverage.loc[with_protein & ~coverage["used"], "reason"] = ""
+    coverage["used"] = coverage["used"] | with_protein
     scoring = {"case_insensitive": options["case_insensitive"], "shrink": shrink}
-    scores = score_panels(adata, panels, coverage, **scoring)
+    proteins = protein_values(adata) if members else None
+    scores = score_panels(
+        adata, panels, coverage, **scoring, proteins=proteins, protein_members=members
+    )
+    # The protein part of the scores (the RNA part scored with proteins set to 0): it is not
+    # smoothed, as the RNA neighbour graph does not see proteins (CD4 and CD8 T cells mix).
+    zeros = None if proteins is None else proteins * 0.0
+    rna = score_panels(adata, panels, coverage, **scoring, proteins=zeros, protein_members=members)
     specific_scores = score_panels(adata, specific, coverage_specific, **scoring)
-    return coverage, scores, specific, specific_scores
+    return coverage, scores, scores - rna, specific, specific_scores
 
 
 def annotate_cells(
@@ -314,6 +391,7 @@ def annotate_cells(
     min_margin: float = 0.1,
     smoothing_steps: int = 4,
     case_insensitive: bool = False,
+    protein_markers: dict[str, list[str]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Annotate every cell with a lineage and a cell type from marker panels.
 
@@ -341,30 +419,39 @@ def annotate_cells(
         Steps of the within-lineage random walk that smooths scores before cells are typed.
     case_insensitive
         Match gene symbols on upper case.
+    protein_markers
+        Panel -> surface proteins (names in ``obsm['protein']``) that join the panel's genes
+        at the cell-type step when the dataset has protein counts (:func:`protein_members`).
 
     Returns
     -------
     tuple of pandas.DataFrame
         The panel coverage table (:func:`osteoimmune.panels.panel_coverage`, plus
-        ``used_for_lineage``) and the per-cluster table (:func:`assign_clusters`, plus
-        ``cell_types``: the cell types of the cluster's cells and their counts).
+        ``used_for_lineage`` and ``proteins``) and the per-cluster table
+        (:func:`assign_clusters`, plus ``cell_types``: the cell types of the cluster's cells
+        and their counts).
     """
     if cluster_key not in adata.obs:
         msg = f"Column '{cluster_key}' is not in obs; cluster the cells before annotating them."
         raise SignatureError(msg)
     rule = {"min_score": min_score, "min_margin": min_margin}
-    options = {"min_genes": min_genes, "min_coverage": min_coverage,
-               "case_insensitive": case_insensitive}
-    coverage, scores, specific, specific_scores = _scored(adata, panels, options=options,
-                                                          shrink=shrink)
+    options = {
+        "min_genes": min_genes,
+        "min_coverage": min_coverage,
+        "case_insensitive": case_insensitive,
+    }
+    coverage, scores, protein_part, specific, specific_scores = _scored(
+        adata, panels, options=options, shrink=shrink, protein_markers=protein_markers
+    )
     clusters = adata.obs[cluster_key].astype(str)
     table = assign_clusters(specific_scores, clusters, specific, **rule)
-    lineage = _lineages(adata, clusters, table, specific_scores, specific,
-                        steps=smoothing_steps, rule=rule)
+    lineage = _lineages(
+        adata, clusters, table, specific_scores, specific, steps=smoothing_steps, rule=rule
+    )
     operator = smoothing_operator(adata, lineage)
     smoothed = smooth(specific_scores, operator, steps=smoothing_steps)
     lineages = by_label(smoothed, specific, "lineage")
-    smoothed = smooth(scores, operator, steps=smoothing_steps)
+    smoothed = smooth(scores - protein_part, operator, steps=smoothing_steps) + protein_part
     cell_type = assign_types(smoothed, lineage, panels, **rule)
     adata.obs["cell_lineage"] = pd.Categorical(lineage, categories=[*LINEAGES, UNASSIGNED])
     adata.obs["cell_type"] = pd.Categorical(cell_type, categories=[*CELL_TYPES, UNASSIGNED])
@@ -375,9 +462,19 @@ def annotate_cells(
         ", ".join(f"{t}: {n}" for t, n in cell_type[clusters == c].value_counts().items())
         for c in table.index
     ]
-    params = {"cluster_key": cluster_key, **options, "shrink": shrink, **rule,
-              "smoothing_steps": smoothing_steps}
+    params = {
+        "cluster_key": cluster_key,
+        **options,
+        "shrink": shrink,
+        **rule,
+        "smoothing_steps": smoothing_steps,
+        "protein_markers": "; ".join(
+            f"{k}: {','.join(v)}" for k, v in (protein_markers or {}).items()
+        ),
+    }
     adata.uns["annotation"] = {
-        "params": params, "coverage": _for_uns(coverage), "clusters": _for_uns(table),
+        "params": params,
+        "coverage": _for_uns(coverage),
+        "clusters": _for_uns(table),
     }
     return coverage, table

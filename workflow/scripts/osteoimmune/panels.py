@@ -5,11 +5,12 @@ only a lineage (``cell_type`` None). Its genes come from, in order:
 
 1. the signature library: ``celltype_panel_bone_marrow`` (panel of the same name), the sets
    in :data:`LIBRARY_SETS` and the neutrophil maturation subsets in :data:`LIBRARY_SUBSETS`;
-2. :data:`SUPPLEMENT`: canonical lineage genes added here so that datasets holding a small or
-   random gene panel (Paul 2015: 240 genes; Luecken 2021: 1,000 / 600 random genes) still
-   carry some genes of each lineage. These are textbook identity genes (TCR constant regions,
-   heme-synthesis genes, granule proteins, ...) curated for this module, not yet part of the
-   curated reference with per-gene sources; move them there when it is next rebuilt;
+2. :data:`SUPPLEMENT`: lineage genes added here so that datasets holding a small or random
+   gene panel (Paul 2015: 240 genes; Luecken 2021: 1,000 / 600 random genes) still carry some
+   genes of each lineage. Each panel's supplement cites its sources in
+   :data:`SUPPLEMENT_SOURCES` (keys of :data:`REFERENCES`), with the genes that rest on
+   general knowledge only ("canonical") or whose attribution is unchecked named; move them to
+   the curated reference, with per-gene sources, when it is next rebuilt;
 3. the user's ``extra_panels`` (config ``annotation.panels``), which replace a panel's genes
    or add panels.
 """
@@ -194,7 +195,144 @@ SUPPLEMENT = {
     "human": {name: genes.split() for name, genes in _HUMAN.items()},
     "mouse": {name: genes.split() for name, genes in _MOUSE.items()},
 }
-SUPPLEMENT_SOURCE = "osteoimmune.panels.SUPPLEMENT (canonical lineage genes, curated here)"
+# Works cited by the supplement, by key; a DOI only where checked.
+REFERENCES = {
+    "baccin2020": "Baccin C et al. Combined single-cell and spatial transcriptomics reveal the "
+    "molecular, cellular and spatial bone marrow niche organization. Nat Cell Biol 2020;22:38-48",
+    "calvanese2019": "Calvanese V et al. MLLT3 governs human haematopoietic stem-cell "
+    "self-renewal and engraftment. Nature 2019;576:281-286",
+    "cisse2008": "Cisse B et al. Transcription factor E2-2 is an essential and specific "
+    "regulator of plasmacytoid dendritic cell development. Cell 2008;135:37-48",
+    "cowland2016": "Cowland JB, Borregaard N. Granulopoiesis and granules of human "
+    "neutrophils. Immunol Rev 2016;273:11-28",
+    "crinier2018": "Crinier A et al. High-dimensional single-cell analysis identifies "
+    "organ-specific signatures and conserved NK cell subsets in humans and mice. Immunity "
+    "2018;49:971-986",
+    "dudziak2007": "Dudziak D et al. Differential antigen processing by dendritic cell subsets "
+    "in vivo. Science 2007;315:107-111",
+    "dwyer2016": "Dwyer DF, Barrett NA, Austen KF; ImmGen Consortium. Expression profiling of "
+    "constitutive mast cells reveals a unique identity within the immune system. Nat Immunol "
+    "2016;17:638-646",
+    "hao2021": "Hao Y et al. Integrated analysis of multimodal single-cell data. Cell "
+    "2021;184:3573-3587 (Azimuth PBMC reference and its marker lists)",
+    "hay2018": "Hay SB et al. The Human Cell Atlas bone marrow single-cell interactive web "
+    "portal. Exp Hematol 2018;68:51-61",
+    "he2005": "He X et al. The zinc finger transcription factor Th-POK regulates CD4 versus "
+    "CD8 T-cell lineage commitment. Nature 2005;433:826-833",
+    "hildner2008": "Hildner K et al. Batf3 deficiency reveals a critical role for CD8alpha+ "
+    "dendritic cells in cytotoxic T cell immunity. Science 2008;322:1097-1100",
+    "kalucka2020": "Kalucka J et al. Single-cell transcriptome atlas of murine endothelial "
+    "cells. Cell 2020;180:764-779",
+    "kohyama2009": "Kohyama M et al. Role for Spi-C in the development of red pulp "
+    "macrophages and splenic iron homeostasis. Nature 2009;457:318-321",
+    "paul2015": "Paul F et al. Transcriptional heterogeneity and lineage commitment in myeloid "
+    "progenitors. Cell 2015;163:1663-1677. doi:10.1016/j.cell.2015.11.013",
+    "theisen2018": "Theisen DJ et al. WDFY4 is required for cross-presentation in response to "
+    "viral and tumor antigens. Science 2018;362:694-699",
+    "tikhonova2019": "Tikhonova AN et al. The bone marrow microenvironment at single-cell "
+    "resolution. Nature 2019;569:222-228. doi:10.1038/s41586-019-1104-8",
+    "villani2017": "Villani AC et al. Single-cell RNA-seq reveals new types of human blood "
+    "dendritic cells, monocytes, and progenitors. Science 2017;356:eaah4573",
+    "xie2020": "Xie X et al. Single-cell transcriptome profiling reveals neutrophil "
+    "heterogeneity in homeostasis and infection. Nat Immunol 2020;21:1119-1133",
+}
+# Per supplement panel (both species): two keys of REFERENCES ("" for none) of works that
+# report its genes as markers of the type, then a note naming what rests on general knowledge
+# only ("canonical": textbook identity genes, e.g. the TCR/CD3 complex or heme-synthesis
+# enzymes, not checked gene by gene against a paper here) or is unchecked.
+SUPPLEMENT_SOURCES = {
+    "HSC_MPP": (
+        "calvanese2019",
+        "hay2018",
+        "canonical: MEIS1, HOXA9 (HSPC transcription "
+        "factors); human BAALC, SMIM24, CYTL1 and mouse Ctla2a are HSPC-cluster genes "
+        "of single-cell atlases, per-gene attribution unchecked",
+    ),
+    "GMP_early_myeloid": (
+        "cowland2016",
+        "hay2018",
+        "CTSG: azurophil granule protein; RNASE2 unchecked",
+    ),
+    "MEP_erythroid_progenitor": (
+        "paul2015",
+        "hay2018",
+        "canonical: heme-synthesis enzymes "
+        "(Alad, Hmbs, Urod, Cpox, Fech) and erythroid receptors "
+        "(EPOR, TFR2); CNRIP1 unchecked",
+    ),
+    "erythroblast": ("hay2018", "paul2015", "canonical: globins, red-cell membrane proteins"),
+    "megakaryocyte_platelet": (
+        "hao2021",
+        "hay2018",
+        "canonical: platelet glycoproteins (GP1BB, GP6, GP5), TUBB1, MPL",
+    ),
+    "monocyte_classical": ("villani2017", "hao2021", ""),
+    "monocyte_nonclassical": ("villani2017", "hao2021", "LYPD2, VMO1 unchecked"),
+    "macrophage": (
+        "kohyama2009",
+        "baccin2020",
+        "SPIC, SLC40A1, HMOX1, CD5L: iron-recycling macrophages; LYVE1, FOLR2, MARCO canonical",
+    ),
+    "neutrophil_lineage": ("xie2020", "cowland2016", ""),
+    "neutrophil_immature": (
+        "cowland2016",
+        "xie2020",
+        "OLFM4, CEACAM6, BPI: specific-granule stage; mouse Fcnb",
+    ),
+    "neutrophil_mature": ("xie2020", "cowland2016", ""),
+    "eosinophil": (
+        "",
+        "",
+        "canonical: CCR3, IL5RA, SIGLEC8, RNASE3 (ECP), PTGDR2, ALOX15, mouse Ear and Prg genes",
+    ),
+    "basophil": ("dwyer2016", "paul2015", ""),
+    "mast": ("dwyer2016", "", ""),
+    "cDC1": (
+        "hildner2008",
+        "theisen2018",
+        "BATF3, WDFY4; human C1orf54, CLNK, DNASE1L3 (villani2017) and mouse Naaa unchecked",
+    ),
+    "cDC2": ("villani2017", "dudziak2007", "mouse Clec4a4 (DCIR2, 33D1); human PKIB unchecked"),
+    "pDC": (
+        "cisse2008",
+        "villani2017",
+        "TCF4 (E2-2), SPIB; PLD4, SERPINF1, ITM2C per hao2021; mouse Klk1 unchecked",
+    ),
+    "NK": ("crinier2018", "", ""),
+    "T": ("hao2021", "", "canonical: TCR/CD3 complex, LCK, ITK, BCL11B, THEMIS"),
+    "T_CD4": ("he2005", "hao2021", "ZBTB7B (Th-POK); ANKRD55 unchecked"),
+    "T_CD8": ("hao2021", "", "canonical: CD8A, CD8B"),
+    "lymphoid_pan": ("hao2021", "", "canonical"),
+    "B_progenitor": ("hay2018", "", "canonical: VPREB3, RAG1/2, PAX5, CD19; ARPP21 unchecked"),
+    "B_mature": ("hao2021", "", "canonical: CD22, PAX5, CR2, FCER2, IGHM, IGHD, BLK"),
+    "plasma": (
+        "hao2021",
+        "hay2018",
+        "canonical: immunoglobulin heavy chains, ER genes DERL3, TXNDC5, FKBP11",
+    ),
+    "myeloid_pan": (
+        "villani2017",
+        "",
+        "canonical: NADPH-oxidase subunits, CD33, ITGAM, AIF1, LYZ, CST3",
+    ),
+    "endothelial": ("kalucka2020", "tikhonova2019", ""),
+    "MSC_LEPR_stroma": ("tikhonova2019", "baccin2020", ""),
+    "chondrocyte": (
+        "baccin2020",
+        "",
+        "canonical: cartilage matrix (COL2A1, ACAN, COL9/11, "
+        "MATN3, COMP, HAPLN1, COL10A1 hypertrophic), SOX9, SNORC, UCMA, CNMD",
+    ),
+}
+
+
+def supplement_source(name: str) -> str:
+    """The citation line of the supplement genes of panel ``name`` (for coverage tables)."""
+    *keys, note = SUPPLEMENT_SOURCES[name]
+    cited = "; ".join(REFERENCES[k] for k in keys if k)
+    return f"osteoimmune.panels.SUPPLEMENT ({cited}{'; ' + note if note else ''})"
+
+
 COVERAGE_COLUMNS = (
     "lineage",
     "cell_type",
@@ -327,7 +465,7 @@ def build_panels(
         genes, sources = _library_genes(library, name, species)
         if supplement and SUPPLEMENT[species].get(name):
             genes += SUPPLEMENT[species][name]
-            sources.append(SUPPLEMENT_SOURCE)
+            sources.append(supplement_source(name))
         if genes:
             panels[name] = Panel(name, *spec, tuple(dict.fromkeys(genes)), tuple(sources))
     for name, entry in ((extra_panels or {}).get(species) or {}).items():
@@ -486,12 +624,19 @@ def lineage_specific(panels: dict[str, Panel]) -> dict[str, Panel]:
     for name, panel in panels.items():
         genes = tuple(g for g in panel.genes if len(lineages[g]) == 1)
         if genes:
-            out[name] = Panel(name, panel.lineage, panel.cell_type, panel.parent, genes,
-                              panel.sources)
+            out[name] = Panel(
+                name, panel.lineage, panel.cell_type, panel.parent, genes, panel.sources
+            )
     for lineage in LINEAGES:
         genes = [g for p in out.values() if p.lineage == lineage for g in p.genes]
         if genes:
             name = f"{lineage}_lineage"
-            out[name] = Panel(name, lineage, None, None, tuple(dict.fromkeys(genes)),
-                              ("union of the lineage's specific genes",))
+            out[name] = Panel(
+                name,
+                lineage,
+                None,
+                None,
+                tuple(dict.fromkeys(genes)),
+                ("union of the lineage's specific genes",),
+            )
     return out

@@ -244,7 +244,8 @@ def dataset_report(
         agreement_table=table_html(tables["agreement"], index=False),
         confusion_table=table_html(tables["confusion"]),
         composition_table=table_html(composition_wide(tables["composition"])),
-        panel_table=table_html(tables["panel_coverage"][PANEL_COLUMNS]),
+        panel_table=table_html(tables["panel_coverage"].reindex(
+            columns=[c for c in PANEL_COLUMNS if c in tables["panel_coverage"]])),
         method_table=table_html(tables["method_agreement"]),
         states_table=table_html(tables["states"], index=False),
         pairs_table=table_html(top_pairs(tables["pairs"]), index=False),
@@ -266,8 +267,8 @@ def dataset_report(
     )
 
 
-PANEL_COLUMNS = ["lineage", "cell_type", "n_genes", "n_present", "used", "complete", "reason",
-                 "sources"]
+PANEL_COLUMNS = ["lineage", "cell_type", "n_genes", "n_present", "proteins", "used", "complete",
+                 "reason", "sources"]
 
 
 def composition_wide(composition: pd.DataFrame) -> pd.DataFrame:
