@@ -119,6 +119,10 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
     assert "2 conditions: a (4 donors), b (4 donors)." in html and "&lt;b&gt;x" in html
     assert "Welch" not in html  # the shown columns; the test name is in the TSV
     assert "&lt;u&gt;M2&lt;/u&gt;" in html and "Il1b;Tnf" in html
+    # views that cannot be drawn say why
+    assert "M1/M2 state map: no M1 and M2 set both reached the coverage threshold" in html
+    assert "Trained immunity by lineage: no trained-immunity set was scored." in html
+    assert "Ligand-receptor panel:" not in html  # drawn: one pair is present
     assert "&lt;i&gt;authors&lt;/i&gt;" in html
     assert "Lyz2, Cd14" in html
     for data, name in zip(sources, files, strict=True):

@@ -254,6 +254,7 @@ def dataset_report(
             for key, group in by_group[by_group["value"] == "z"].groupby("grouping", sort=False)
         },
         design_note=design_note,
+        missing_views=missing_score_views(adata, genes=tables["genes"], pairs=tables["pairs"]),
         min_donors=config.get("compare", {}).get("min_donors", 3),
         comparison_rows=len(comparison),
         comparison_table=table_html(top_comparisons(comparison), index=False),
@@ -374,3 +375,31 @@ def key_signature_block(by_group: pd.DataFrame, *, sets=KEY_SETS, limit: float =
         rows.append({"cell_type": str(record["group"]), "n_cells": int(record["n_cells"]),
                      "cells": cells})
     return {"sets": [KEY_LABELS.get(name, name) for name in sets], "rows": rows}
+
+
+def missing_score_views(adata: ad.AnnData, *, genes: pd.DataFrame, pairs: pd.DataFrame
+                        ) -> list[str]:
+    """Why a view of the signatures section is absent from a dataset's report, one line each."""
+    library = load_library()
+    scored = [c.removeprefix("score_") for c in adata.obs if c.startswith("score_")]
+    category = {n: library.sets[n]["category"] for n in scored if n in library.sets}
+    missing = []
+    polarization = adata.uns["osteoimmune"].get("polarization")
+    if not scored:
+        missing.append("No signature set reached the coverage threshold in this dataset (see "
+                       "the coverage table), so there are no scores, states or score figures.")
+    elif not polarization:
+        missing.append("M1/M2 state map: no M1 and M2 set both reached the coverage threshold.")
+    elif not polarization.get("gated_cells"):
+        missing.append("M1/M2 state map: no cell was annotated as a monocyte or macrophage "
+                       "(the cell types the states are defined in).")
+    if scored and not any(c.startswith("trained_immunity") for c in category.values()):
+        missing.append("Trained immunity by lineage: no trained-immunity set was scored.")
+    if scored and not any(c in PROGRAM_CATEGORIES for c in category.values()):
+        missing.append("Osteoimmune programs by cell type: no program set was scored.")
+    few = "no cell type has enough cells (signatures.min_cells_per_type) or none of its genes"
+    if genes.empty or not genes["present"].astype(bool).any():
+        missing.append(f"RANKL/OPG and cytokines per cell type: {few} is in the dataset.")
+    if pairs.empty or not pairs["present"].astype(bool).any():
+        missing.append(f"Ligand-receptor panel: {few} is in the dataset.")
+    return missing
