@@ -10,6 +10,7 @@ without writing the intermediate h5ad files the rules exchange.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import warnings
 from pathlib import Path
@@ -22,7 +23,15 @@ from timing import StepTimer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 
-from osteoimmune.cluster import embed, markers, normalize, select_hvg  # noqa: E402
+from osteoimmune.cluster import (  # noqa: E402
+    integrate,
+    markers,
+    neighbors,
+    normalize,
+    pca,
+    select_hvg,
+    umap,
+)
 from osteoimmune.qc import (  # noqa: E402
     assign_qc_groups,
     compute_qc_metrics,
@@ -35,48 +44,88 @@ from osteoimmune.samples import concat_samples  # noqa: E402
 from osteoimmune.stability import cluster_over_resolutions  # noqa: E402
 
 
-def qc_steps(adata: ad.AnnData, *, qc: dict, seed: int, timer: StepTimer) -> ad.AnnData:
+def split_samples(adata: ad.AnnData) -> list[ad.AnnData]:
+    """One AnnData per sample, as rule read_dataset writes them for the qc_sample jobs."""
+    return [
+        adata[idx].copy() for idx in adata.obs.groupby("sample", observed=True).indices.values()
+    ]
+
+
+def qc_steps(samples: list[ad.AnnData], *, qc: dict, seed: int, timer: StepTimer) -> ad.AnnData:
     """As rules qc_sample (for each sample, one after the other) and filter_cells."""
     parts = []
-    for _, idx in adata.obs.groupby("sample", observed=True).indices.items():
-        part = adata[idx].copy()
+    while samples:
+        part = samples.pop(0)  # as a qc_sample job, hold only the sample being QC'd
         with timer.step("qc_metrics", add=True):
             compute_qc_metrics(part, gene_lists=qc["gene_groups"])
         with timer.step("doublets", add=True):
-            detect_doublets(part, seed=seed, threshold=qc["doublet_threshold"])
+            detect_doublets(
+                part,
+                seed=seed,
+                threshold=qc["doublet_threshold"],
+                mean_center=qc.get("doublet_mean_center", False),
+            )
         with timer.step("qc_groups", add=True):
-            assign_qc_groups(part, seed=seed, resolution=qc["lineage_resolution"],
-                             min_group_cells=qc["min_group_cells"])
+            assign_qc_groups(
+                part,
+                seed=seed,
+                resolution=qc["lineage_resolution"],
+                min_group_cells=qc["min_group_cells"],
+            )
         with timer.step("filter", add=True):
-            flag_cells(part, counts_based=True, lineage_aware=qc["lineage_aware"],
-                       min_group_cells=qc["min_group_cells"],
-                       remove_doublets=qc["remove_doublets"], **threshold_params(qc))
+            flag_cells(
+                part,
+                counts_based=True,
+                lineage_aware=qc["lineage_aware"],
+                min_group_cells=qc["min_group_cells"],
+                remove_doublets=qc["remove_doublets"],
+                **threshold_params(qc),
+            )
         parts.append(part)
     with timer.step("filter", add=True):
         filtered, _, _ = finish_qc(
-            concat_samples(parts), min_cells_per_gene=qc["min_cells_per_gene"],
+            concat_samples(parts),
+            min_cells_per_gene=qc["min_cells_per_gene"],
             min_cells_per_sample=qc["min_cells_per_sample"],
-            on_small_sample=qc["on_small_sample"], dataset="bench",
+            on_small_sample=qc["on_small_sample"],
+            dataset="bench",
         )
     return filtered
 
 
 def cluster_steps(adata: ad.AnnData, *, params: dict, seed: int, timer: StepTimer) -> None:
-    """As rule cluster_cells: normalise, HVG, embed (PCA, harmony, kNN, UMAP), Leiden, markers."""
+    """As rule cluster_cells: normalise, HVG, PCA, harmony, kNN, UMAP, Leiden, markers."""
     value_type = adata.uns["osteoimmune"]["value_type"]
     with timer.step("normalize"):
         normalize(adata, value_type=value_type)
     with timer.step("hvg"):
-        select_hvg(adata, n_top_genes=params["n_top_genes"], value_type=value_type,
-                   batch_key=params["batch_key"])
-    with timer.step("embed (pca+harmony+neighbors+umap)"):
-        embed(adata, n_pcs=params["n_pcs"], n_neighbors=params["n_neighbors"],
-              batch_key=params["batch_key"], seed=seed, value_type=value_type,
-              normalization=params["normalization"], knn=params["knn"],
-              umap_init=params["umap_init"])
+        select_hvg(
+            adata,
+            n_top_genes=params["n_top_genes"],
+            value_type=value_type,
+            batch_key=params["batch_key"],
+        )
+    # cluster.embed, step by step: pca, integrate, neighbors, umap
+    with timer.step("pca"):
+        pca(
+            adata,
+            n_pcs=params["n_pcs"],
+            normalization=params["normalization"],
+            value_type=value_type,
+            seed=seed,
+        )
+    with timer.step("harmony"):
+        rep, _ = integrate(
+            adata, batch_key=params["batch_key"], seed=seed, harmony=params.get("harmony")
+        )
+    with timer.step("neighbors"):
+        neighbors(adata, rep=rep, n_neighbors=params["n_neighbors"], seed=seed, knn=params["knn"])
+    with timer.step("umap"):
+        umap(adata, rep=rep, seed=seed, umap_init=params["umap_init"])
     with timer.step("leiden (grid + stability)"):
-        cluster_over_resolutions(adata, resolutions=params["resolutions"],
-                                 repeats=params["stability_repeats"], seed=seed)
+        cluster_over_resolutions(
+            adata, resolutions=params["resolutions"], repeats=params["stability_repeats"], seed=seed
+        )
     with timer.step("markers"):
         markers(adata, n_genes=params["n_markers"])
 
@@ -92,8 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     config = yaml.safe_load(Path(args.config).read_text())
     timer = StepTimer()
     with timer.step("read"):
-        adata = ad.read_h5ad(args.h5ad)
-    adata = qc_steps(adata, qc=config["qc"], seed=config["seed"], timer=timer)
+        samples = split_samples(ad.read_h5ad(args.h5ad))
+    # no job of the workflow holds the whole matrix during QC: only the split samples are kept
+    adata = qc_steps(samples, qc=config["qc"], seed=config["seed"], timer=timer)
+    # the workflow clusters in a new process (rule cluster_cells): QC's AnnData copies, freed
+    # only by the cycle collector (views refer to their parents), are not carried over
+    gc.collect()
     cluster_steps(adata, params=config["cluster"], seed=config["seed"], timer=timer)
     timer.write(args.json, cells_out=adata.n_obs, clusters=int(adata.obs["leiden"].nunique()))
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from osteoimmune.cluster import embed, leiden, markers, normalize, select_hvg
+from osteoimmune.cluster import embed, integrate, leiden, markers, normalize, pca, select_hvg
 
 
 def make_adata(seed=0, n_per_group=80, n_genes=120):
@@ -14,7 +14,7 @@ def make_adata(seed=0, n_per_group=80, n_genes=120):
     blocks = []
     for g in range(3):
         rates = np.full(n_genes, 0.3)
-        rates[g * 30:(g + 1) * 30] = 6.0
+        rates[g * 30 : (g + 1) * 30] = 6.0
         blocks.append(rng.poisson(rates, size=(n_per_group, n_genes)))
     X = sp.csr_matrix(np.vstack(blocks).astype(np.float32))
     adata = ad.AnnData(X=X, layers={"counts": X.copy()})
@@ -30,7 +30,12 @@ def prepare(adata, *, seed=0, value_type="counts", normalization="log1p"):
     normalize(adata, value_type=value_type)
     select_hvg(adata, n_top_genes=60, value_type=value_type, batch_key="donor")
     return embed(
-        adata, n_pcs=10, n_neighbors=10, batch_key="donor", seed=seed, value_type=value_type,
+        adata,
+        n_pcs=10,
+        n_neighbors=10,
+        batch_key="donor",
+        seed=seed,
+        value_type=value_type,
         normalization=normalization,
     )
 
@@ -50,6 +55,47 @@ def test_clusters_recover_the_groups_with_harmony_across_donors():
     assert adjusted_rand_score(adata.obs["group"], adata.obs["leiden"]) > 0.9
     assert adata.var["highly_variable"].sum() == 60
     assert sp.issparse(adata.X) and sp.issparse(adata.layers["counts"])
+
+
+def donor_gap(adata, rep):
+    """Mean distance between the two donors' centroids within each group, in ``obsm[rep]``."""
+    emb, obs = adata.obsm[rep], adata.obs
+    gaps = []
+    for group in "abc":
+        cells = obs["group"].to_numpy() == group
+        d1 = emb[cells & (obs["donor"].to_numpy() == "d1")].mean(0)
+        d2 = emb[cells & (obs["donor"].to_numpy() == "d2")].mean(0)
+        gaps.append(np.linalg.norm(d1 - d2))
+    return float(np.mean(gaps))
+
+
+def test_harmony_options_reach_harmony_and_loose_tolerances_correct_like_tight_ones():
+    adata = make_adata()
+    shifted = (adata.obs["donor"] == "d2").to_numpy()
+    counts = adata.layers["counts"].toarray()
+    counts[shifted, 90:110] += 4  # a donor effect on genes no group marks
+    adata.X = sp.csr_matrix(counts)
+    adata.layers["counts"] = adata.X.copy()
+    normalize(adata, value_type="counts")
+    select_hvg(adata, n_top_genes=110, value_type="counts", batch_key="donor")
+    pca(adata, n_pcs=10, normalization="log1p", value_type="counts", seed=0)
+    loose = adata.copy()
+    rep, note = integrate(loose, batch_key="donor", seed=0)
+    assert rep == "X_pca_harmony" and "harmony across 2" in note
+    tight = adata.copy()
+    integrate(
+        tight,
+        batch_key="donor",
+        seed=0,
+        harmony={"epsilon_cluster": 1e-5, "epsilon_harmony": 1e-4, "nclust": None},
+    )
+    one_round = adata.copy()
+    integrate(one_round, batch_key="donor", seed=0, harmony={"max_iter_harmony": 1})
+    before = donor_gap(adata, "X_pca")
+    assert donor_gap(loose, rep) < 0.5 * before
+    assert abs(donor_gap(loose, rep) - donor_gap(tight, rep)) < 0.1 * before
+    # the options are applied: one round of harmony corrects less than several
+    assert not np.allclose(one_round.obsm[rep], loose.obsm[rep])
 
 
 def test_normalize_counts_vs_non_counts():
@@ -107,8 +153,7 @@ def test_markers_rank_the_planted_genes_first_for_their_group():
     adata = make_adata()
     run(adata)
     table = markers(adata, n_genes=25)
-    assert list(table.columns) == ["cluster", "rank", "gene", "score", "logfoldchange",
-                                   "pval_adj"]
+    assert list(table.columns) == ["cluster", "rank", "gene", "score", "logfoldchange", "pval_adj"]
     assert len(table) == 25 * adata.obs["leiden"].nunique()
     for cluster, rows in table.groupby("cluster"):
         assert rows["rank"].tolist() == list(range(1, 26))
@@ -134,3 +179,36 @@ def test_markers_leave_out_a_single_cell_cluster_without_failing():
     normalize(one_cluster, value_type="counts")
     one_cluster.obs["leiden"] = pd.Categorical(["0"] * one_cluster.n_obs)
     assert markers(one_cluster, n_genes=5).empty
+
+
+def test_wilcoxon_vs_rest_equals_scanpys_rank_genes_groups(monkeypatch):
+    import scanpy as sc
+
+    import osteoimmune.cluster as cluster
+
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(rng.gamma(0.3, 2, size=(1, 200)), size=(900, 200)).astype(np.float32)
+    adata = ad.AnnData(X=sp.csr_matrix(counts))
+    adata.var_names = [f"G{i}" for i in range(200)]
+    normalize(adata, value_type="counts")
+    adata.X[:4] = -adata.X[:4]  # negative values rank below the zeros
+    adata.obs["leiden"] = pd.Categorical(rng.integers(0, 9, adata.n_obs).astype(str))
+    groups = list(adata.obs["leiden"].cat.categories[:-1])  # the last one is only "rest"
+    reference = adata.copy()
+    sc.tl.rank_genes_groups(
+        reference,
+        "leiden",
+        groups=groups,
+        reference="rest",
+        method="wilcoxon",
+        n_genes=50,
+        use_raw=False,
+    )
+    monkeypatch.setattr(cluster, "RANK_CHUNK_NNZ", 5_000)  # several chunks of genes
+    cluster.wilcoxon_vs_rest(adata, groupby="leiden", groups=groups, n_genes=50)
+    ours, theirs = adata.uns["rank_genes_groups"], reference.uns["rank_genes_groups"]
+    assert ours["params"] == theirs["params"]
+    for group in groups:
+        assert list(ours["names"][group]) == list(theirs["names"][group])
+        for field in ("scores", "pvals", "pvals_adj", "logfoldchanges"):
+            np.testing.assert_allclose(ours[field][group], theirs[field][group], rtol=1e-5)

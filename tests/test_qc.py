@@ -57,8 +57,13 @@ def test_species_aware_gene_groups_and_metrics(mouse):
     counts = adata.layers["counts"].toarray()
     expected = 100 * counts[:, :3].sum(1) / counts.sum(1)
     np.testing.assert_allclose(adata.obs["pct_counts_mt"], expected, rtol=1e-5)
-    for col in ("total_counts", "n_genes_by_counts", "pct_counts_ribo", "pct_counts_hb",
-                "pct_counts_in_top_20_genes"):
+    for col in (
+        "total_counts",
+        "n_genes_by_counts",
+        "pct_counts_ribo",
+        "pct_counts_hb",
+        "pct_counts_in_top_20_genes",
+    ):
         assert col in adata.obs
 
 
@@ -98,7 +103,7 @@ def make_populations(sizes, *, n_genes=200, seed=0, depth=None, program=40):
     blocks = []
     for k, (n, scale) in enumerate(zip(sizes, depth, strict=True)):
         rate = np.full(n_genes, 0.3)
-        rate[6 + k * program: 6 + (k + 1) * program] = 6.0
+        rate[6 + k * program : 6 + (k + 1) * program] = 6.0
         blocks.append(rng.poisson(rate * scale * rng.uniform(0.8, 1.2, (n, 1)), (n, n_genes)))
     counts = np.vstack(blocks).astype(np.float32)
     adata = make_adata(n_cells=counts.shape[0], n_genes=n_genes, seed=seed)
@@ -177,6 +182,19 @@ def test_scrublet_scores_synthetic_doublets_higher_than_singlets():
     assert kept.obs["predicted_doublet"].sum() == called.sum()
 
 
+def test_scrublet_with_and_without_mean_centring_both_find_the_doublets():
+    adata, is_doublet = with_doublets(make_populations([150, 150, 100]), n_doublets=30)
+    centred = adata.copy()
+    detect_doublets(adata, seed=0, threshold=0.25)  # default: sparse, truncated SVD
+    detect_doublets(centred, seed=0, threshold=0.25, mean_center=True)
+    sparse_scores = adata.obs["doublet_score"].to_numpy()
+    dense_scores = centred.obs["doublet_score"].to_numpy()
+    assert not np.allclose(sparse_scores, dense_scores)  # the option reaches scrublet
+    for scores in (sparse_scores, dense_scores):
+        assert scores[is_doublet].mean() > 3 * scores[~is_doublet].mean()
+    assert np.corrcoef(sparse_scores, dense_scores)[0, 1] > 0.8
+
+
 def test_scrublet_skips_small_samples_with_a_note():
     adata = make_populations([150, 100])
     adata.obs["sample"] = pd.Categorical(["big"] * 220 + ["tiny"] * 30)
@@ -203,8 +221,9 @@ def test_qc_flags_and_groups_are_deterministic_for_a_seed():
         compute_qc_metrics(adata)
         detect_doublets(adata, seed=3, threshold=0.25)
         assign_qc_groups(adata, seed=3, resolution=0.3, min_group_cells=30)
-        out, _, losses = filter_cells(adata, counts_based=True, min_cells_per_gene=1,
-                                      lineage_aware=True, **THRESHOLDS)
+        out, _, losses = filter_cells(
+            adata, counts_based=True, min_cells_per_gene=1, lineage_aware=True, **THRESHOLDS
+        )
         runs.append((adata.obs, list(out.obs_names), losses))
     first, second = runs
     pd.testing.assert_series_equal(first[0]["doublet_score"], second[0]["doublet_score"])
@@ -225,8 +244,13 @@ def test_a_sample_too_small_after_qc_is_dropped_with_a_warning(caplog):
     adata = too_small_second_sample()
     with caplog.at_level(logging.WARNING, logger="osteoimmune"):
         out, summary, _ = filter_cells(
-            adata, counts_based=True, min_cells_per_gene=1, min_cells_per_sample=20,
-            on_small_sample="drop", dataset="toy", **THRESHOLDS,
+            adata,
+            counts_based=True,
+            min_cells_per_gene=1,
+            min_cells_per_sample=20,
+            on_small_sample="drop",
+            dataset="toy",
+            **THRESHOLDS,
         )
     assert "small" in caplog.text and "toy" in caplog.text
     assert set(out.obs["sample"]) == {"big"}
@@ -237,8 +261,13 @@ def test_a_sample_too_small_after_qc_is_dropped_with_a_warning(caplog):
 def test_a_sample_too_small_after_qc_fails_when_configured():
     with pytest.raises(QCError, match=r"toy.*kept fewer than 20 cells: small \(\d cells\)"):
         filter_cells(
-            too_small_second_sample(), counts_based=True, min_cells_per_gene=1,
-            min_cells_per_sample=20, on_small_sample="fail", dataset="toy", **THRESHOLDS,
+            too_small_second_sample(),
+            counts_based=True,
+            min_cells_per_gene=1,
+            min_cells_per_sample=20,
+            on_small_sample="fail",
+            dataset="toy",
+            **THRESHOLDS,
         )
 
 
@@ -246,16 +275,23 @@ def test_every_sample_too_small_is_a_clear_error():
     adata = make_adata(n_cells=40)
     compute_qc_metrics(adata)
     with pytest.raises(QCError, match=r"Dataset toy: .*every sample.*s1 \(\d+ cells\)"):
-        filter_cells(adata, counts_based=True, min_cells_per_gene=1, min_cells_per_sample=30,
-                     dataset="toy", **THRESHOLDS)
+        filter_cells(
+            adata,
+            counts_based=True,
+            min_cells_per_gene=1,
+            min_cells_per_sample=30,
+            dataset="toy",
+            **THRESHOLDS,
+        )
 
 
 def test_thresholds_table_gives_the_bounds_the_flags_used():
     adata = make_populations([300, 80], depth=[1.0, 0.1])
     compute_qc_metrics(adata)
     assign_qc_groups(adata, seed=0, resolution=0.3, min_group_cells=30)
-    table = flag_cells(adata, counts_based=True, lineage_aware=True, min_group_cells=30,
-                       **THRESHOLDS)
+    table = flag_cells(
+        adata, counts_based=True, lineage_aware=True, min_group_cells=30, **THRESHOLDS
+    )
     assert set(table["scope"]) == {"sample", *adata.obs["qc_group"].astype(str)}
     # cells outside the sample-scope bounds are exactly those removed in sample mode
     outside = np.zeros(adata.n_obs, dtype=bool)
@@ -281,8 +317,9 @@ def test_gene_group_lists_from_config_replace_the_patterns():
 
 def test_per_sample_jobs_give_the_same_result_as_one_pass(tmp_path):
     adata = make_populations([200, 120, 90])
-    adata.obs["sample"] = pd.Categorical(np.tile(["b 1", "a/2"], adata.n_obs // 2 + 1)[
-        : adata.n_obs])
+    adata.obs["sample"] = pd.Categorical(
+        np.tile(["b 1", "a/2"], adata.n_obs // 2 + 1)[: adata.n_obs]
+    )
     adata.uns["osteoimmune"] = {"dataset": "toy"}
     kwargs = dict(counts_based=True, lineage_aware=True, min_group_cells=30, **THRESHOLDS)
     whole = adata.copy()
@@ -301,8 +338,11 @@ def test_per_sample_jobs_give_the_same_result_as_one_pass(tmp_path):
     joined, summary_jobs, _ = finish_qc(concat_samples(parts), min_cells_per_gene=1)
     assert list(joined.obs["sample"].cat.categories) == ["b 1", "a/2"]
     assert sorted(joined.obs_names) == sorted(one_pass.obs_names)
-    pd.testing.assert_frame_equal(summary_jobs.rename(index=str).sort_index(),
-                                  summary.rename(index=str).sort_index(), check_index_type=False)
+    pd.testing.assert_frame_equal(
+        summary_jobs.rename(index=str).sort_index(),
+        summary.rename(index=str).sort_index(),
+        check_index_type=False,
+    )
     assert not any(c.startswith("qc_fail_") for c in joined.obs.columns)
 
 

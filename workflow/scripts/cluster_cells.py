@@ -16,14 +16,22 @@ def main(*, h5ad, params, seed, out, stability, marker_table):
     value_type = adata.uns["osteoimmune"]["value_type"]
     normalize(adata, value_type=value_type)
     select_hvg(
-        adata, n_top_genes=params["n_top_genes"], value_type=value_type,
+        adata,
+        n_top_genes=params["n_top_genes"],
+        value_type=value_type,
         batch_key=params["batch_key"],
     )
     note = embed(
-        adata, n_pcs=params["n_pcs"], n_neighbors=params["n_neighbors"],
-        batch_key=params["batch_key"], seed=seed, value_type=value_type,
-        normalization=params["normalization"], knn=params["knn"],
+        adata,
+        n_pcs=params["n_pcs"],
+        n_neighbors=params["n_neighbors"],
+        batch_key=params["batch_key"],
+        seed=seed,
+        value_type=value_type,
+        normalization=params["normalization"],
+        knn=params["knn"],
         umap_init=params["umap_init"],
+        harmony=params.get("harmony"),
     )
     log.info(note)
     table = cluster_over_resolutions(

@@ -11,6 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
+from scipy import sparse, stats
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,7 @@ def select_hvg(adata: ad.AnnData, *, n_top_genes: int, value_type: str, batch_ke
         )
 
 
-def pca(
-    adata: ad.AnnData, *, n_pcs: int, normalization: str, value_type: str, seed: int
-) -> str:
+def pca(adata: ad.AnnData, *, n_pcs: int, normalization: str, value_type: str, seed: int) -> str:
     """PCA on the highly variable genes into ``obsm['X_pca']``.
 
     Parameters
@@ -105,9 +104,11 @@ def _pearson_residuals_pca(adata: ad.AnnData, *, n_comps: int, seed: int) -> Non
 
 
 # Up to this many cells the kNN graph is exact (sklearn, brute force on the PCA/harmony
-# coordinates): deterministic, and faster than pynndescent plus its numba compilation at this
-# size. Above it the approximate pynndescent search scales better.
-EXACT_KNN_MAX_CELLS = 50_000
+# coordinates): deterministic, and no slower than pynndescent plus its numba compilation at
+# this size (100k resampled cells, 30 PCs: 19.7 s / 709 MiB exact, 22.3 s / 1,059 MiB
+# approximate, bench/README.md). Exact search grows with the square of the cells; above
+# this pynndescent scales better.
+EXACT_KNN_MAX_CELLS = 100_000
 
 
 def knn_transformer(n_obs: int, knn: str = "auto") -> str:
@@ -124,6 +125,62 @@ def knn_transformer(n_obs: int, knn: str = "auto") -> str:
     return "sklearn" if knn == "exact" else "pynndescent"
 
 
+# Harmony's convergence tolerances as in R harmony >= 1.2 (``harmony_options()``; Seurat v5's
+# HarmonyIntegration uses the same epsilon.harmony). harmonypy 0.0.10 defaults to 100x tighter
+# ones (1e-5, 1e-4), which on 17k cells ran 9 rounds of up to 20 k-means iterations: 22 s
+# instead of 8 s for a 98% identical 15-NN graph (bench/README.md).
+HARMONY_DEFAULTS = {"epsilon_cluster": 1e-3, "epsilon_harmony": 1e-2}
+
+
+def integrate(
+    adata: ad.AnnData, *, batch_key: str, seed: int, harmony: dict | None = None
+) -> tuple[str, str]:
+    """Harmony on ``obsm['X_pca']`` across the values of ``obs[batch_key]``, if several.
+
+    ``harmony`` holds options of ``harmonypy.run_harmony`` (``nclust``, ``max_iter_harmony``,
+    ``max_iter_kmeans``, ``epsilon_cluster``, ``epsilon_harmony``, ``block_size``) on top of
+    :data:`HARMONY_DEFAULTS`. Returns the representation to build the graph on
+    (``X_pca_harmony`` or ``X_pca``) and a note for the report.
+    """
+    batches = adata.obs[batch_key].nunique()
+    if batches < 2:
+        return "X_pca", f"one {batch_key}: no batch integration"
+    options = HARMONY_DEFAULTS | {k: v for k, v in (harmony or {}).items() if v is not None}
+    sc.external.pp.harmony_integrate(
+        adata,
+        key=batch_key,
+        basis="X_pca",
+        adjusted_basis="X_pca_harmony",
+        random_state=seed,
+        verbose=False,
+        **options,
+    )
+    return "X_pca_harmony", f"harmony across {batches} values of obs['{batch_key}']"
+
+
+def neighbors(adata: ad.AnnData, *, rep: str, n_neighbors: int, seed: int, knn: str) -> None:
+    """The kNN graph on ``obsm[rep]`` (exact or approximate, see :func:`knn_transformer`)."""
+    transformer = knn_transformer(adata.n_obs, knn)
+    sc.pp.neighbors(
+        adata,
+        n_neighbors=min(n_neighbors, adata.n_obs - 1),
+        use_rep=rep,
+        random_state=seed,
+        transformer=transformer,
+    )
+    adata.uns["osteoimmune"] = adata.uns.get("osteoimmune", {}) | {"knn": transformer}
+
+
+def umap(adata: ad.AnnData, *, rep: str, seed: int, umap_init: str = "pca") -> None:
+    """UMAP of the kNN graph into ``obsm['X_umap']``, started from ``obsm[rep]`` or spectral."""
+    if umap_init == "pca":
+        adata.obsm["X_umap_init"] = np.ascontiguousarray(adata.obsm[rep][:, :2])
+    sc.tl.umap(
+        adata, random_state=seed, init_pos="X_umap_init" if umap_init == "pca" else "spectral"
+    )
+    adata.obsm.pop("X_umap_init", None)
+
+
 def embed(
     adata: ad.AnnData,
     *,
@@ -135,54 +192,167 @@ def embed(
     normalization: str = "log1p",
     knn: str = "auto",
     umap_init: str = "pca",
+    harmony: dict | None = None,
 ) -> str:
     """PCA on the highly variable genes, harmony across batches if several, neighbours, UMAP.
 
-    ``normalization`` and ``value_type`` choose the PCA input (see :func:`pca`); ``knn`` the
-    neighbour search (see :func:`knn_transformer`). ``umap_init`` ``pca`` starts UMAP from the
-    first two components of the (integrated) PCA, which keeps global structure (Kobak &
-    Linderman 2021, Nat Biotechnol 39:156) and avoids the spectral initialisation's eigensolver,
-    slow on graphs of many small components; ``spectral`` is scanpy's default. Returns a note
-    saying whether batches were integrated, for the report.
+    :func:`pca`, :func:`integrate`, :func:`neighbors` and :func:`umap` in turn.
+    ``normalization`` and ``value_type`` choose the PCA input (see :func:`pca`); ``harmony``
+    the integration options (see :func:`integrate`); ``knn`` the neighbour search (see
+    :func:`knn_transformer`). ``umap_init`` ``pca`` starts UMAP from the first two components
+    of the (integrated) PCA, which keeps global structure (Kobak & Linderman 2021, Nat
+    Biotechnol 39:156) and avoids the spectral initialisation's eigensolver, slow on graphs of
+    many small components; ``spectral`` is scanpy's default. Returns a note saying whether
+    batches were integrated, for the report.
     """
     pca(adata, n_pcs=n_pcs, normalization=normalization, value_type=value_type, seed=seed)
-    rep, note = "X_pca", f"one {batch_key}: no batch integration"
-    batches = adata.obs[batch_key].nunique()
-    if batches > 1:
-        sc.external.pp.harmony_integrate(
-            adata, key=batch_key, basis="X_pca", adjusted_basis="X_pca_harmony",
-            random_state=seed, verbose=False,
-        )
-        rep, note = "X_pca_harmony", f"harmony across {batches} values of obs['{batch_key}']"
-    transformer = knn_transformer(adata.n_obs, knn)
-    sc.pp.neighbors(
-        adata, n_neighbors=min(n_neighbors, adata.n_obs - 1), use_rep=rep, random_state=seed,
-        transformer=transformer,
-    )
-    adata.uns["osteoimmune"] = adata.uns.get("osteoimmune", {}) | {"knn": transformer}
-    if umap_init == "pca":
-        adata.obsm["X_umap_init"] = np.ascontiguousarray(adata.obsm[rep][:, :2])
-    sc.tl.umap(adata, random_state=seed,
-               init_pos="X_umap_init" if umap_init == "pca" else "spectral")
-    adata.obsm.pop("X_umap_init", None)
+    rep, note = integrate(adata, batch_key=batch_key, seed=seed, harmony=harmony)
+    neighbors(adata, rep=rep, n_neighbors=n_neighbors, seed=seed, knn=knn)
+    umap(adata, rep=rep, seed=seed, umap_init=umap_init)
     adata.uns["osteoimmune"]["integration"] = note
     return note
 
 
-def leiden(
-    adata: ad.AnnData, *, resolution: float, seed: int, key_added: str = "leiden"
-) -> None:
+def leiden(adata: ad.AnnData, *, resolution: float, seed: int, key_added: str = "leiden") -> None:
     """Leiden clustering (igraph flavour, deterministic for a seed) into ``obs[key_added]``."""
     sc.tl.leiden(
-        adata, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2,
-        directed=False, key_added=key_added,
+        adata,
+        resolution=resolution,
+        random_state=seed,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        key_added=key_added,
     )
+
+
+# Nonzeros ranked at a time by wilcoxon_vs_rest: bounds its temporaries (a few int64/float64
+# arrays of this length) whatever the matrix size.
+RANK_CHUNK_NNZ = 1_000_000
+
+
+def _sparse_ranks(data: np.ndarray, indptr: np.ndarray, n_cells: int) -> tuple:
+    """Average ranks (as ``scipy.stats.rankdata``) of CSC columns holding ``n_cells`` values.
+
+    Returns the rank of each stored value (in storage order) and the rank of a zero, per
+    column; only stored values are sorted (zeros form one tied block).
+    """
+    counts = np.diff(indptr)
+    gene = np.repeat(np.arange(len(counts)), counts)
+    order = np.lexsort((data, gene))
+    values, genes = data[order], gene[order]
+    first = np.r_[True, (genes[1:] != genes[:-1]) | (values[1:] != values[:-1])]
+    starts = np.flatnonzero(first)
+    tied = np.diff(np.r_[starts, len(values)])
+    n_zero = n_cells - counts
+    # 1-based average position among the column's stored values, shifted past the zeros
+    rank = starts - indptr[genes[starts]] + (tied + 1) / 2
+    rank += np.where(values[starts] > 0, n_zero[genes[starts]], 0)
+    ranks = np.empty(len(data))
+    ranks[order] = rank[np.cumsum(first) - 1]
+    n_negative = np.bincount(gene[data < 0], minlength=len(counts))
+    return ranks, n_negative + (n_zero + 1) / 2
+
+
+def _rank_sums(x: sparse.csc_matrix, members: sparse.csr_matrix) -> np.ndarray:
+    """Sum of each column's ranks over the cells of each group (``members``: groups x cells)."""
+    sums = np.empty((members.shape[0], x.shape[1]))
+    sizes = np.asarray(members.sum(axis=1))
+    nnz_per_gene = np.diff(x.indptr)
+    left = 0
+    while left < x.shape[1]:
+        right = left + max(
+            int(np.searchsorted(np.cumsum(nnz_per_gene[left:]), RANK_CHUNK_NNZ, side="right")), 1
+        )
+        chunk = x[:, left:right]
+        ranks, zero_rank = _sparse_ranks(chunk.data, chunk.indptr, x.shape[0])
+        # each stored value adds its rank minus the zero rank every cell is first given
+        ranks -= np.repeat(zero_rank, np.diff(chunk.indptr))
+        shifted = sparse.csc_matrix((ranks, chunk.indices, chunk.indptr), shape=chunk.shape)
+        sums[:, left:right] = (members @ shifted).toarray() + sizes * zero_rank
+        left = right
+    return sums
+
+
+def _top_n(scores: np.ndarray, n_top: int) -> np.ndarray:
+    # scanpy's _select_top_n: the same genes in the same order for tied scores
+    partition = np.argpartition(scores, -n_top)[-n_top:]
+    return partition[np.argsort(scores[partition])[::-1]]
+
+
+def wilcoxon_vs_rest(adata: ad.AnnData, *, groupby: str, groups: list[str], n_genes: int) -> None:
+    """Wilcoxon rank-sum test of each group against all other cells, on sparse ``X``.
+
+    The statistics of ``sc.tl.rank_genes_groups(method="wilcoxon", reference="rest",
+    use_raw=False)`` (z-score without tie correction, two-sided normal p-value,
+    Benjamini-Hochberg, log2 fold change of ``expm1`` means), stored the same way in
+    ``uns['rank_genes_groups']``. scanpy copies the rest of the matrix for every group;
+    here ranks are computed once, sorting only stored values in chunks of columns, and
+    summed over groups with a sparse product, so the cost does not grow with the number of
+    groups times the matrix size.
+    """
+    x = sparse.csc_matrix(adata.X, dtype=np.float64)
+    x.eliminate_zeros()
+    labels = adata.obs[groupby].astype(str).to_numpy()
+    rows = [np.flatnonzero(labels == str(group)) for group in groups]
+    members = sparse.csr_matrix(
+        (
+            np.ones(sum(map(len, rows))),
+            np.concatenate(rows),
+            np.cumsum([0] + [len(r) for r in rows]),
+        ),
+        shape=(len(groups), adata.n_obs),
+    )
+    n_cells, sizes = adata.n_obs, np.array([len(r) for r in rows], dtype=float)[:, None]
+    std = np.sqrt(sizes * (n_cells - sizes) * (n_cells + 1) / 12.0)
+    scores = (_rank_sums(x, members) - sizes * (n_cells + 1) / 2.0) / std
+    scores[np.isnan(scores)] = 0
+    pvals = 2 * stats.norm.sf(np.abs(scores))
+    pvals_adj = stats.false_discovery_control(pvals, axis=1, method="bh")
+    group_sums = (members @ x).toarray()
+    mean_group = group_sums / sizes
+    mean_rest = (np.asarray(x.sum(axis=0)) - group_sums) / (n_cells - sizes)
+    base = adata.uns.get("log1p", {}).get("base")
+    scale = np.log(base) if base is not None else 1.0
+    log_fold = np.log2((np.expm1(mean_group * scale) + 1e-9) / (np.expm1(mean_rest * scale) + 1e-9))
+    fields = {"names": {}, "scores": {}, "pvals": {}, "pvals_adj": {}, "logfoldchanges": {}}
+    for i, group in enumerate(map(str, groups)):
+        top = _top_n(scores[i], n_genes)
+        fields["names"][group] = adata.var_names[top].to_numpy()
+        for name, values in [
+            ("scores", scores),
+            ("pvals", pvals),
+            ("pvals_adj", pvals_adj),
+            ("logfoldchanges", log_fold),
+        ]:
+            fields[name][group] = values[i, top]
+    dtypes = {
+        "names": "O",
+        "scores": "float32",
+        "logfoldchanges": "float32",
+        "pvals": "float64",
+        "pvals_adj": "float64",
+    }
+    adata.uns["rank_genes_groups"] = {
+        "params": {
+            "groupby": groupby,
+            "reference": "rest",
+            "method": "wilcoxon",
+            "use_raw": False,
+            "layer": None,
+            "corr_method": "benjamini-hochberg",
+        }
+    } | {
+        name: pd.DataFrame(columns).to_records(index=False, column_dtypes=dtypes[name])
+        for name, columns in fields.items()
+    }
 
 
 def markers(adata: ad.AnnData, *, n_genes: int = 25, groupby: str = "leiden") -> pd.DataFrame:
     """Top marker genes per cluster: Wilcoxon test of each cluster against the rest.
 
-    Tested on log-normalised ``X``; the full result stays in ``uns['rank_genes_groups']``.
+    Tested on log-normalised ``X`` by :func:`wilcoxon_vs_rest` (scanpy's statistics); the
+    full result stays in ``uns['rank_genes_groups']``.
     Clusters of a single cell (or whose rest has a single cell) cannot be tested and are
     left out of the table, with a log message.
 
@@ -193,26 +363,32 @@ def markers(adata: ad.AnnData, *, n_genes: int = 25, groupby: str = "leiden") ->
     """
     columns = ["cluster", "rank", "gene", "score", "logfoldchange", "pval_adj"]
     sizes = adata.obs[groupby].value_counts()
-    groups = [g for g in adata.obs[groupby].cat.categories
-              if sizes[g] >= 2 and adata.n_obs - sizes[g] >= 2]
+    groups = [
+        g
+        for g in adata.obs[groupby].cat.categories
+        if sizes[g] >= 2 and adata.n_obs - sizes[g] >= 2
+    ]
     if len(groups) < sizes.size:
-        log.info("No markers for clusters of one cell: %s",
-                 ", ".join(sorted(set(sizes.index) - set(groups))))
+        log.info(
+            "No markers for clusters of one cell: %s",
+            ", ".join(sorted(set(sizes.index) - set(groups))),
+        )
     adata.uns.pop("rank_genes_groups", None)
     if not groups:
         return pd.DataFrame(columns=columns)
-    sc.tl.rank_genes_groups(
-        adata, groupby, groups=groups, reference="rest", method="wilcoxon",
-        n_genes=min(n_genes, adata.n_vars), use_raw=False,
-    )
+    wilcoxon_vs_rest(adata, groupby=groupby, groups=groups, n_genes=min(n_genes, adata.n_vars))
     table = sc.get.rank_genes_groups_df(adata, group=groups)
     if "group" not in table:  # a single group comes back without its column
         table["group"] = groups[0]
     table = table.rename(columns={"group": "cluster"})
     table["cluster"] = table["cluster"].astype(str)
     table["rank"] = table.groupby("cluster").cumcount() + 1
-    table = table.rename(columns={
-        "names": "gene", "scores": "score", "logfoldchanges": "logfoldchange",
-        "pvals_adj": "pval_adj",
-    })
+    table = table.rename(
+        columns={
+            "names": "gene",
+            "scores": "score",
+            "logfoldchanges": "logfoldchange",
+            "pvals_adj": "pval_adj",
+        }
+    )
     return table[columns]

@@ -210,7 +210,9 @@ def doublet_threshold(sim_scores: np.ndarray, *, nbins: int = 256) -> float | No
     return float(centers[lo + np.argmin(smooth[lo : hi + 1])])
 
 
-def _scrublet_sample(counts: sparse.csr_matrix, *, seed: int, threshold) -> tuple:
+def _scrublet_sample(
+    counts: sparse.csr_matrix, *, seed: int, threshold, mean_center: bool = False
+) -> tuple:
     """Scrublet on one sample's counts; returns (scores, calls, threshold used or None)."""
     sub = ad.AnnData(X=counts)
     placeholder = 1.0 if threshold == "auto" else threshold
@@ -225,6 +227,7 @@ def _scrublet_sample(counts: sparse.csr_matrix, *, seed: int, threshold) -> tupl
             random_state=seed,
             verbose=False,
             use_approx_neighbors=False,
+            mean_center=mean_center,
         )
     # scrublet drops cells with < 3 genes before scoring: those get NaN and are not called
     scores = sub.obs["doublet_score"].to_numpy(dtype=float)
@@ -235,8 +238,12 @@ def _scrublet_sample(counts: sparse.csr_matrix, *, seed: int, threshold) -> tupl
 
 
 def detect_doublets(
-    adata: ad.AnnData, *, seed: int, threshold: float | str = 0.25,
+    adata: ad.AnnData,
+    *,
+    seed: int,
+    threshold: float | str = 0.25,
     min_cells: int = SCRUBLET_MIN_CELLS,
+    mean_center: bool = False,
 ) -> list[str]:
     """Score doublets per sample with scanpy's scrublet on raw counts (in place).
 
@@ -250,6 +257,12 @@ def detect_doublets(
         Doublet score above which a cell is called a doublet, or ``"auto"`` (scrublet's rule).
     min_cells
         Samples with fewer cells are not scored.
+    mean_center
+        Z-score the genes and reduce them by PCA (scrublet's default), which makes dense
+        copies of the observed and twice as many simulated cells; False (here the default)
+        only scales the genes to unit variance, keeping them sparse, and reduces them by
+        truncated SVD, scrublet's option for large data. On the real datasets in the mirror
+        the two call the same doublets but for 2-3 cells per sample (bench/README.md).
 
     Returns
     -------
@@ -265,7 +278,10 @@ def detect_doublets(
             continue
         try:
             scores[idx], calls[idx], used = _scrublet_sample(
-                counts_matrix(adata[idx]), seed=seed, threshold=threshold
+                counts_matrix(adata[idx]),
+                seed=seed,
+                threshold=threshold,
+                mean_center=mean_center,
             )
         except (ValueError, IndexError, np.linalg.LinAlgError) as err:
             notes.append(f"sample {sample}: scrublet failed ({err}), doublets not scored")
@@ -278,8 +294,13 @@ def detect_doublets(
 
 
 def coarse_groups(
-    adata: ad.AnnData, *, seed: int, resolution: float = 0.3, n_comps: int = 20,
-    n_top_genes: int = 2000, n_neighbors: int = 15,
+    adata: ad.AnnData,
+    *,
+    seed: int,
+    resolution: float = 0.3,
+    n_comps: int = 20,
+    n_top_genes: int = 2000,
+    n_neighbors: int = 15,
 ) -> np.ndarray:
     """Coarse clusters (lineages) of the cells of one sample, from a copy of its counts.
 
@@ -302,7 +323,11 @@ def coarse_groups(
         transformer="sklearn",  # exact kNN: faster than pynndescent at one sample's size
     )
     sc.tl.leiden(
-        work, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2,
+        work,
+        resolution=resolution,
+        random_state=seed,
+        flavor="igraph",
+        n_iterations=2,
         directed=False,
     )
     return ("g" + work.obs["leiden"].astype(str)).to_numpy()
@@ -352,12 +377,24 @@ def lineage_losses(
     Medians of total counts, genes and % hemoglobin say which lineage a group is.
     """
     keys = [obs["sample"], obs["qc_group"] if "qc_group" in obs else pd.Series("all", obs.index)]
-    table = pd.DataFrame({
-        "cells": 1, "removed_sample_mode": sample_mode.astype(int),
-        "removed_lineage_mode": lineage_mode.astype(int),
-    }, index=obs.index).groupby(keys, observed=True).sum()
-    medians = obs[["total_counts", "n_genes_by_counts", "pct_counts_hb"]].groupby(
-        keys, observed=True).median().add_prefix("median_")
+    table = (
+        pd.DataFrame(
+            {
+                "cells": 1,
+                "removed_sample_mode": sample_mode.astype(int),
+                "removed_lineage_mode": lineage_mode.astype(int),
+            },
+            index=obs.index,
+        )
+        .groupby(keys, observed=True)
+        .sum()
+    )
+    medians = (
+        obs[["total_counts", "n_genes_by_counts", "pct_counts_hb"]]
+        .groupby(keys, observed=True)
+        .median()
+        .add_prefix("median_")
+    )
     table = table.join(medians)
     table.index.names = ["sample", "qc_group"]
     return table
@@ -385,8 +422,12 @@ def small_samples(
             + (" or set `qc.on_small_sample: drop`." if on_small_sample == "fail" else ".")
         )
         raise QCError(msg)
-    log.warning("Dataset %s: dropped sample(s) with fewer than %d cells after QC: %s",
-                dataset, min_cells, listed)
+    log.warning(
+        "Dataset %s: dropped sample(s) with fewer than %d cells after QC: %s",
+        dataset,
+        min_cells,
+        listed,
+    )
     return list(small.index)
 
 
@@ -394,8 +435,9 @@ def qc_summary(flags: pd.DataFrame, remove: np.ndarray, samples: pd.Series) -> p
     """Per sample: cells in, cells flagged per reason, cells removed, cells out."""
     summary = flags.groupby(samples, observed=True).sum()
     summary.insert(0, "cells_in", samples.groupby(samples, observed=True).size())
-    summary["cells_removed"] = pd.Series(remove, index=samples.index).groupby(
-        samples, observed=True).sum()
+    summary["cells_removed"] = (
+        pd.Series(remove, index=samples.index).groupby(samples, observed=True).sum()
+    )
     summary["cells_out"] = summary["cells_in"] - summary["cells_removed"]
     summary.index.name = "sample"
     return summary
@@ -412,9 +454,16 @@ def prepare_qc(adata: ad.AnnData, *, qc: dict, seed: int, value_type: str) -> li
             f"values are {value_type}, not counts: count-based QC, doublet detection and "
             "lineage-aware thresholds skipped, only cells with no detected genes removed"
         ]
-    notes = detect_doublets(adata, seed=seed, threshold=qc["doublet_threshold"])
+    notes = detect_doublets(
+        adata,
+        seed=seed,
+        threshold=qc["doublet_threshold"],
+        mean_center=qc.get("doublet_mean_center", False),
+    )
     assign_qc_groups(
-        adata, seed=seed, resolution=qc["lineage_resolution"],
+        adata,
+        seed=seed,
+        resolution=qc["lineage_resolution"],
         min_group_cells=qc["min_group_cells"],
     )
     mode = "within coarse clusters (lineage-aware)" if qc["lineage_aware"] else "per sample"
@@ -506,11 +555,12 @@ def finish_qc(
     summary["sample_dropped"] = summary.index.isin(dropped)
     summary.loc[summary["sample_dropped"], "cells_out"] = 0
     remove |= obs["sample"].isin(dropped).to_numpy()
-    out = adata[~remove].copy()
+    # genes are counted on the kept cells first, so that the AnnData is copied only once
+    n_cells = np.asarray((adata.X[~remove] != 0).sum(axis=0)).ravel()
+    out = adata[~remove, n_cells >= min_cells_per_gene].copy()
     out.obs = out.obs.drop(columns=[*reasons, "qc_removed_sample_mode", "qc_removed_lineage_mode"])
     out.obs["qc_pass"] = True
-    n_cells = np.asarray((out.X != 0).sum(axis=0)).ravel()
-    return out[:, n_cells >= min_cells_per_gene].copy(), summary, losses
+    return out, summary, losses
 
 
 def filter_cells(
@@ -574,8 +624,15 @@ def filter_cells(
 
 
 QC_COLUMNS = (
-    "sample", "qc_group", "total_counts", "n_genes_by_counts", "pct_counts_mt",
-    "pct_counts_ribo", "pct_counts_hb", "pct_counts_in_top_20_genes", "doublet_score",
+    "sample",
+    "qc_group",
+    "total_counts",
+    "n_genes_by_counts",
+    "pct_counts_mt",
+    "pct_counts_ribo",
+    "pct_counts_hb",
+    "pct_counts_in_top_20_genes",
+    "doublet_score",
     "predicted_doublet",
 )
 
