@@ -211,7 +211,7 @@ def doublet_threshold(sim_scores: np.ndarray, *, nbins: int = 256) -> float | No
 
 
 def _scrublet_sample(
-    counts: sparse.csr_matrix, *, seed: int, threshold, mean_center: bool = False
+    counts: sparse.csr_matrix, *, seed: int, threshold, mean_center: bool = True
 ) -> tuple:
     """Scrublet on one sample's counts; returns (scores, calls, threshold used or None)."""
     sub = ad.AnnData(X=counts)
@@ -243,7 +243,7 @@ def detect_doublets(
     seed: int,
     threshold: float | str = 0.25,
     min_cells: int = SCRUBLET_MIN_CELLS,
-    mean_center: bool = False,
+    mean_center: bool = True,
 ) -> list[str]:
     """Score doublets per sample with scanpy's scrublet on raw counts (in place).
 
@@ -259,10 +259,10 @@ def detect_doublets(
         Samples with fewer cells are not scored.
     mean_center
         Z-score the genes and reduce them by PCA (scrublet's default), which makes dense
-        copies of the observed and twice as many simulated cells; False (here the default)
-        only scales the genes to unit variance, keeping them sparse, and reduces them by
-        truncated SVD, scrublet's option for large data. On the real datasets in the mirror
-        the two call the same doublets but for 2-3 cells per sample (bench/README.md).
+        copies of the observed and twice as many simulated cells; False only scales the
+        genes to unit variance, keeping them sparse, and reduces them by truncated SVD,
+        scrublet's option for large data. On the real datasets in the mirror the two call
+        the same doublets but for 2-3 cells per sample (bench/README.md).
 
     Returns
     -------
@@ -458,7 +458,7 @@ def prepare_qc(adata: ad.AnnData, *, qc: dict, seed: int, value_type: str) -> li
         adata,
         seed=seed,
         threshold=qc["doublet_threshold"],
-        mean_center=qc.get("doublet_mean_center", False),
+        mean_center=qc.get("doublet_mean_center", True),
     )
     assign_qc_groups(
         adata,
