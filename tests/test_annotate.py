@@ -7,6 +7,7 @@ import pytest
 import scanpy as sc
 from conftest import REPO
 from scipy import sparse
+from scipy.stats import rankdata
 
 from osteoimmune.agreement import (
     agreement_table,
@@ -16,7 +17,7 @@ from osteoimmune.agreement import (
     map_author_labels,
     protein_check,
 )
-from osteoimmune.annotate import annotate_cells, score_panels
+from osteoimmune.annotate import annotate_cells, background_scores, score_panels
 from osteoimmune.errors import SignatureError
 from osteoimmune.panels import (
     CELL_TYPES,
@@ -184,6 +185,46 @@ def test_same_input_gives_identical_annotation(human):
     annotate_cells(second, human)
     pd.testing.assert_frame_equal(first.obs, second.obs)
     pd.testing.assert_frame_equal(first.obsm["panel_scores"], second.obsm["panel_scores"])
+
+
+def test_one_population_gets_its_lineage_against_the_cells_own_background(human):
+    # One population: z-scores across cells show no contrast, so no lineage wins across cells
+    adata = make_adata({"mono": GROUPS["mono"]}, n_cells=80)
+    adata.obs["leiden"] = pd.Categorical(np.tile(["0", "1"], 40))
+    _, clusters = annotate_cells(adata, human)
+    assert set(adata.obs["cell_lineage"]) == {"myeloid"}
+    assert set(clusters["lineage_basis"]) == {"within cells"}
+    assert (clusters["background_margin"] >= 0.5).all()
+    assert (clusters["lineage_margin"] < 0.1).all()
+    # ... but only where the panel genes stand above the cell's other genes
+    both = make_adata({"none": GROUPS["none"], "mono": GROUPS["mono"]}, n_cells=80)
+    fillers = both[both.obs["group"] == "none"].copy()  # monocyte genes at background level
+    _, clusters = annotate_cells(fillers, human)
+    assert set(clusters["cell_lineage"]) == {"unassigned"}
+    assert (clusters["background_score"] < 0.5).all()
+
+
+def test_clusters_named_across_cells_keep_their_lineage(annotated):
+    _, _, clusters = annotated
+    named = clusters["cell_lineage"] != "unassigned"
+    assert set(clusters.loc[named, "lineage_basis"]) == {"across cells"}
+    assert clusters.loc[named, "background_score"].isna().all()
+
+
+def test_background_scores_rank_genes_within_each_cell(human):
+    adata = make_adata()
+    coverage = panel_coverage(adata, human)
+    scores = background_scores(adata, human, coverage, shrink=1.0)
+    dense = adata.X.toarray()
+    ranks = np.apply_along_axis(rankdata, 1, dense)
+    z = (ranks - ranks.mean(axis=1, keepdims=True)) / ranks.std(axis=1, keepdims=True)
+    columns = [adata.var_names.get_loc(g) for g in coverage.at["T", "present"].split(",")]
+    expected = z[:, columns].sum(axis=1) / (len(columns) + 1.0)
+    np.testing.assert_allclose(scores["T"], expected, rtol=1e-4, atol=1e-4)
+    # a cell's score does not depend on the other cells, nor on the chunking
+    alone = background_scores(adata[:7], human, coverage, chunk_size=3)
+    pd.testing.assert_frame_equal(alone, scores.iloc[:7])
+    assert sparse.issparse(adata.X)
 
 
 def test_sparse_and_dense_input_give_the_same_scores(human):

@@ -7,8 +7,18 @@
 2. Each cluster of ``cluster_key`` gets a lineage from its mean scores of the lineage-specific
    panels (genes listed by one lineage only, plus a union panel per lineage): the lineage with
    the highest score wins if that score is at least ``min_score`` and beats the next lineage
-   by ``min_margin``; otherwise the cluster is ``unassigned`` and its cells are tried one by
-   one with the same rule, on their neighbourhood-smoothed scores.
+   by ``min_margin``. Scores across cells need contrast between cells: in a dataset of one
+   population (e.g. cultured dendritic cells) no lineage stands out. So a cluster without a
+   winner is tried once more, against its cells' own background (:func:`background_scores`:
+   a panel's genes ranked within each cell among all the cell's genes, i.e. against random
+   gene sets of the panel's size), with ``background_min_score`` and
+   ``background_min_margin``. Clusters still without a lineage are ``unassigned`` and their
+   cells are tried one by one with the across-cell rule, on their neighbourhood-smoothed
+   scores. The background rule is used for clusters only: a cluster's mean is robust where a
+   single cell's ranks are noisy, and it never overrides a lineage named across cells.
+   Cell types stay across-cell calls: type panels share genes that most myeloid cells
+   express (Mmp9, Fpr2, Csf3r, Acp5), so ranked within cells they would name neutrophils or
+   osteoclasts in cultured dendritic cells.
 3. Within its lineage, each cell gets the cell type whose panel wins by the same rule on the
    cell's scores smoothed over its neighbours of the same lineage (``smoothing_steps`` steps
    of a lazy random walk on the neighbour graph); then a subtype (CD4 / CD8 T, immature /
@@ -45,7 +55,18 @@ from osteoimmune.panels import (
 
 log = logging.getLogger(__name__)
 
-CLUSTER_COLUMNS = ("n_cells", "cell_lineage", "lineage_score", "lineage_margin", "cell_types")
+CLUSTER_COLUMNS = (
+    "n_cells",
+    "cell_lineage",
+    "lineage_score",
+    "lineage_margin",
+    "lineage_basis",
+    "background_score",
+    "background_margin",
+    "cell_types",
+)
+ACROSS_CELLS = "across cells"
+WITHIN_CELLS = "within cells"
 PROTEIN_KEY = "protein"
 
 
@@ -118,6 +139,77 @@ def score_panels(
         if own:
             extra[:, j] = proteins[own].to_numpy().sum(axis=1) / (len(rows) + len(own) + shrink)
     scores = np.asarray(x @ weights) - mean @ weights + extra
+    return pd.DataFrame(scores.astype(np.float32), index=adata.obs_names, columns=used)
+
+
+def _within_row_ranks(x: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
+    """Mid-ranks (1 .. n_genes) of every row's values among all the row's genes.
+
+    Returns the ranks of the stored entries minus the rank of the row's zeros (CSR, same
+    pattern as ``x``), the rank of each row's zeros and the standard deviation of each row's
+    ranks over all its genes.
+    """
+    n_genes = x.shape[1]
+    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    order = np.lexsort((x.data, rows))
+    values, in_row = x.data[order], rows[order]
+    new = np.r_[True, (values[1:] != values[:-1]) | (in_row[1:] != in_row[:-1])]
+    tie = np.cumsum(new) - 1
+    position = np.arange(len(values)) - x.indptr[in_row]
+    mid = (np.bincount(tie, position) / np.bincount(tie))[tie]
+    zeros = n_genes - np.diff(x.indptr)
+    negative = np.bincount(rows, x.data < 0, minlength=x.shape[0])
+    zero_rank = negative + (zeros + 1) / 2.0
+    rank = np.empty(len(values))
+    rank[order] = mid + 1 + np.where(values > 0, zeros[in_row], 0)
+    centre = (n_genes + 1) / 2.0
+    square = zeros * zero_rank**2 + np.bincount(rows, rank**2, minlength=x.shape[0])
+    sd = np.sqrt(np.maximum(square / n_genes - centre**2, 0))
+    shifted = sparse.csr_matrix((rank - zero_rank[rows], x.indices, x.indptr), shape=x.shape)
+    return shifted, zero_rank, sd
+
+
+def background_scores(
+    adata: AnnData,
+    panels: dict[str, Panel],
+    coverage: pd.DataFrame,
+    *,
+    case_insensitive: bool = False,
+    shrink: float = 1.0,
+    chunk_size: int = 4096,
+) -> pd.DataFrame:
+    """Per-cell panel scores against the cell's own background, not against other cells.
+
+    Within each cell, every gene gets its mid-rank among all the cell's genes, standardised
+    by the mean and standard deviation of the cell's ranks; a panel's score is the sum over
+    its present genes of that value divided by ``n_genes + shrink``, as in
+    :func:`score_panels`. A random gene set of the panel's size scores 0 on average in every
+    cell, so the score says how far the panel's genes stand above the cell's other genes,
+    whatever the other cells express. Ranks make it independent of the normalisation; genes
+    never detected count, as genes the cell does not express. Rows are ranked ``chunk_size``
+    cells at a time, sparse (zeros share one rank).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Cells x used panels (float32), indexed by ``adata.obs_names``.
+    """
+    positions = gene_positions(adata, case_insensitive=case_insensitive)
+    key = str.upper if case_insensitive else str
+    used = [name for name in coverage.index if coverage.at[name, "used"]]
+    weights = np.zeros((adata.n_vars, len(used)))
+    for j, name in enumerate(used):
+        columns = sorted({positions[key(g)] for g in coverage.at[name, "present"].split(",") if g})
+        weights[columns, j] = 1.0
+    size = weights.sum(axis=0)
+    centre = (adata.n_vars + 1) / 2.0
+    scores = np.zeros((adata.n_obs, len(used)))
+    for start in range(0, adata.n_obs, chunk_size):
+        x = sparse.csr_matrix(adata.X[start : start + chunk_size], dtype=np.float64)
+        shifted, zero_rank, sd = _within_row_ranks(x)
+        total = np.asarray(shifted @ weights) + np.outer(zero_rank - centre, size)
+        sd[sd == 0] = np.inf  # a cell with one value everywhere ranks no gene above another
+        scores[start : start + chunk_size] = total / sd[:, None] / (size + shrink)
     return pd.DataFrame(scores.astype(np.float32), index=adata.obs_names, columns=used)
 
 
@@ -290,7 +382,9 @@ def assign_clusters(
     -------
     pandas.DataFrame
         One row per cluster (index ``cluster``): ``n_cells``, ``cell_lineage``,
-        ``lineage_score``, ``lineage_margin``.
+        ``lineage_score``, ``lineage_margin``, ``lineage_basis`` (``across cells``, or empty
+        when unassigned), ``background_score`` and ``background_margin`` (NaN; see
+        :func:`assign_by_background`).
     """
     means = specific_scores.groupby(clusters.to_numpy(), observed=True, sort=True).mean()
     lineage, score, margin = best_labels(
@@ -302,9 +396,48 @@ def assign_clusters(
             "cell_lineage": lineage,
             "lineage_score": score,
             "lineage_margin": margin,
+            "lineage_basis": np.where(lineage != UNASSIGNED, ACROSS_CELLS, ""),
+            "background_score": np.nan,
+            "background_margin": np.nan,
         }
     )
     return table.rename_axis("cluster")
+
+
+def assign_by_background(
+    table: pd.DataFrame,
+    background: pd.DataFrame,
+    clusters: pd.Series,
+    specific: dict[str, Panel],
+    *,
+    min_score: float,
+    min_margin: float,
+) -> pd.DataFrame:
+    """Lineage of the clusters of ``background`` from their mean scores against own background.
+
+    Parameters
+    ----------
+    table
+        From :func:`assign_clusters`; a copy is returned with the clusters of ``background``
+        updated (``lineage_basis`` ``within cells`` where a lineage wins).
+    background
+        :func:`background_scores` of the lineage-specific panels for the cells of the
+        clusters to try (and only those).
+    clusters
+        The cluster of every cell of ``background``.
+    specific, min_score, min_margin
+        The lineage-specific panels and the winner rule (:func:`best_labels`).
+    """
+    means = background.groupby(clusters.to_numpy(), observed=True, sort=True).mean()
+    labels, score, margin = best_labels(
+        by_label(means, specific, "lineage"), min_score=min_score, min_margin=min_margin
+    )
+    table = table.copy()
+    table.loc[means.index, "cell_lineage"] = labels
+    table.loc[means.index, "lineage_basis"] = np.where(labels != UNASSIGNED, WITHIN_CELLS, "")
+    table.loc[means.index, "background_score"] = score
+    table.loc[means.index, "background_margin"] = margin
+    return table
 
 
 def _cell_margin(lineages: pd.DataFrame, assigned: pd.Series) -> np.ndarray:
@@ -389,6 +522,8 @@ def annotate_cells(
     shrink: float = 1.0,
     min_score: float = 0.1,
     min_margin: float = 0.1,
+    background_min_score: float = 0.5,
+    background_min_margin: float = 0.5,
     smoothing_steps: int = 4,
     case_insensitive: bool = False,
     protein_markers: dict[str, list[str]] | None = None,
@@ -415,6 +550,10 @@ def annotate_cells(
         Panel score = sum of z-scores / (n_genes + shrink) (:func:`score_panels`).
     min_score, min_margin
         The winner rule at both levels, in z-score units (:func:`best_labels`).
+    background_min_score, background_min_margin
+        The winner rule for clusters without a lineage across cells, on their mean scores
+        against the cells' own background (:func:`background_scores`; units: standard
+        deviations of a cell's gene ranks).
     smoothing_steps
         Steps of the within-lineage random walk that smooths scores before cells are typed.
     case_insensitive
@@ -445,6 +584,24 @@ def annotate_cells(
     )
     clusters = adata.obs[cluster_key].astype(str)
     table = assign_clusters(specific_scores, clusters, specific, **rule)
+    loose = clusters.isin(table.index[table["cell_lineage"] == UNASSIGNED]).to_numpy()
+    if loose.any():
+        # Ranks are per cell, so scoring only the cells of unassigned clusters is exact.
+        background = background_scores(
+            adata[loose],
+            specific,
+            panel_coverage(adata, specific, **options),
+            case_insensitive=case_insensitive,
+            shrink=shrink,
+        )
+        table = assign_by_background(
+            table,
+            background,
+            clusters[loose],
+            specific,
+            min_score=background_min_score,
+            min_margin=background_min_margin,
+        )
     lineage = _lineages(
         adata, clusters, table, specific_scores, specific, steps=smoothing_steps, rule=rule
     )
@@ -467,6 +624,8 @@ def annotate_cells(
         **options,
         "shrink": shrink,
         **rule,
+        "background_min_score": background_min_score,
+        "background_min_margin": background_min_margin,
         "smoothing_steps": smoothing_steps,
         "protein_markers": "; ".join(
             f"{k}: {','.join(v)}" for k, v in (protein_markers or {}).items()
