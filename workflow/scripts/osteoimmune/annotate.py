@@ -80,7 +80,8 @@ def score_panels(
     clip: float = 10.0,
     proteins: pd.DataFrame | None = None,
     protein_members: dict[str, list[str]] | None = None,
-) -> pd.DataFrame:
+    split: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Per-cell score of every used panel from the z-scores of its present genes.
 
     Parameters
@@ -102,11 +103,15 @@ def score_panels(
     proteins, protein_members
         Optional z-scored protein values (cells x proteins, :func:`protein_values`) and, per
         panel, the proteins that count as genes of the panel.
+    split
+        Return the RNA part and the protein part of the scores separately (they add up to
+        the scores).
 
     Returns
     -------
     pandas.DataFrame
-        Cells x used panels (float32), indexed by ``adata.obs_names``.
+        Cells x used panels (float32), indexed by ``adata.obs_names``; with ``split`` the two
+        parts.
     """
     positions = gene_positions(adata, case_insensitive=case_insensitive)
     key = str.upper if case_insensitive else str
@@ -138,8 +143,13 @@ def score_panels(
         weights[rows, j] = 1.0 / (sd[rows] * (len(rows) + len(own) + shrink))
         if own:
             extra[:, j] = proteins[own].to_numpy().sum(axis=1) / (len(rows) + len(own) + shrink)
-    scores = np.asarray(x @ weights) - mean @ weights + extra
-    return pd.DataFrame(scores.astype(np.float32), index=adata.obs_names, columns=used)
+    rna = np.asarray(x @ weights) - mean @ weights
+    if split:
+        return tuple(
+            pd.DataFrame(part.astype(np.float32), index=adata.obs_names, columns=used)
+            for part in (rna, extra)
+        )
+    return pd.DataFrame((rna + extra).astype(np.float32), index=adata.obs_names, columns=used)
 
 
 def _within_row_ranks(x: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
@@ -501,15 +511,14 @@ def _scored(
     coverage["used"] = coverage["used"] | with_protein
     scoring = {"case_insensitive": options["case_insensitive"], "shrink": shrink}
     proteins = protein_values(adata) if members else None
-    scores = score_panels(
-        adata, panels, coverage, **scoring, proteins=proteins, protein_members=members
+    # The protein part is kept apart: it is not smoothed, as the RNA neighbour graph does not
+    # see proteins (CD4 and CD8 T cells mix).
+    rna, protein = score_panels(
+        adata, panels, coverage, **scoring, proteins=proteins, protein_members=members,
+        split=True,
     )
-    # The protein part of the scores (the RNA part scored with proteins set to 0): it is not
-    # smoothed, as the RNA neighbour graph does not see proteins (CD4 and CD8 T cells mix).
-    zeros = None if proteins is None else proteins * 0.0
-    rna = score_panels(adata, panels, coverage, **scoring, proteins=zeros, protein_members=members)
     specific_scores = score_panels(adata, specific, coverage_specific, **scoring)
-    return coverage, scores, scores - rna, specific, specific_scores
+    return coverage, rna + protein, protein, specific, specific_scores
 
 
 def annotate_cells(
