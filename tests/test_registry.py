@@ -45,6 +45,10 @@ def test_unknown_key_is_an_error_naming_entry_and_field(tmp_path, registry_data)
         ("species", "zebrafish", r"paul2015_bm_myeloid/species.*zebrafish"),
         ("values", "counts-ish", r"paul2015_bm_myeloid/values"),
         ("files", [], r"paul2015_bm_myeloid/files"),
+        # a polarization gate must say why every cell belongs in it
+        ("polarization_gate", {"cells": "all"}, r"paul2015_bm_myeloid/polarization_gate.*reason"),
+        ("polarization_gate", {"cells": "some", "reason": "sorted"},
+         r"paul2015_bm_myeloid/polarization_gate/cells"),
     ],
 )
 def test_bad_field_values_are_named(tmp_path, registry_data, field, value, pattern):

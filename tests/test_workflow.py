@@ -113,6 +113,27 @@ def test_bone_and_net_programs_do_not_follow_lps_in_shalek(run):
         assert 0.35 <= roc_auc_score(lps, adata.obs[f"score_{name}"]) <= 0.65, name
 
 
+def test_lps_cells_are_called_m1_like_in_the_shalek_state_map(run):
+    """The registry gates every Shalek cell (a GM-CSF culture by design) into the M1/M2 states."""
+    folder = run / "results" / "shalek2014_bmdc_lps"
+    adata = ad.read_h5ad(folder / "shalek2014_bmdc_lps.h5ad")
+    polarization = adata.uns["osteoimmune"]["polarization"]
+    assert polarization["gated_cells"] == adata.n_obs
+    assert polarization["gate"].startswith("all cells, by design: every cell is a GM-CSF")
+    states = adata.obs["polarization_state"].astype(str)
+    lps = (adata.obs["condition"] == "LPS_6h").to_numpy()
+    # M1 significant (M1-like, or mixed: LPS also induces some M2a-core genes) in most LPS
+    # cells and in (almost) no unstimulated cell
+    m1_called = states.isin(["M1-like", "mixed"]).to_numpy()
+    assert m1_called[lps].mean() >= 0.5
+    assert m1_called[~lps].mean() <= 0.1
+    assert (states[lps] == "M1-like").sum() > (states[~lps] == "M1-like").sum()
+    assert roc_auc_score(lps, adata.obs["polarization_index"]) >= 0.9
+    html = (folder / "report.html").read_text()
+    assert "m1_m2_state_map.png" in html and "Cells in the gate: all cells, by design" in html
+    assert "M1/M2 state map" not in html  # not listed under "Not shown"
+
+
 def test_user_gmt_set_is_scored_by_the_score_step(run, tmp_path):
     """signatures.user_sets through the workflow's score step, on the Shalek cells."""
     gmt = tmp_path / "mine.gmt"
@@ -155,6 +176,8 @@ def test_scores_are_calibrated_and_states_called_in_the_gate(run, dataset):
     if "polarization_state" in adata.obs:
         gated = adata.obs["cell_type"].isin(
             ["classical monocyte", "non-classical monocyte", "macrophage"])
+        if dataset == "shalek2014_bmdc_lps":  # the registry's polarization_gate: all cells
+            gated[:] = True
         assert adata.obs.loc[~gated, "polarization_state"].isna().all()
         assert set(adata.obs.loc[gated, "polarization_state"].dropna()) <= {
             "M1-like", "M2-like", "mixed", "unpolarized"}

@@ -1,5 +1,6 @@
 # Score: literature-backed gene signatures (library in workflow/scripts/osteoimmune/data/),
-# null-calibrated; M1/M2 states within monocytes/macrophages; RANKL/OPG and cytokine genes
+# null-calibrated; M1/M2 states within monocytes/macrophages (or every cell, by a registry
+# polarization_gate); RANKL/OPG and cytokine genes
 # per cell type; the immune-to-bone ligand-receptor panel.
 
 
@@ -40,6 +41,8 @@ rule score_signatures:
         ),
     params:
         signatures=config["signatures"],
+        # A registry polarization_gate puts every cell in the M1/M2 gate (population by design).
+        gate=lambda wildcards: REGISTRY[wildcards.dataset].get("polarization_gate"),
         seed=config["seed"],
     log:
         "logs/score_signatures/{dataset}.log",

@@ -3,6 +3,7 @@
 import logging
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 
 from osteoimmune.runlog import logged
@@ -31,7 +32,7 @@ PER_GENE_SETS = (
 )
 
 
-def main(*, h5ad, params, seed, out, tables):
+def main(*, h5ad, params, seed, out, tables, gate=None):
     adata = ad.read_h5ad(h5ad)
     meta = adata.uns["osteoimmune"]
     species, upper = meta["species"], meta["gene_symbol_case"] == "upper"
@@ -50,7 +51,12 @@ def main(*, h5ad, params, seed, out, tables):
     )
     log.info("scored %d of %d sets", int(coverage["scored"].sum()), len(coverage))
     pol = params["polarization"]
-    gate = gate_mask(adata.obs, cell_types=pol["cell_types"])
+    if gate:  # the registry's polarization_gate: the population is defined by the experiment
+        described = f"all cells, by design: {gate['reason']}"
+        gate = np.ones(adata.n_obs, dtype=bool)
+    else:
+        described = f"annotated {', '.join(pol['cell_types'])}"
+        gate = gate_mask(adata.obs, cell_types=pol["cell_types"])
     m1, m2 = (first_scored(pol[key], agreement.index) for key in ("m1", "m2"))
     if m1 and m2:
         states = polarization(
@@ -58,8 +64,9 @@ def main(*, h5ad, params, seed, out, tables):
             adata.obsm["signature_p"], gate=gate, m1=m1, m2=m2, alpha=params["alpha"],
         )
         adata.obs[states.columns] = states
-        meta["polarization"] = {"m1": m1, "m2": m2, "gated_cells": int(gate.sum())}
-    log.info("polarization gate: %d cells of types %s", gate.sum(), pol["cell_types"])
+        meta["polarization"] = {"m1": m1, "m2": m2, "gated_cells": int(gate.sum()),
+                                "gate": described}
+    log.info("polarization gate: %d cells (%s)", gate.sum(), described)
     genes = sorted({g for name in PER_GENE_SETS for g in library.genes(name, species)})
     per_type = dict(groupby="cell_type", min_cells=params["min_cells_per_type"],
                     case_insensitive=upper)
@@ -79,6 +86,7 @@ if __name__ == "__main__":
         main(
             h5ad=snakemake.input.h5ad,
             params=snakemake.params.signatures,
+            gate=snakemake.params.gate,
             seed=snakemake.params.seed,
             out=snakemake.output.h5ad,
             tables={key: snakemake.output[key] for key in (

@@ -199,7 +199,7 @@ def state_map(obs: pd.DataFrame, *, m1: str, m2: str) -> plt.Figure:
                    label=f"{state} ({len(part)})")
     ax.axline((0, 0), slope=1, color="grey", linestyle=":", linewidth=0.8)
     ax.set(xlabel=f"z {m1}", ylabel=f"z {m2}",
-           title=f"M1/M2 states of {len(gated)} monocytes/macrophages")
+           title=f"M1/M2 states of {len(gated)} gated cells")
     ax.legend(fontsize=7, loc="best")
     return fig
 

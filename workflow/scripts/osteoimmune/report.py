@@ -183,7 +183,7 @@ def signature_figures(adata, *, make, by_group, pairs, genes, polarization) -> l
         out.append(make("osteoimmune_programs", "Osteoimmune programs by cell type (mean z)",
                         figures.score_heatmap(by_type[programs], title="Programs")))
     if "polarization_state" in adata.obs and adata.obs["polarization_state"].notna().any():
-        out.append(make("m1_m2_state_map", "M1/M2 state map within monocytes/macrophages",
+        out.append(make("m1_m2_state_map", "M1/M2 state map of the gated cells",
                         figures.state_map(adata.obs, m1=polarization["m1"],
                                           m2=polarization["m2"])))
     for name in (n for n in KEY_SETS if f"score_{n}" in adata.obs):
@@ -248,6 +248,8 @@ def dataset_report(
             columns=[c for c in PANEL_COLUMNS if c in tables["panel_coverage"]])),
         method_table=table_html(tables["method_agreement"]),
         states_table=table_html(tables["states"], index=False),
+        polarization_gate=meta.get("polarization", {}).get(
+            "gate", "annotated monocytes and macrophages"),
         pairs_table=table_html(top_pairs(tables["pairs"]), index=False),
         score_tables={
             key: table_html(group.drop(columns=["grouping", "value"]).set_index("group"))
