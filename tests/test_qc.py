@@ -18,6 +18,7 @@ from osteoimmune.qc import (
     finish_qc,
     flag_cells,
     mad_outlier,
+    scrublet_sparse,
 )
 from osteoimmune.samples import concat_samples, sample_slugs, split_by_sample
 
@@ -193,6 +194,31 @@ def test_scrublet_with_and_without_mean_centring_both_find_the_doublets():
     for scores in (sparse_scores, dense_scores):
         assert scores[is_doublet].mean() > 3 * scores[~is_doublet].mean()
     assert np.corrcoef(sparse_scores, dense_scores)[0, 1] > 0.8
+
+
+def test_sparse_scrublet_equals_scanpys_scrublet():
+    """The default doublet scores are scanpy's scrublet scores, computed without densifying."""
+    import scanpy as sc
+
+    adata, _ = with_doublets(make_populations([150, 150, 100]), n_doublets=30)
+    counts = sp.csr_matrix(adata.X)
+    counts[0] = 0  # a cell with < 3 genes: dropped by scrublet, NaN in both
+    counts.eliminate_zeros()
+    scores, sim_scores = scrublet_sparse(counts, seed=3)
+    reference = ad.AnnData(X=counts.copy())
+    sc.pp.scrublet(reference, threshold=0.25, random_state=3, use_approx_neighbors=False,
+                   verbose=False)
+    expected = reference.obs["doublet_score"].to_numpy(dtype=float)
+    assert np.isnan(scores[0]) and np.isnan(expected[0])
+    # equal but where rounding in the PCA changes a neighbour (at most 1 cell per sample on
+    # the mirror's real samples)
+    differ = np.abs(scores[1:] - expected[1:]) > 1e-6
+    assert differ.sum() <= 0.01 * len(differ) and np.abs(scores - expected)[1:].max() < 0.1
+    assert np.array_equal(scores[1:] > 0.25, expected[1:] > 0.25)
+    np.testing.assert_allclose(sim_scores, reference.uns["scrublet"]["doublet_scores_sim"],
+                               rtol=1e-6, atol=1e-9)
+    # the seed reaches the doublet simulation
+    assert not np.allclose(scrublet_sparse(counts, seed=4)[1], sim_scores)
 
 
 def test_scrublet_skips_small_samples_with_a_note():
