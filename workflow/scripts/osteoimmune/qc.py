@@ -244,42 +244,43 @@ def scrublet_sparse(
     from scanpy.preprocessing._utils import _get_mean_var
     from sklearn.decomposition import PCA
 
-    obs = ad.AnnData(X=sparse.csr_matrix(counts, copy=True))
+    counts = sparse.csr_matrix(counts)
+    obs = ad.AnnData(X=counts.copy())
     obs.obs_names = np.arange(obs.n_obs).astype(str)
+    obs.var_names = np.arange(obs.n_vars).astype(str)
     sc.pp.filter_genes(obs, min_cells=3)
     sc.pp.filter_cells(obs, min_genes=3)
     kept = obs.obs_names.astype(int).to_numpy()
-    obs.layers["raw"] = obs.X.copy()
     sc.pp.normalize_total(obs)
     obs.layers["log1p"] = obs.X.copy()
     sc.pp.log1p(obs, layer="log1p")
     sc.pp.highly_variable_genes(obs, layer="log1p")
     del obs.layers["log1p"]
     obs = obs[:, obs.var["highly_variable"].to_numpy()].copy()
+    # the raw counts of the kept cells and variable genes, taken from the input (scanpy keeps
+    # a copy of all genes for this)
+    obs.layers["raw"] = counts[:, obs.var_names.astype(int).to_numpy()][kept]
     sim = sc.pp.scrublet_simulate_doublets(
         obs, layer="raw", sim_doublet_ratio=sim_doublet_ratio, random_seed=seed
     )
     del obs.layers["raw"]
     sc.pp.normalize_total(obs, target_sum=1e6)
     sc.pp.normalize_total(sim, target_sum=1e6)
+    # scrublet's classifier; it keeps its counts only to simulate doublets, done above
     scrub = Scrublet(
-        obs.X,
+        sparse.csc_matrix((obs.n_obs, 1), dtype=np.float32),
         n_neighbors=round(0.5 * np.sqrt(obs.n_obs)),
         expected_doublet_rate=expected_doublet_rate,
         stdev_doublet_rate=stdev_doublet_rate,
         random_state=seed,
     )
-    x_obs = sparse.csr_matrix(obs.X, dtype=np.float64)
-    del obs
+    scrub.doublet_parents_ = sim.obsm["doublet_parents"]
+    x_obs, x_sim = (_float64(part.X) for part in (obs, sim))
+    del obs, sim
     _, var = _get_mean_var(x_obs, axis=0)
     inverse_sd = 1 / np.sqrt(var)
-    x_obs.sort_indices()
-    x_obs.data *= inverse_sd[x_obs.indices]  # unit variance, in place: X @ diag(1 / sd)
-    scrub.doublet_parents_ = sim.obsm["doublet_parents"]
-    x_sim = sparse.csr_matrix(sim.X, dtype=np.float64)
-    del sim
-    x_sim.sort_indices()
-    x_sim.data *= inverse_sd[x_sim.indices]
+    for part in (x_obs, x_sim):  # unit variance, in place: X @ diag(1 / sd)
+        part.data *= inverse_sd[part.indices]
     # scanpy passes the classifier's RandomState object on; the ARPACK start vector draws
     # from it, so it is used in the same order here
     pca = PCA(n_components=n_prin_comps, random_state=scrub._random_state, svd_solver="arpack")
@@ -290,6 +291,15 @@ def scrublet_sparse(
     scores = np.full(counts.shape[0], np.nan)
     scores[kept] = scrub.doublet_scores_obs_
     return scores, np.asarray(scrub.doublet_scores_sim_)
+
+
+def _float64(matrix: sparse.spmatrix) -> sparse.csr_matrix:
+    """A float64 CSR matrix with sorted indices, sharing the index arrays of ``matrix``."""
+    matrix = sparse.csr_matrix(matrix)
+    matrix.sort_indices()
+    return sparse.csr_matrix(
+        (matrix.data.astype(np.float64), matrix.indices, matrix.indptr), shape=matrix.shape
+    )
 
 
 def _scrublet_sample(
