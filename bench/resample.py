@@ -41,11 +41,15 @@ def read_source(dataset: str, *, mirror: Path = MIRROR) -> ad.AnnData:
     return read_dataset(entry, paths, dataset=dataset)
 
 
-def resample(source: ad.AnnData, *, n_cells: int, seed: int) -> ad.AnnData:
+def resample(
+    source: ad.AnnData, *, n_cells: int, seed: int, cells_per_sample: int | None = None
+) -> ad.AnnData:
     """Draw ``n_cells`` cells with replacement; counts ~ Poisson(original counts).
 
-    Two pseudo-samples, one per source donor (``sample = resampled_<donor>``); CSR float32
-    counts in ``X`` and ``layers['counts']``, as the reader gives.
+    One pseudo-sample per source donor (``sample = resampled_<donor>``), or with
+    ``cells_per_sample`` each donor's cells split in turn into pseudo-samples of about that
+    many cells (``resampled_<donor>_<k>``), like the 10x channels of a real large dataset;
+    CSR float32 counts in ``X`` and ``layers['counts']``, as the reader gives.
     """
     rng = np.random.default_rng(seed)
     cells = np.sort(rng.choice(source.n_obs, size=n_cells, replace=True))
@@ -56,7 +60,14 @@ def resample(source: ad.AnnData, *, n_cells: int, seed: int) -> ad.AnnData:
     obs["source_cell"] = obs.index.to_numpy()
     obs.index = pd.Index([f"resampled_{i}" for i in range(n_cells)])
     donor = obs["donor"].astype(str)
-    obs["sample"] = pd.Categorical("resampled_" + donor)
+    sample = "resampled_" + donor
+    if cells_per_sample:
+        for name in donor.unique():
+            mine = np.flatnonzero((donor == name).to_numpy())
+            parts = max(1, round(len(mine) / cells_per_sample))
+            channel = np.arange(len(mine)) % parts + 1  # cells are sorted: deal them out
+            sample.iloc[mine] = [f"resampled_{name}_{k}" for k in channel]
+    obs["sample"] = pd.Categorical(sample)
     obs["donor"] = pd.Categorical(donor)
     adata = ad.AnnData(X=counts, obs=obs, var=source.var.copy())
     adata.layers["counts"] = counts.copy()
@@ -67,15 +78,19 @@ def resample(source: ad.AnnData, *, n_cells: int, seed: int) -> ad.AnnData:
         "replacement, counts ~ Poisson(original counts)",
         "source_dataset": source.uns["osteoimmune"]["dataset"],
         "source_cells": int(source.n_obs), "n_cells": int(n_cells), "seed": int(seed),
+        "cells_per_sample": int(cells_per_sample or 0),
     }
     adata.uns["osteoimmune"] = meta
     return adata
 
 
-def out_path(n_cells: int, dataset: str = DEFAULT_DATASET) -> Path:
+def out_path(
+    n_cells: int, dataset: str = DEFAULT_DATASET, cells_per_sample: int | None = None
+) -> Path:
     """Where the resampled matrix of ``n_cells`` cells from ``dataset`` is written."""
     tag = "" if dataset == DEFAULT_DATASET else f"{dataset}_"
-    return OUT / f"resampled_{tag}{n_cells}.h5ad"
+    split = f"_per{cells_per_sample}" if cells_per_sample else ""
+    return OUT / f"resampled_{tag}{n_cells}{split}.h5ad"
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -83,10 +98,17 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--cells", type=int, default=20_000)
     parser.add_argument("--dataset", default=DEFAULT_DATASET)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cells-per-sample", type=int, default=None,
+        help="split each donor's cells into pseudo-samples (channels) of about this size",
+    )
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    out = out_path(args.cells, args.dataset)
-    adata = resample(read_source(args.dataset), n_cells=args.cells, seed=args.seed)
+    out = out_path(args.cells, args.dataset, args.cells_per_sample)
+    adata = resample(
+        read_source(args.dataset), n_cells=args.cells, seed=args.seed,
+        cells_per_sample=args.cells_per_sample,
+    )
     adata.write_h5ad(out)
     print(f"wrote {out}: {adata.n_obs} resampled cells x {adata.n_vars} genes")
     return out

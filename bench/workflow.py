@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import pandas as pd
 import yaml
 
@@ -74,7 +75,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     workdir = ROOT / "bench" / "out" / f"workflow_{args.h5ad.stem}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    (workdir / "datasets.yaml").write_text(yaml.safe_dump(registry(args.h5ad)))
+    with h5py.File(args.h5ad, "r") as handle:  # the species the resampler recorded
+        species = handle["uns/osteoimmune/species"][()].decode()
+    (workdir / "datasets.yaml").write_text(yaml.safe_dump(registry(args.h5ad, species=species)))
     cmd = [
         sys.executable,
         "-m",

@@ -10,6 +10,7 @@ import scipy.sparse as sp
 
 from osteoimmune.errors import QCError
 from osteoimmune.qc import (
+    _cells_per_gene,
     assign_qc_groups,
     compute_qc_metrics,
     detect_doublets,
@@ -20,7 +21,7 @@ from osteoimmune.qc import (
     mad_outlier,
     scrublet_sparse,
 )
-from osteoimmune.samples import concat_samples, sample_slugs, split_by_sample
+from osteoimmune.samples import concat_samples, sample_slugs, share_counts, split_by_sample
 
 THRESHOLDS = dict(nmads=5, mt_nmads=3, max_pct_mt=20, min_genes=5, min_counts=0)
 
@@ -375,3 +376,25 @@ def test_per_sample_jobs_give_the_same_result_as_one_pass(tmp_path):
 def test_sample_slugs_are_unique_and_file_safe():
     slugs = sample_slugs(pd.Series(["a b", "a_b", "../x", "a b"]))
     assert slugs == {"a b": "a_b", "a_b": "a_b_2", "../x": "x"}
+
+
+def test_equal_counts_are_held_once_and_still_written_twice(tmp_path):
+    adata = make_adata()
+    assert share_counts(adata) and adata.layers["counts"] is adata.X
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert (back.layers["counts"] != back.X).nnz == 0 and back.layers["counts"] is not back.X
+    different = make_adata()
+    different.layers["counts"].data[0] += 1  # e.g. X already normalised
+    assert not share_counts(different)
+    assert different.layers["counts"] is not different.X
+
+
+def test_cells_per_gene_counts_kept_rows_without_explicit_zeros():
+    rng = np.random.default_rng(1)
+    x = sp.random(50, 30, density=0.3, format="csr", random_state=2, dtype=np.float32)
+    x.data[::7] = 0  # explicit zeros are not detections
+    keep = rng.random(50) < 0.6
+    expected = np.asarray((x[keep].toarray() != 0).sum(axis=0)).ravel()
+    np.testing.assert_array_equal(_cells_per_gene(x, keep), expected)
+    np.testing.assert_array_equal(_cells_per_gene(x.tocsc(), keep), expected)

@@ -7,13 +7,18 @@ import pandas as pd
 
 from osteoimmune.qc import finish_qc, qc_cells_table
 from osteoimmune.runlog import logged
-from osteoimmune.samples import concat_samples
+from osteoimmune.samples import concat_samples, share_counts
 
 log = logging.getLogger("osteoimmune")
 
 
 def main(*, h5ads, thresholds, qc, out, tables):
     parts = [ad.read_h5ad(path) for path in h5ads]
+    # raw counts in X and layers['counts'] alike: join and filter one copy, share it after
+    shared = all([share_counts(part) for part in parts])
+    if shared:
+        for part in parts:
+            del part.layers["counts"]
     notes = [str(n) for part in parts for n in part.uns.pop("qc_notes")]
     notes = [notes[0], *dict.fromkeys(n for n in notes if n != notes[0])]
     adata = concat_samples(parts)
@@ -26,6 +31,8 @@ def main(*, h5ads, thresholds, qc, out, tables):
     dropped = list(summary.index[summary["sample_dropped"]])
     if dropped:
         notes.append(f"sample(s) dropped, too few cells after QC: {', '.join(map(str, dropped))}")
+    if shared:
+        filtered.layers["counts"] = filtered.X
     filtered.uns["osteoimmune"]["qc_note"] = "; ".join(notes)
     log.info("%s; %d of %d cells kept", notes[0], filtered.n_obs, adata.n_obs)
     summary.to_csv(tables["summary"], sep="\t")

@@ -6,12 +6,14 @@ import anndata as ad
 
 from osteoimmune.qc import compute_qc_metrics, flag_cells, prepare_qc, threshold_params
 from osteoimmune.runlog import logged
+from osteoimmune.samples import share_counts
 
 log = logging.getLogger("osteoimmune")
 
 
 def main(*, h5ad, qc, seed, out, thresholds):
     adata = ad.read_h5ad(h5ad)
+    share_counts(adata)  # one copy of the raw counts in memory (X and layers['counts'])
     value_type = adata.uns["osteoimmune"]["value_type"]
     compute_qc_metrics(adata, gene_lists=qc["gene_groups"])
     notes = prepare_qc(adata, qc=qc, seed=seed, value_type=value_type)

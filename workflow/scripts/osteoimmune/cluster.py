@@ -254,23 +254,40 @@ def _sparse_ranks(data: np.ndarray, indptr: np.ndarray, n_cells: int) -> tuple:
     return ranks, n_negative + (n_zero + 1) / 2
 
 
-def _rank_sums(x: sparse.csc_matrix, members: sparse.csr_matrix) -> np.ndarray:
-    """Sum of each column's ranks over the cells of each group (``members``: groups x cells)."""
-    sums = np.empty((members.shape[0], x.shape[1]))
-    sizes = np.asarray(members.sum(axis=1))
+def _column_chunks(x: sparse.csc_matrix):
+    """Column ranges of ``x`` holding about ``RANK_CHUNK_NNZ`` stored values each."""
     nnz_per_gene = np.diff(x.indptr)
     left = 0
     while left < x.shape[1]:
         right = left + max(
             int(np.searchsorted(np.cumsum(nnz_per_gene[left:]), RANK_CHUNK_NNZ, side="right")), 1
         )
+        yield left, right
+        left = right
+
+
+def _group_sums(x: sparse.csc_matrix, members: sparse.csr_matrix) -> tuple:
+    """Column sums over each group's cells and over all cells, in float64, chunk by chunk."""
+    sums = np.empty((members.shape[0], x.shape[1]))
+    totals = np.empty(x.shape[1])
+    for left, right in _column_chunks(x):
+        chunk = x[:, left:right].astype(np.float64)
+        sums[:, left:right] = (members @ chunk).toarray()
+        totals[left:right] = np.asarray(chunk.sum(axis=0)).ravel()
+    return sums, totals
+
+
+def _rank_sums(x: sparse.csc_matrix, members: sparse.csr_matrix) -> np.ndarray:
+    """Sum of each column's ranks over the cells of each group (``members``: groups x cells)."""
+    sums = np.empty((members.shape[0], x.shape[1]))
+    sizes = np.asarray(members.sum(axis=1))
+    for left, right in _column_chunks(x):
         chunk = x[:, left:right]
         ranks, zero_rank = _sparse_ranks(chunk.data, chunk.indptr, x.shape[0])
         # each stored value adds its rank minus the zero rank every cell is first given
         ranks -= np.repeat(zero_rank, np.diff(chunk.indptr))
         shifted = sparse.csc_matrix((ranks, chunk.indices, chunk.indptr), shape=chunk.shape)
         sums[:, left:right] = (members @ shifted).toarray() + sizes * zero_rank
-        left = right
     return sums
 
 
@@ -291,7 +308,8 @@ def wilcoxon_vs_rest(adata: ad.AnnData, *, groupby: str, groups: list[str], n_ge
     summed over groups with a sparse product, so the cost does not grow with the number of
     groups times the matrix size.
     """
-    x = sparse.csc_matrix(adata.X, dtype=np.float64)
+    # one CSC copy in X's own dtype (ranks only compare values; sums are taken in float64)
+    x = adata.X.tocsc(copy=True) if sparse.issparse(adata.X) else sparse.csc_matrix(adata.X)
     x.eliminate_zeros()
     labels = adata.obs[groupby].astype(str).to_numpy()
     rows = [np.flatnonzero(labels == str(group)) for group in groups]
@@ -309,9 +327,9 @@ def wilcoxon_vs_rest(adata: ad.AnnData, *, groupby: str, groups: list[str], n_ge
     scores[np.isnan(scores)] = 0
     pvals = 2 * stats.norm.sf(np.abs(scores))
     pvals_adj = stats.false_discovery_control(pvals, axis=1, method="bh")
-    group_sums = (members @ x).toarray()
+    group_sums, totals = _group_sums(x, members)
     mean_group = group_sums / sizes
-    mean_rest = (np.asarray(x.sum(axis=0)) - group_sums) / (n_cells - sizes)
+    mean_rest = (totals[None, :] - group_sums) / (n_cells - sizes)
     base = adata.uns.get("log1p", {}).get("base")
     scale = np.log(base) if base is not None else 1.0
     log_fold = np.log2((np.expm1(mean_group * scale) + 1e-9) / (np.expm1(mean_rest * scale) + 1e-9))

@@ -115,10 +115,11 @@ def _neutral_ids(genes: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
     return to_id, {v: k for k, v in to_id.items()}
 
 
-def _decode(joined: object, from_id: Mapping[str, str]) -> str:
+def _decode(joined: object, from_id: Mapping[str, str], *, sort: bool = False) -> str:
     if not isinstance(joined, str) or not joined:
         return ""
-    return ";".join(from_id[g] for g in joined.split(";"))
+    genes = [from_id[g] for g in joined.split(";")]
+    return ";".join(sorted(genes) if sort else genes)
 
 
 def _prerank_one(ranking: pd.Series, sets: dict[str, list[str]], **options) -> pd.DataFrame:
@@ -296,7 +297,8 @@ def _enrich_one(
             # Over every set with genes in the background; sets without a hit have p = 1.
             "fdr": _benjamini_hochberg(pvals, len(sets)),
             "odds_ratio": result["Odds Ratio"].astype(float),
-            "genes": [_decode(g, from_id) for g in result["Genes"]],
+            # gseapy lists the overlap in set order, which varies between runs: sorted
+            "genes": [_decode(g, from_id, sort=True) for g in result["Genes"]],
         }
     )
 

@@ -654,11 +654,19 @@ def finish_qc(
     summary.loc[summary["sample_dropped"], "cells_out"] = 0
     remove |= obs["sample"].isin(dropped).to_numpy()
     # genes are counted on the kept cells first, so that the AnnData is copied only once
-    n_cells = np.asarray((adata.X[~remove] != 0).sum(axis=0)).ravel()
+    n_cells = _cells_per_gene(adata.X, ~remove)
     out = adata[~remove, n_cells >= min_cells_per_gene].copy()
     out.obs = out.obs.drop(columns=[*reasons, "qc_removed_sample_mode", "qc_removed_lineage_mode"])
     out.obs["qc_pass"] = True
     return out, summary, losses
+
+
+def _cells_per_gene(x, keep: np.ndarray) -> np.ndarray:
+    """Number of the kept cells (rows) in which each gene is non-zero, without copying X."""
+    if sparse.issparse(x) and x.format == "csr":
+        stored = np.repeat(keep, np.diff(x.indptr)) & (x.data != 0)
+        return np.bincount(x.indices[stored], minlength=x.shape[1])
+    return np.asarray((x[keep] != 0).sum(axis=0)).ravel()
 
 
 def filter_cells(

@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from osteoimmune.errors import QCError
 
@@ -62,3 +64,31 @@ def concat_samples(parts: list[ad.AnnData]) -> ad.AnnData:
         order + [c for c in joined.obs["sample"].cat.categories if c not in order]
     )
     return joined
+
+
+def share_counts(adata: ad.AnnData) -> bool:
+    """Hold one copy of the counts when ``X`` and ``layers['counts']`` are equal (QC stage).
+
+    The reader stores the raw counts twice (``X`` and ``layers['counts']``) and an h5ad file
+    read back holds two copies; between reading and normalisation they are the same values.
+    When they are equal (same sparse structure and values), the layer becomes the very object
+    ``X`` is, halving the memory of a QC job; nothing in QC changes ``X`` in place. Returns
+    whether they are shared; written back to h5ad, both are stored as before.
+    """
+    counts = adata.layers.get("counts") if "counts" in adata.layers else None
+    x = adata.X
+    if counts is None or counts is x:
+        return counts is x
+    same = (
+        sparse.issparse(x)
+        and sparse.issparse(counts)
+        and x.format == counts.format
+        and x.shape == counts.shape
+        and x.dtype == counts.dtype
+        and np.array_equal(x.indptr, counts.indptr)
+        and np.array_equal(x.indices, counts.indices)
+        and np.array_equal(x.data, counts.data)
+    )
+    if same:
+        adata.layers["counts"] = x
+    return same
