@@ -40,15 +40,21 @@ from osteoimmune.qc import (  # noqa: E402
     flag_cells,
     threshold_params,
 )
-from osteoimmune.samples import concat_samples  # noqa: E402
+from osteoimmune.samples import concat_samples, share_counts  # noqa: E402
 from osteoimmune.stability import cluster_over_resolutions  # noqa: E402
 
 
 def split_samples(adata: ad.AnnData) -> list[ad.AnnData]:
-    """One AnnData per sample, as rule read_dataset writes them for the qc_sample jobs."""
-    return [
+    """One AnnData per sample, as rule read_dataset writes them for the qc_sample jobs.
+
+    Each holds its raw counts once, as a qc_sample job does after reading (``share_counts``).
+    """
+    parts = [
         adata[idx].copy() for idx in adata.obs.groupby("sample", observed=True).indices.values()
     ]
+    for part in parts:
+        share_counts(part)
+    return parts
 
 
 def qc_steps(samples: list[ad.AnnData], *, qc: dict, seed: int, timer: StepTimer) -> ad.AnnData:
@@ -83,6 +89,11 @@ def qc_steps(samples: list[ad.AnnData], *, qc: dict, seed: int, timer: StepTimer
             )
         parts.append(part)
     with timer.step("filter", add=True):
+        # as filter_cells: one copy of the counts is joined and filtered, then shared again
+        shared = all([share_counts(part) for part in parts])
+        if shared:
+            for part in parts:
+                del part.layers["counts"]
         filtered, _, _ = finish_qc(
             concat_samples(parts),
             min_cells_per_gene=qc["min_cells_per_gene"],
@@ -90,6 +101,8 @@ def qc_steps(samples: list[ad.AnnData], *, qc: dict, seed: int, timer: StepTimer
             on_small_sample=qc["on_small_sample"],
             dataset="bench",
         )
+        if shared:
+            filtered.layers["counts"] = filtered.X.copy()  # cluster_cells reads two copies
     return filtered
 
 
