@@ -131,7 +131,7 @@ def test_lps_cells_are_called_m1_like_in_the_shalek_state_map(run):
     assert roc_auc_score(lps, adata.obs["polarization_index"]) >= 0.9
     html = (folder / "report.html").read_text()
     assert "m1_m2_state_map.png" in html and "Cells in the gate: all cells, by design" in html
-    assert "M1/M2 state map" not in html  # not listed under "Not shown"
+    assert "M1/M2 state map:" not in html  # not listed under "Not shown for this dataset"
 
 
 def test_user_gmt_set_is_scored_by_the_score_step(run, tmp_path):
