@@ -357,9 +357,9 @@ def detect_doublets(
         Samples with fewer cells are not scored.
     mean_center
         Z-score the genes and reduce them by PCA (scrublet's default; computed sparse by
-        :func:`scrublet_sparse`, equal to scanpy's ``sc.pp.scrublet``); False only scales the
-        genes to unit variance and reduces them by truncated SVD (scanpy's scrublet with
-        ``mean_center=False``). On the real datasets in the mirror the two call the same
+        :func:`scrublet_sparse`: scanpy's ``sc.pp.scrublet`` scores up to rounding); False
+        scales the genes to unit variance and reduces them by truncated SVD (scanpy's scrublet
+        with ``mean_center=False``). On the real datasets in the mirror the two call the same
         doublets but for 2-3 cells per sample (bench/README.md).
 
     Returns

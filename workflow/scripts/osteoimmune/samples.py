@@ -75,8 +75,7 @@ def share_counts(adata: ad.AnnData) -> bool:
     ``X`` is, halving the memory of a QC job; nothing in QC changes ``X`` in place. Returns
     whether they are shared; written back to h5ad, both are stored as before.
     """
-    counts = adata.layers.get("counts") if "counts" in adata.layers else None
-    x = adata.X
+    counts, x = adata.layers.get("counts"), adata.X
     if counts is None or counts is x:
         return counts is x
     same = (
