@@ -104,3 +104,7 @@ def test_config_schema_accepts_the_shipped_config_and_rejects_unknown_keys():
     config["qc"]["max_pct_mito"] = 5
     with pytest.raises(RegistryError, match=r"qc.*max_pct_mito"):
         validate(config, schema_path=schema, what="config")
+    del config["qc"]["max_pct_mito"]
+    config["intermediate_compression"] = "zstd"
+    with pytest.raises(RegistryError, match=r"intermediate_compression"):
+        validate(config, schema_path=schema, what="config")

@@ -7,6 +7,7 @@ import re
 import zipfile
 
 import anndata as ad
+import h5py
 import pandas as pd
 import pytest
 import yaml
@@ -264,6 +265,14 @@ def test_snakemake_report_builds_with_captions(run, tmp_path):
     for category in ("Quality control", "Cell types", "Signatures", "Enrichment"):
         assert category in page
     assert "Prerank GSEA (gseapy, offline) per cell type" in page  # a caption
+
+
+def test_intermediate_files_use_the_configured_compression(run):
+    folder = run / "results" / "paul2015_bm_myeloid"
+    with h5py.File(folder / "intermediate" / "qc.h5ad", "r") as handle:
+        assert handle["X/data"].compression == "lzf"  # config intermediate_compression
+    with h5py.File(folder / "paul2015_bm_myeloid.h5ad", "r") as handle:
+        assert handle["X/data"].compression == "gzip"  # the final file, for any HDF5 reader
 
 
 def test_index_links_every_report(run):

@@ -26,6 +26,7 @@ rule annotate_cells:
         coverage="results/{dataset}/tables/panel_coverage.tsv",
     params:
         annotation=config["annotation"],
+        compression=INTERMEDIATE_COMPRESSION,
         registry=REGISTRY_PATH,
     log:
         "logs/annotate_cells/{dataset}.log",

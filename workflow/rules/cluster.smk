@@ -23,6 +23,7 @@ rule cluster_cells:
         ),
     params:
         cluster=config["cluster"],
+        compression=INTERMEDIATE_COMPRESSION,
         seed=config["seed"],
     threads: 2
     log:

@@ -14,6 +14,9 @@ def _repo_path(path):
 
 
 REGISTRY_PATH = _repo_path(config["registry"])
+# h5py's name of the intermediate h5ad files' compression (None: uncompressed)
+_COMPRESSION = config.get("intermediate_compression", "lzf")
+INTERMEDIATE_COMPRESSION = None if _COMPRESSION == "none" else _COMPRESSION
 REGISTRY = load_registry(REGISTRY_PATH)
 DATASETS = select_datasets(REGISTRY, config["datasets"])
 

@@ -33,6 +33,7 @@ checkpoint read_dataset:
         samples=directory("results/{dataset}/intermediate/samples"),
     params:
         registry=REGISTRY_PATH,
+        compression=INTERMEDIATE_COMPRESSION,
     log:
         "logs/read_dataset/{dataset}.log",
     benchmark:

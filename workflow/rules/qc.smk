@@ -40,6 +40,7 @@ rule filter_cells:
         cells="results/{dataset}/tables/qc_cells.tsv.gz",
     params:
         qc=config["qc"],
+        compression=INTERMEDIATE_COMPRESSION,
     log:
         "logs/filter_cells/{dataset}.log",
     benchmark:

@@ -14,7 +14,7 @@ from osteoimmune.signatures import load_library
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, h5ad, registry, dataset, params, output):
+def main(*, h5ad, registry, dataset, params, output, compression="gzip"):
     adata = ad.read_h5ad(h5ad)
     meta = adata.uns["osteoimmune"]
     panels = build_panels(load_library(), meta["species"], extra_panels=params.get("panels"))
@@ -30,7 +30,7 @@ def main(*, h5ad, registry, dataset, params, output):
     agreement.to_csv(output.agreement, sep="\t", index=False)
     confusion.to_csv(output.confusion, sep="\t")
     composition_table(adata.obs).to_csv(output.composition, sep="\t", index=False)
-    adata.write_h5ad(output.h5ad, compression="gzip")
+    adata.write_h5ad(output.h5ad, compression=compression)
 
 
 if __name__ == "__main__":
@@ -41,4 +41,5 @@ if __name__ == "__main__":
             dataset=snakemake.wildcards.dataset,
             params=snakemake.params.annotation,
             output=snakemake.output,
+            compression=snakemake.params.compression,
         )

@@ -11,7 +11,7 @@ from osteoimmune.stability import cluster_over_resolutions
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, h5ad, params, seed, out, stability, marker_table):
+def main(*, h5ad, params, seed, out, stability, marker_table, compression="gzip"):
     adata = ad.read_h5ad(h5ad)
     value_type = adata.uns["osteoimmune"]["value_type"]
     normalize(adata, value_type=value_type)
@@ -41,7 +41,7 @@ def main(*, h5ad, params, seed, out, stability, marker_table):
     adata.uns["osteoimmune"]["seed"] = seed
     table.to_csv(stability, sep="\t", index=False)
     genes.to_csv(marker_table, sep="\t", index=False)
-    adata.write_h5ad(out, compression="gzip")
+    adata.write_h5ad(out, compression=compression)
 
 
 if __name__ == "__main__":
@@ -53,4 +53,5 @@ if __name__ == "__main__":
             out=snakemake.output.h5ad,
             stability=snakemake.output.stability,
             marker_table=snakemake.output.markers,
+            compression=snakemake.params.compression,
         )

@@ -12,7 +12,7 @@ from osteoimmune.samples import concat_samples, share_counts
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, h5ads, thresholds, qc, out, tables):
+def main(*, h5ads, thresholds, qc, out, tables, compression="gzip"):
     parts = [ad.read_h5ad(path) for path in h5ads]
     # raw counts in X and layers['counts'] alike: join and filter one copy, share it after
     shared = all([share_counts(part) for part in parts])
@@ -39,7 +39,7 @@ def main(*, h5ads, thresholds, qc, out, tables):
     losses.to_csv(tables["lineage"], sep="\t")
     pd.concat([pd.read_csv(p, sep="\t") for p in thresholds]).to_csv(
         tables["thresholds"], sep="\t", index=False)
-    filtered.write_h5ad(out, compression="gzip")
+    filtered.write_h5ad(out, compression=compression)
 
 
 if __name__ == "__main__":
@@ -50,4 +50,5 @@ if __name__ == "__main__":
             qc=snakemake.params.qc,
             out=snakemake.output.h5ad,
             tables={k: snakemake.output[k] for k in ("summary", "lineage", "thresholds", "cells")},
+            compression=snakemake.params.compression,
         )

@@ -11,11 +11,11 @@ from osteoimmune.samples import split_by_sample
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, registry, dataset, manifest, out, samples):
+def main(*, registry, dataset, manifest, out, samples, compression="gzip"):
     entry = load_registry(registry)[dataset]
     adata = read_dataset(entry, read_manifest(manifest), dataset=dataset)
     log.info("%s: %d cells x %d genes as read", dataset, adata.n_obs, adata.n_vars)
-    adata.write_h5ad(out, compression="gzip")
+    adata.write_h5ad(out, compression=compression)
     table = split_by_sample(adata, samples)
     log.info("%d sample(s): %s", len(table), ", ".join(table["sample"]))
 
@@ -28,4 +28,5 @@ if __name__ == "__main__":
             manifest=snakemake.input.manifest,
             out=snakemake.output.h5ad,
             samples=snakemake.output.samples,
+            compression=snakemake.params.compression,
         )
