@@ -205,7 +205,7 @@ def test_sparse_scrublet_equals_scanpys_scrublet():
     counts = sp.csr_matrix(adata.X)
     counts[0] = 0  # a cell with < 3 genes: dropped by scrublet, NaN in both
     counts.eliminate_zeros()
-    scores, sim_scores = scrublet_sparse(counts, seed=3)
+    scores, sim_scores = scrublet_sparse(counts, seed=3, score_simulated=True)
     reference = ad.AnnData(X=counts.copy())
     sc.pp.scrublet(reference, threshold=0.25, random_state=3, use_approx_neighbors=False,
                    verbose=False)
@@ -220,6 +220,14 @@ def test_sparse_scrublet_equals_scanpys_scrublet():
                                rtol=1e-6, atol=1e-9)
     # the seed reaches the doublet simulation
     assert not np.allclose(scrublet_sparse(counts, seed=4)[1], sim_scores)
+    # simulated doublets are scored only when asked (scrublet's automatic threshold)
+    # (the observed cells' scores then come from chunked neighbour searches: the same but for
+    # rounding, as above)
+    unscored, none = scrublet_sparse(counts, seed=3, score_simulated=False)
+    assert none is None and np.isnan(unscored[0])
+    differ = np.abs(unscored[1:] - expected[1:]) > 1e-6
+    assert differ.sum() <= 0.01 * len(differ)
+    assert np.array_equal(unscored[1:] > 0.25, expected[1:] > 0.25)
 
 
 def test_scrublet_skips_small_samples_with_a_note():

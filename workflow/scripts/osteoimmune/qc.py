@@ -217,32 +217,36 @@ def scrublet_sparse(
     n_prin_comps: int = 30,
     sim_doublet_ratio: float = 2.0,
     expected_doublet_rate: float = 0.05,
-    stdev_doublet_rate: float = 0.02,
-) -> tuple[np.ndarray, np.ndarray]:
+    score_simulated: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Scanpy's scrublet with its defaults (z-scored genes, PCA), without dense matrices.
 
     The same steps and parameters as ``sc.pp.scrublet(mean_center=True,
     normalize_variance=True, use_approx_neighbors=False)`` of scanpy 1.11: genes in >= 3 cells,
     cells with >= 3 genes, highly variable genes of the log-normalised counts, doublets
-    simulated by scanpy (``scrublet_simulate_doublets``), both normalised to 1e6; scrublet's
-    own kNN classifier scores them (scanpy's ``Scrublet``). Only the embedding differs in how it
-    is computed: scanpy z-scores the observed and the simulated cells into dense matrices
-    (stored again as "sparse" matrices with every entry set, then densified for PCA: ~14 GB for
-    20,000 cells of a full transcriptome, bench/README.md); here the genes are scaled to unit
-    variance on the sparse matrices and sklearn's PCA (same ARPACK solver, start vector and
-    signs) centres them implicitly, which is the same z-score. Scores equal scanpy's but where
-    rounding in the PCA changes a neighbour (tests/test_qc.py): on the count samples of the
-    mirror and of the 20k benchmark, at most one cell per sample scored differently (by up to
-    0.015) and no doublet call changed.
+    simulated by scanpy (``scrublet_simulate_doublets``), both normalised to 1e6, PCA, and
+    scrublet's kNN classifier. Two things differ in how,
+    not what, is computed. scanpy z-scores the observed and the simulated cells into dense
+    matrices (stored again as "sparse" matrices with every entry set, then densified for PCA:
+    ~14 GB for 20,000 cells of a full transcriptome, bench/README.md); here the genes are
+    scaled to unit variance on the sparse matrices and sklearn's PCA (same ARPACK solver, start
+    vector and signs) centres them implicitly, which is the same z-score. And scanpy builds the
+    kNN graph of all observed and simulated cells at once; unless the simulated doublets'
+    scores are asked for (``score_simulated``; scrublet's automatic threshold needs them, and
+    then scanpy's classifier runs), the neighbours of the observed cells only are found here, a
+    chunk of cells at a time. Scores equal
+    scanpy's but where rounding changes a neighbour (tests/test_qc.py): on the count samples
+    of the mirror and of the 20k benchmark, at most one cell per sample scored differently
+    (by up to 0.015) and no doublet call changed.
 
     Returns
     -------
     The doublet scores of the observed cells (NaN for cells with < 3 genes, which scrublet
-    drops) and the scores of the simulated doublets.
+    drops) and the scores of the simulated doublets (None unless ``score_simulated``).
     """
-    from scanpy.preprocessing._scrublet.core import Scrublet  # scanpy's classifier, 1.11
     from scanpy.preprocessing._utils import _get_mean_var
     from sklearn.decomposition import PCA
+    from sklearn.utils import check_random_state
 
     counts = sparse.csr_matrix(counts)
     obs = ad.AnnData(X=counts.copy())
@@ -266,31 +270,76 @@ def scrublet_sparse(
     del obs.layers["raw"]
     sc.pp.normalize_total(obs, target_sum=1e6)
     sc.pp.normalize_total(sim, target_sum=1e6)
-    # scrublet's classifier; it keeps its counts only to simulate doublets, done above
-    scrub = Scrublet(
-        sparse.csc_matrix((obs.n_obs, 1), dtype=np.float32),
-        n_neighbors=round(0.5 * np.sqrt(obs.n_obs)),
-        expected_doublet_rate=expected_doublet_rate,
-        stdev_doublet_rate=stdev_doublet_rate,
-        random_state=seed,
-    )
-    scrub.doublet_parents_ = sim.obsm["doublet_parents"]
     x_obs, x_sim = (_float64(part.X) for part in (obs, sim))
     del obs, sim
     _, var = _get_mean_var(x_obs, axis=0)
     inverse_sd = 1 / np.sqrt(var)
     for part in (x_obs, x_sim):  # unit variance, in place: X @ diag(1 / sd)
         part.data *= inverse_sd[part.indices]
-    # scanpy passes the classifier's RandomState object on; the ARPACK start vector draws
-    # from it, so it is used in the same order here
-    pca = PCA(n_components=n_prin_comps, random_state=scrub._random_state, svd_solver="arpack")
+    # scanpy's classifier holds a RandomState of the seed and passes it to PCA, whose ARPACK
+    # start vector draws from it: the same here
+    pca = PCA(n_components=n_prin_comps, random_state=check_random_state(seed),
+              svd_solver="arpack")
     pca.fit(x_obs)
-    scrub.set_manifold(pca.transform(x_obs), pca.transform(x_sim))
+    manifold_obs, manifold_sim = pca.transform(x_obs), pca.transform(x_sim)
     del x_obs, x_sim
-    scrub.calculate_doublet_scores(use_approx_neighbors=False, distance_metric="euclidean")
+    n_neighbors = round(0.5 * np.sqrt(len(manifold_obs)))
+    sim_scores = None
+    if score_simulated:  # scanpy's own classifier, which holds the graph of all cells
+        from scanpy.preprocessing._scrublet.core import Scrublet
+
+        scrub = Scrublet(
+            sparse.csc_matrix((len(manifold_obs), 1), dtype=np.float32),  # counts: unused
+            n_neighbors=n_neighbors, expected_doublet_rate=expected_doublet_rate,
+            random_state=seed,
+        )
+        scrub.set_manifold(manifold_obs, manifold_sim)
+        scrub.doublet_parents_ = np.zeros((len(manifold_sim), 2), dtype=int)  # unused
+        scrub.calculate_doublet_scores(use_approx_neighbors=False, distance_metric="euclidean")
+        scored, sim_scores = scrub.doublet_scores_obs_, np.asarray(scrub.doublet_scores_sim_)
+    else:
+        scored = _neighbour_doublet_scores(
+            manifold_obs, manifold_sim, n_neighbors=n_neighbors,
+            expected_rate=expected_doublet_rate,
+        )
     scores = np.full(counts.shape[0], np.nan)
-    scores[kept] = scrub.doublet_scores_obs_
-    return scores, np.asarray(scrub.doublet_scores_sim_)
+    scores[kept] = scored
+    return scores, sim_scores
+
+
+def _neighbour_doublet_scores(
+    manifold_obs: np.ndarray,
+    manifold_sim: np.ndarray,
+    *,
+    n_neighbors: int,
+    expected_rate: float,
+    chunk: int = 5000,
+) -> np.ndarray:
+    """Scrublet's kNN doublet likelihood of the observed cells (Wolock et al. 2019).
+
+    Each observed cell's ``k_adj`` nearest neighbours among the observed and simulated cells
+    (exact, euclidean, the cell itself included; ``k_adj`` = ``n_neighbors`` x (1 + simulated
+    / observed)) and, from how many are simulated doublets, scrublet's Bayesian doublet
+    likelihood with prior ``expected_rate``. Found ``chunk`` cells at a time, for the observed
+    cells only, so the graph of all cells is never held. On every count sample of the mirror
+    and the 20k benchmark it gave scanpy 1.11's classifier scores (one cell in one sample
+    differed by one neighbour).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    n_obs, n_sim = len(manifold_obs), len(manifold_sim)
+    k_adj = round(n_neighbors * (1 + n_sim / n_obs))
+    points = np.vstack([manifold_obs, manifold_sim])
+    is_sim = np.arange(len(points)) >= n_obs
+    index = NearestNeighbors(n_neighbors=k_adj, algorithm="brute").fit(points)
+    n_sim_neighbours = np.concatenate([
+        is_sim[index.kneighbors(points[i : min(i + chunk, n_obs)], return_distance=False)]
+        .sum(axis=1)
+        for i in range(0, n_obs, chunk)
+    ])
+    ratio, rho = n_sim / n_obs, expected_rate
+    q = (n_sim_neighbours + 1) / (k_adj + 2)
+    return q * rho / ratio / (1 - rho - q * (1 - rho - rho / ratio))
 
 
 def _float64(matrix: sparse.spmatrix) -> sparse.csr_matrix:
@@ -307,7 +356,9 @@ def _scrublet_sample(
 ) -> tuple:
     """Scrublet on one sample's counts; returns (scores, calls, threshold used or None)."""
     if mean_center:  # scrublet's default, computed sparse
-        scores, sim_scores = scrublet_sparse(counts, seed=seed)
+        scores, sim_scores = scrublet_sparse(
+            counts, seed=seed, score_simulated=threshold == "auto"
+        )
         if threshold == "auto":
             threshold = doublet_threshold(sim_scores)
         calls = scores > threshold if threshold is not None else np.zeros(len(scores), bool)
