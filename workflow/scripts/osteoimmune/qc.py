@@ -225,15 +225,16 @@ def scrublet_sparse(
     normalize_variance=True, use_approx_neighbors=False)`` of scanpy 1.11: genes in >= 3 cells,
     cells with >= 3 genes, highly variable genes of the log-normalised counts, doublets
     simulated by scanpy (``scrublet_simulate_doublets``), both normalised to 1e6, PCA, and
-    scrublet's kNN classifier. Two things differ in how, not what, is computed. scanpy z-scores the observed and the simulated cells into dense
-    matrices (stored again as "sparse" matrices with every entry set, then densified for PCA:
-    ~14 GB for 20,000 cells of a full transcriptome, bench/README.md); here the genes are
-    scaled to unit variance on the sparse matrices and sklearn's PCA (same ARPACK solver, start
-    vector and signs) centres them implicitly, which is the same z-score. And scanpy builds the
-    kNN graph of all observed and simulated cells at once; unless the simulated doublets'
-    scores are asked for (``score_simulated``; scrublet's automatic threshold needs them, and
-    then scanpy's classifier runs), the neighbours of the observed cells only are found here, a
-    chunk of cells at a time. Scores equal scanpy's but where rounding changes a neighbour
+    scrublet's kNN classifier. Two things differ in how, not what, is computed. scanpy z-scores
+    the observed and the simulated cells into dense matrices (stored again as "sparse" matrices
+    with every entry set, then densified for PCA: ~14 GB for 20,000 cells of a full
+    transcriptome, bench/README.md); here the genes are scaled to unit variance on the sparse
+    matrices and sklearn's PCA (same ARPACK solver, start vector and signs) centres them
+    implicitly, which is the same z-score. And scanpy builds the kNN graph of all observed and
+    simulated cells at once; unless the simulated doublets' scores are asked for
+    (``score_simulated``; scrublet's automatic threshold needs them, and then scanpy's
+    classifier runs), the neighbours of the observed cells only are found here, a chunk of
+    cells at a time. Scores equal scanpy's but where rounding changes a neighbour
     (tests/test_qc.py): on the count samples of the mirror and of the 20k benchmark, at most
     one cell per sample scored differently (by up to 0.015) and no doublet call changed.
 
