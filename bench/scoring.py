@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import resample
 import scanpy as sc
-from timing import StepTimer
+from timing import StepTimer, peak_rss_mib, reset_peak_rss, rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
@@ -87,27 +87,6 @@ def scored_sets(adata: ad.AnnData, species: str) -> dict[str, list[str]]:
 def csr_mib(matrix) -> float:
     """Bytes of a CSR matrix's data, indices and indptr, in MiB."""
     return (matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes) / 2**20
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (VmHWM); False where the kernel does not allow it."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def vm_hwm_mib() -> float:
-    """This process's peak resident memory since start or the last reset (VmHWM), in MiB."""
-    return _status_mib("VmHWM:")
 
 
 def run_score_genes_loop(adata, sets, timer):
@@ -156,11 +135,6 @@ WORKERS = {
 }
 
 
-def rss_mib() -> float:
-    """This process's resident memory now (VmRSS), in MiB."""
-    return _status_mib("VmRSS:")
-
-
 def worker(run: str, h5ad: Path, record: Path, species: str) -> None:
     """One benchmark run in this process: read, score; write the JSON record."""
     timer = StepTimer()
@@ -168,7 +142,7 @@ def worker(run: str, h5ad: Path, record: Path, species: str) -> None:
         adata = ad.read_h5ad(h5ad)
     counts_mib, nnz = csr_mib(adata.X), int(adata.X.nnz)
     sets = scored_sets(adata, species)
-    before_mib = vm_hwm_mib()
+    before_mib = peak_rss_mib()
     reset = reset_peak_rss()
     start_mib = rss_mib()
     outputs = WORKERS[run](adata, sets, timer)
@@ -184,8 +158,8 @@ def worker(run: str, h5ad: Path, record: Path, species: str) -> None:
         count_matrix_mib=counts_mib,
         peak_before_scoring_mib=before_mib,
         rss_scoring_start_mib=start_mib,
-        scoring_peak_mib=vm_hwm_mib() if reset else None,
-        process_peak_mib=max(before_mib, vm_hwm_mib()),
+        scoring_peak_mib=peak_rss_mib() if reset else None,
+        process_peak_mib=max(before_mib, peak_rss_mib()),
         scoring_s=scoring_s,
         sets=list(sets),
     )
