@@ -20,6 +20,7 @@ from osteoimmune.qc import (
     flag_cells,
     mad_outlier,
     scrublet_sparse,
+    seurat_hvg,
 )
 from osteoimmune.samples import concat_samples, sample_slugs, share_counts, split_by_sample
 
@@ -228,6 +229,33 @@ def test_sparse_scrublet_equals_scanpys_scrublet():
     differ = np.abs(unscored[1:] - expected[1:]) > 1e-6
     assert differ.sum() <= 0.01 * len(differ)
     assert np.array_equal(unscored[1:] > 0.25, expected[1:] > 0.25)
+
+
+@pytest.mark.parametrize("n_top_genes", [None, 40])
+def test_chunked_seurat_hvg_equals_scanpys(monkeypatch, n_top_genes):
+    """Highly variable genes of log1p values without copying the matrix: scanpy's genes."""
+    import scanpy as sc
+
+    import osteoimmune.qc
+
+    rng = np.random.default_rng(5)
+    rates = rng.gamma(0.5, 2.0, size=(1, 300)) * rng.gamma(2.0, 1.0, size=(500, 1))
+    counts = sp.csr_matrix(rng.poisson(rates).astype(np.float32))
+    counts[:, :20] = rng.poisson(rates[:, :20] * 8 * (np.arange(500) % 2)[:, None])  # variable
+    counts.eliminate_zeros()
+    reference = ad.AnnData(X=counts.copy())
+    sc.pp.normalize_total(reference)
+    sc.pp.log1p(reference)
+    sc.pp.highly_variable_genes(reference, n_top_genes=n_top_genes, flavor="seurat")
+    expected = reference.var["highly_variable"].to_numpy()
+    assert 10 < expected.sum() < 300
+    normalised = ad.AnnData(X=counts.copy())
+    sc.pp.normalize_total(normalised)
+    monkeypatch.setattr(osteoimmune.qc, "HVG_CHUNK_CELLS", 64)  # several chunks
+    logged = seurat_hvg(reference.X, logged=True, n_top_genes=n_top_genes)
+    unlogged = seurat_hvg(normalised.X, logged=False, n_top_genes=n_top_genes)
+    assert np.array_equal(logged, expected) and np.array_equal(unlogged, expected)
+    assert expected[:20].mean() > 2 * expected[20:].mean()  # the planted variable genes
 
 
 def test_scrublet_skips_small_samples_with_a_note():

@@ -13,6 +13,8 @@ import pandas as pd
 import scanpy as sc
 from scipy import sparse, stats
 
+from osteoimmune.jit import cache_umap_functions
+
 log = logging.getLogger(__name__)
 
 
@@ -161,6 +163,7 @@ def integrate(
 def neighbors(adata: ad.AnnData, *, rep: str, n_neighbors: int, seed: int, knn: str) -> None:
     """The kNN graph on ``obsm[rep]`` (exact or approximate, see :func:`knn_transformer`)."""
     transformer = knn_transformer(adata.n_obs, knn)
+    cache_umap_functions()
     sc.pp.neighbors(
         adata,
         n_neighbors=min(n_neighbors, adata.n_obs - 1),
@@ -175,6 +178,7 @@ def umap(adata: ad.AnnData, *, rep: str, seed: int, umap_init: str = "pca") -> N
     """UMAP of the kNN graph into ``obsm['X_umap']``, started from ``obsm[rep]`` or spectral."""
     if umap_init == "pca":
         adata.obsm["X_umap_init"] = np.ascontiguousarray(adata.obsm[rep][:, :2])
+    cache_umap_functions()
     sc.tl.umap(
         adata, random_state=seed, init_pos="X_umap_init" if umap_init == "pca" else "spectral"
     )
@@ -228,7 +232,7 @@ def leiden(adata: ad.AnnData, *, resolution: float, seed: int, key_added: str = 
 
 # Nonzeros ranked at a time by wilcoxon_vs_rest: bounds its temporaries (a few int64/float64
 # arrays of this length) whatever the matrix size.
-RANK_CHUNK_NNZ = 1_000_000
+RANK_CHUNK_NNZ = 250_000
 
 
 def _sparse_ranks(data: np.ndarray, indptr: np.ndarray, n_cells: int) -> tuple:

@@ -16,6 +16,7 @@ import scanpy as sc
 from scipy import ndimage, sparse
 
 from osteoimmune.errors import QCError
+from osteoimmune.jit import cache_umap_functions
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,75 @@ def doublet_threshold(sim_scores: np.ndarray, *, nbins: int = 256) -> float | No
     return float(centers[lo + np.argmin(smooth[lo : hi + 1])])
 
 
+# Cells whose log values are expanded at a time by :func:`seurat_hvg`.
+HVG_CHUNK_CELLS = 10_000
+
+
+def seurat_hvg(
+    x: sparse.csr_matrix,
+    *,
+    logged: bool,
+    n_top_genes: int | None = None,
+    min_mean: float = 0.0125,
+    max_mean: float = 3.0,
+    min_disp: float = 0.5,
+    n_bins: int = 20,
+) -> np.ndarray:
+    """Scanpy's ``highly_variable_genes(flavor="seurat")`` of log1p values, without copies.
+
+    scanpy copies the log matrix twice (``x.copy()``, then ``np.expm1``) to take the gene
+    means and variances of ``expm1(log1p(x))``. Here each chunk of ``HVG_CHUNK_CELLS`` cells
+    is expanded in turn (float32, as scanpy) and summed in float64; the dispersions, their
+    20 mean bins and the cut-offs or top genes follow scanpy 1.11 line by line. Sums are
+    taken in another order than scanpy's threaded kernel, so a gene exactly at a cut-off
+    could differ in the last bit (tests/test_qc.py compares the two on real samples).
+
+    Parameters
+    ----------
+    x
+        Normalised values, or their log1p.
+    logged
+        Whether ``x`` holds log1p values already; if not, log1p is applied per chunk, as
+        ``highly_variable_genes`` of a ``log1p`` layer sees them.
+    n_top_genes
+        The genes of the ``n_top_genes`` highest normalised dispersions; None: the cut-offs.
+    min_mean, max_mean, min_disp, n_bins
+        scanpy's defaults.
+
+    Returns
+    -------
+    A boolean mask of the highly variable genes.
+    """
+    x = sparse.csr_matrix(x)
+    n_cells, n_genes = x.shape
+    sums, squares = np.zeros(n_genes), np.zeros(n_genes)
+    for start in range(0, n_cells, HVG_CHUNK_CELLS):
+        part = x[start : start + HVG_CHUNK_CELLS]
+        values = np.expm1(part.data if logged else np.log1p(part.data))
+        sums += np.bincount(part.indices, weights=values, minlength=n_genes)
+        squares += np.bincount(part.indices, weights=values * values, minlength=n_genes)
+    mean = sums / n_cells
+    var = (squares / n_cells - mean**2) * (n_cells / (n_cells - 1))
+    mean[mean == 0] = 1e-12
+    dispersion = var / mean
+    dispersion[dispersion == 0] = np.nan
+    dispersion = np.log(dispersion)
+    mean = np.log1p(mean)
+    bins = pd.cut(pd.Series(mean), bins=n_bins)
+    stats = pd.Series(dispersion).groupby(bins, observed=True).agg(avg="mean", dev="std")
+    single = stats["dev"].isnull()  # a bin of one gene: normalised dispersion 1
+    stats.loc[single, "dev"] = stats.loc[single, "avg"]
+    stats.loc[single, "avg"] = 0
+    stats = stats.loc[bins]
+    norm = (dispersion - stats["avg"].to_numpy()) / stats["dev"].to_numpy()
+    if n_top_genes is None:
+        norm = np.nan_to_num(norm)
+        return (mean > min_mean) & (mean < max_mean) & (norm > min_disp) & (norm < np.inf)
+    ranked = np.sort(norm[~np.isnan(norm)])[::-1]
+    cutoff = ranked[min(n_top_genes, n_genes, ranked.size) - 1]
+    return np.nan_to_num(norm, nan=-np.inf) >= cutoff
+
+
 def scrublet_sparse(
     counts: sparse.spmatrix,
     *,
@@ -248,40 +318,43 @@ def scrublet_sparse(
     from sklearn.utils import check_random_state
 
     counts = sparse.csr_matrix(counts)
-    obs = ad.AnnData(X=counts.copy())
-    obs.obs_names = np.arange(obs.n_obs).astype(str)
-    obs.var_names = np.arange(obs.n_vars).astype(str)
-    sc.pp.filter_genes(obs, min_cells=3)
-    sc.pp.filter_cells(obs, min_genes=3)
-    kept = obs.obs_names.astype(int).to_numpy()
+    # scanpy's filter_genes(min_cells=3), then filter_cells(min_genes=3), read off the
+    # sparsity pattern; one copy of the kept counts is made, for normalize_total
+    positive = counts.data > 0
+    genes = np.flatnonzero(
+        np.bincount(counts.indices[positive], minlength=counts.shape[1]) >= 3
+    )
+    in_genes = np.zeros(counts.shape[1], dtype=bool)
+    in_genes[genes] = True
+    detected = np.r_[positive & in_genes[counts.indices], False]
+    per_cell = np.add.reduceat(detected, counts.indptr[:-1], dtype=np.int32)
+    per_cell[np.diff(counts.indptr) == 0] = 0  # reduceat gives an empty row its next entry
+    del positive, detected
+    kept = np.flatnonzero(per_cell >= 3)
+    obs = ad.AnnData(X=counts[kept][:, genes] if len(kept) < counts.shape[0] else counts[:, genes])
     sc.pp.normalize_total(obs)
-    obs.layers["log1p"] = obs.X.copy()
-    sc.pp.log1p(obs, layer="log1p")
-    sc.pp.highly_variable_genes(obs, layer="log1p")
-    del obs.layers["log1p"]
-    obs = obs[:, obs.var["highly_variable"].to_numpy()].copy()
+    hvg = seurat_hvg(obs.X, logged=False)  # highly_variable_genes of log1p(X)
+    obs = obs[:, hvg].copy()
     # the raw counts of the kept cells and variable genes, taken from the input (scanpy keeps
     # a copy of all genes for this)
-    obs.layers["raw"] = counts[:, obs.var_names.astype(int).to_numpy()][kept]
-    sim = sc.pp.scrublet_simulate_doublets(
-        obs, layer="raw", sim_doublet_ratio=sim_doublet_ratio, random_seed=seed
-    )
-    del obs.layers["raw"]
+    raw = counts[:, genes[hvg]][kept]
     sc.pp.normalize_total(obs, target_sum=1e6)
-    sc.pp.normalize_total(sim, target_sum=1e6)
-    x_obs, x_sim = (_float64(part.X) for part in (obs, sim))
-    del obs, sim
+    x_obs = _float64(obs.X)
+    del obs
     _, var = _get_mean_var(x_obs, axis=0)
     inverse_sd = 1 / np.sqrt(var)
-    for part in (x_obs, x_sim):  # unit variance, in place: X @ diag(1 / sd)
-        part.data *= inverse_sd[part.indices]
+    x_obs.data *= inverse_sd[x_obs.indices]  # unit variance, in place: X @ diag(1 / sd)
     # scanpy's classifier holds a RandomState of the seed and passes it to PCA, whose ARPACK
     # start vector draws from it: the same here
     pca = PCA(n_components=n_prin_comps, random_state=check_random_state(seed),
               svd_solver="arpack")
     pca.fit(x_obs)
-    manifold_obs, manifold_sim = pca.transform(x_obs), pca.transform(x_sim)
-    del x_obs, x_sim
+    manifold_obs = pca.transform(x_obs)
+    del x_obs
+    manifold_sim = _simulated_manifold(
+        raw, pca, inverse_sd, seed=seed, sim_doublet_ratio=sim_doublet_ratio
+    )
+    del raw
     n_neighbors = round(0.5 * np.sqrt(len(manifold_obs)))
     sim_scores = None
     if score_simulated:  # scanpy's own classifier, which holds the graph of all cells
@@ -304,6 +377,51 @@ def scrublet_sparse(
     scores = np.full(counts.shape[0], np.nan)
     scores[kept] = scored
     return scores, sim_scores
+
+
+# Simulated doublets made, normalised and projected at a time by _simulated_manifold.
+SIM_CHUNK_CELLS = 20_000
+
+
+def _simulated_manifold(
+    raw: sparse.csr_matrix,
+    pca,
+    inverse_sd: np.ndarray,
+    *,
+    seed: int,
+    sim_doublet_ratio: float,
+) -> np.ndarray:
+    """PCA coordinates of scrublet's simulated doublets, made ``SIM_CHUNK_CELLS`` at a time.
+
+    The doublets of ``sc.pp.scrublet_simulate_doublets(random_seed=seed)``: the same pairs of
+    observed cells (scanpy's ``sample_comb``: sklearn's ``sample_without_replacement`` with a
+    RandomState of the seed), their raw counts added. Each chunk is normalised to 1e6 (per
+    cell, as ``normalize_total``), scaled by the observed cells' gene standard deviations and
+    projected; scanpy holds all of them (twice the observed cells) at once, and a float64
+    copy.
+    """
+    from sklearn.utils import check_random_state
+    from sklearn.utils.random import sample_without_replacement
+
+    n_obs = raw.shape[0]
+    n_sim = int(n_obs * sim_doublet_ratio)
+    pairs = np.vstack(
+        np.unravel_index(
+            sample_without_replacement(
+                n_obs * n_obs, n_sim, random_state=check_random_state(seed)
+            ),
+            (n_obs, n_obs),
+        )
+    ).T
+    manifold = np.empty((n_sim, pca.n_components_))
+    for start in range(0, n_sim, SIM_CHUNK_CELLS):
+        pair = pairs[start : start + SIM_CHUNK_CELLS]
+        sim = ad.AnnData(X=raw[pair[:, 0]] + raw[pair[:, 1]])
+        sc.pp.normalize_total(sim, target_sum=1e6)
+        x = _float64(sim.X)
+        x.data *= inverse_sd[x.indices]
+        manifold[start : start + len(pair)] = pca.transform(x)
+    return manifold
 
 
 def _neighbour_doublet_scores(
@@ -385,6 +503,13 @@ def _scrublet_sample(
     return scores, calls, threshold
 
 
+def _cells(adata: ad.AnnData, idx: np.ndarray) -> ad.AnnData:
+    """``adata[idx]``, or ``adata`` itself when ``idx`` is every cell in order (no copy)."""
+    if len(idx) == adata.n_obs and np.array_equal(idx, np.arange(adata.n_obs)):
+        return adata
+    return adata[idx]
+
+
 def detect_doublets(
     adata: ad.AnnData,
     *,
@@ -426,7 +551,7 @@ def detect_doublets(
             continue
         try:
             scores[idx], calls[idx], used = _scrublet_sample(
-                counts_matrix(adata[idx]),
+                counts_matrix(_cells(adata, idx)),
                 seed=seed,
                 threshold=threshold,
                 mean_center=mean_center,
@@ -459,11 +584,11 @@ def coarse_groups(
     work = ad.AnnData(X=counts_matrix(adata))
     sc.pp.normalize_total(work, target_sum=1e4)
     sc.pp.log1p(work)
-    if work.n_vars > n_top_genes:
-        sc.pp.highly_variable_genes(work, n_top_genes=n_top_genes, flavor="seurat")
-        work = work[:, work.var["highly_variable"].to_numpy()].copy()
+    if work.n_vars > n_top_genes:  # highly_variable_genes(flavor="seurat"), without copies
+        work = work[:, seurat_hvg(work.X, logged=True, n_top_genes=n_top_genes)].copy()
     n_comps = int(min(n_comps, work.n_vars - 1, work.n_obs - 1))
     sc.pp.pca(work, n_comps=n_comps, random_state=seed)
+    cache_umap_functions()
     sc.pp.neighbors(
         work,
         n_neighbors=min(n_neighbors, work.n_obs - 1),
@@ -491,7 +616,7 @@ def assign_qc_groups(
     groups = np.full(adata.n_obs, "all", dtype=object)
     for _, idx in adata.obs.groupby("sample", observed=True).indices.items():
         if len(idx) >= 2 * min_group_cells:
-            groups[idx] = coarse_groups(adata[idx], seed=seed, resolution=resolution)
+            groups[idx] = coarse_groups(_cells(adata, idx), seed=seed, resolution=resolution)
     adata.obs["qc_group"] = pd.Categorical(groups)
 
 

@@ -40,7 +40,8 @@ def split_by_sample(adata: ad.AnnData, out_dir: Path) -> pd.DataFrame:
     rows = []
     for sample, slug in sample_slugs(samples).items():
         mask = (samples == sample).to_numpy()
-        adata[mask].copy().write_h5ad(out_dir / f"{slug}.h5ad")
+        # one sample: the AnnData itself (a copy would double the memory of a large sample)
+        (adata if mask.all() else adata[mask].copy()).write_h5ad(out_dir / f"{slug}.h5ad")
         rows.append((sample, slug, int(mask.sum())))
     table = pd.DataFrame(rows, columns=["sample", "slug", "cells"])
     table.to_csv(out_dir / "samples.tsv", sep="\t", index=False)
