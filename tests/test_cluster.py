@@ -212,3 +212,39 @@ def test_wilcoxon_vs_rest_equals_scanpys_rank_genes_groups(monkeypatch):
         assert list(ours["names"][group]) == list(theirs["names"][group])
         for field in ("scores", "pvals", "pvals_adj", "logfoldchanges"):
             np.testing.assert_allclose(ours[field][group], theirs[field][group], rtol=1e-5)
+
+
+UMAP_RUN = """
+import sys
+import numpy as np
+import anndata as ad
+from osteoimmune.cluster import neighbors, umap
+from osteoimmune.jit import cache_umap_functions
+rng = np.random.default_rng(0)
+adata = ad.AnnData(X=np.zeros((300, 2), dtype=np.float32))
+adata.obsm["X_pca"] = rng.normal(size=(300, 10)) + np.repeat(np.eye(10)[:3] * 6, 100, axis=0)
+print(",".join(cache_umap_functions()), file=sys.stderr)
+neighbors(adata, rep="X_pca", n_neighbors=15, seed=0, knn="exact")
+umap(adata, rep="X_pca", seed=0)
+np.save(sys.argv[1], adata.obsm["X_umap"])
+"""
+
+
+def test_umap_functions_are_compiled_once_and_give_the_same_embedding(tmp_path):
+    """umap-learn's numba functions are cached on disk; loaded, they embed identically."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    runs = []
+    for i in range(2):  # the first compiles and stores, the second loads
+        out = tmp_path / f"umap{i}.npy"
+        done = subprocess.run([sys.executable, "-c", UMAP_RUN, str(out)], env=env, check=True,
+                              capture_output=True, text=True)
+        runs.append(np.load(out))
+    cached = {name for line in done.stderr.splitlines() for name in line.split(",")}
+    assert {"umap.umap_.smooth_knn_dist", "umap.layouts.clip"} <= cached
+    stored = " ".join(p.name for p in (tmp_path / "numba").rglob("*.nbi"))
+    assert "smooth_knn_dist" in stored and "optimize_layout_euclidean_single_epoch" in stored
+    np.testing.assert_array_equal(runs[0], runs[1])
