@@ -293,14 +293,18 @@ def scrublet_sparse(
 
     The same steps and parameters as ``sc.pp.scrublet(mean_center=True,
     normalize_variance=True, use_approx_neighbors=False)`` of scanpy 1.11: genes in >= 3 cells,
-    cells with >= 3 genes, highly variable genes of the log-normalised counts, doublets
-    simulated by scanpy (``scrublet_simulate_doublets``), both normalised to 1e6, PCA, and
-    scrublet's kNN classifier. Two things differ in how, not what, is computed. scanpy z-scores
-    the observed and the simulated cells into dense matrices (stored again as "sparse" matrices
-    with every entry set, then densified for PCA: ~14 GB for 20,000 cells of a full
-    transcriptome, bench/README.md); here the genes are scaled to unit variance on the sparse
-    matrices and sklearn's PCA (same ARPACK solver, start vector and signs) centres them
-    implicitly, which is the same z-score. And scanpy builds the kNN graph of all observed and
+    cells with >= 3 genes, highly variable genes of the log-normalised counts
+    (:func:`seurat_hvg`), doublets simulated as ``scrublet_simulate_doublets`` does (the same
+    pairs of cells for the seed; :func:`_simulated_manifold`), both normalised to 1e6, PCA,
+    and scrublet's kNN classifier. What differs is how, not what, is computed. scanpy copies
+    the whole matrix for its filters and gene selection and holds all simulated doublets at
+    once; here they are read off the sparsity pattern, summed by chunks and simulated by
+    chunks. scanpy z-scores the observed and the simulated cells into dense matrices (stored
+    again as "sparse" matrices with every entry set, then densified for PCA: ~14 GB for
+    20,000 cells of a full transcriptome, bench/README.md); here the genes are scaled to unit
+    variance on the sparse matrices and sklearn's PCA (same ARPACK solver, start vector and
+    signs) centres them implicitly, which is the same z-score. And scanpy builds the kNN graph
+    of all observed and
     simulated cells at once; unless the simulated doublets' scores are asked for
     (``score_simulated``; scrublet's automatic threshold needs them, and then scanpy's
     classifier runs), the neighbours of the observed cells only are found here, a chunk of
