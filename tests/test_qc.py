@@ -137,6 +137,18 @@ def test_lineage_aware_mode_keeps_a_low_count_population():
     assert "qc_group" in lineage_out.obs
 
 
+def test_doublets_and_coarse_groups_leave_the_shared_counts_of_a_whole_sample_as_they_were():
+    """A one-sample QC job works on its counts without copying them, and never changes them."""
+    adata, _ = with_doublets(make_populations([150, 150, 100]), n_doublets=30)
+    share_counts(adata)  # as the qc_sample job: X and layers['counts'] one object
+    before = adata.X.copy()
+    detect_doublets(adata, seed=0, threshold=0.25)
+    assign_qc_groups(adata, seed=0, resolution=0.3, min_group_cells=30)
+    assert adata.layers["counts"] is adata.X
+    assert (adata.X != before).nnz == 0 and adata.X.dtype == before.dtype
+    assert adata.obs["qc_group"].nunique() > 1 and adata.obs["predicted_doublet"].any()
+
+
 def test_small_coarse_groups_fall_back_to_sample_thresholds():
     adata = make_populations([300, 80], depth=[1.0, 0.1])
     compute_qc_metrics(adata)
