@@ -198,43 +198,48 @@ SUPPLEMENT = {
 # Works cited by the supplement, by key; a DOI only where checked.
 REFERENCES = {
     "baccin2020": "Baccin C et al. Combined single-cell and spatial transcriptomics reveal the "
-    "molecular, cellular and spatial bone marrow niche organization. Nat Cell Biol 2020;22:38-48",
+    "molecular, cellular and spatial bone marrow niche organization. Nat Cell Biol 2020;22:38-48. "
+    "doi:10.1038/s41556-019-0439-6",
     "calvanese2019": "Calvanese V et al. MLLT3 governs human haematopoietic stem-cell "
-    "self-renewal and engraftment. Nature 2019;576:281-286",
+    "self-renewal and engraftment. Nature 2019;576:281-286. doi:10.1038/s41586-019-1790-2",
     "cisse2008": "Cisse B et al. Transcription factor E2-2 is an essential and specific "
     "regulator of plasmacytoid dendritic cell development. Cell 2008;135:37-48",
     "cowland2016": "Cowland JB, Borregaard N. Granulopoiesis and granules of human "
-    "neutrophils. Immunol Rev 2016;273:11-28",
+    "neutrophils. Immunol Rev 2016;273:11-28. doi:10.1111/imr.12440",
     "crinier2018": "Crinier A et al. High-dimensional single-cell analysis identifies "
     "organ-specific signatures and conserved NK cell subsets in humans and mice. Immunity "
-    "2018;49:971-986",
+    "2018;49:971-986. doi:10.1016/j.immuni.2018.09.009",
     "dudziak2007": "Dudziak D et al. Differential antigen processing by dendritic cell subsets "
     "in vivo. Science 2007;315:107-111",
     "dwyer2016": "Dwyer DF, Barrett NA, Austen KF; ImmGen Consortium. Expression profiling of "
     "constitutive mast cells reveals a unique identity within the immune system. Nat Immunol "
-    "2016;17:638-646",
+    "2016;17:878-887. doi:10.1038/ni.3445",
     "hao2021": "Hao Y et al. Integrated analysis of multimodal single-cell data. Cell "
-    "2021;184:3573-3587 (Azimuth PBMC reference and its marker lists)",
+    "2021;184:3573-3587. doi:10.1016/j.cell.2021.04.048 (Azimuth PBMC reference and its marker "
+    "lists)",
     "hay2018": "Hay SB et al. The Human Cell Atlas bone marrow single-cell interactive web "
-    "portal. Exp Hematol 2018;68:51-61",
+    "portal. Exp Hematol 2018;68:51-61. doi:10.1016/j.exphem.2018.09.004",
     "he2005": "He X et al. The zinc finger transcription factor Th-POK regulates CD4 versus "
-    "CD8 T-cell lineage commitment. Nature 2005;433:826-833",
+    "CD8 T-cell lineage commitment. Nature 2005;433:826-833. doi:10.1038/nature03338",
     "hildner2008": "Hildner K et al. Batf3 deficiency reveals a critical role for CD8alpha+ "
-    "dendritic cells in cytotoxic T cell immunity. Science 2008;322:1097-1100",
+    "dendritic cells in cytotoxic T cell immunity. Science 2008;322:1097-1100. "
+    "doi:10.1126/science.1164206",
     "kalucka2020": "Kalucka J et al. Single-cell transcriptome atlas of murine endothelial "
-    "cells. Cell 2020;180:764-779",
+    "cells. Cell 2020;180:764-779. doi:10.1016/j.cell.2020.01.015",
     "kohyama2009": "Kohyama M et al. Role for Spi-C in the development of red pulp "
-    "macrophages and splenic iron homeostasis. Nature 2009;457:318-321",
+    "macrophages and splenic iron homeostasis. Nature 2009;457:318-321. doi:10.1038/nature07472",
     "paul2015": "Paul F et al. Transcriptional heterogeneity and lineage commitment in myeloid "
     "progenitors. Cell 2015;163:1663-1677. doi:10.1016/j.cell.2015.11.013",
     "theisen2018": "Theisen DJ et al. WDFY4 is required for cross-presentation in response to "
-    "viral and tumor antigens. Science 2018;362:694-699",
+    "viral and tumor antigens. Science 2018;362:694-699. doi:10.1126/science.aat5030",
     "tikhonova2019": "Tikhonova AN et al. The bone marrow microenvironment at single-cell "
     "resolution. Nature 2019;569:222-228. doi:10.1038/s41586-019-1104-8",
     "villani2017": "Villani AC et al. Single-cell RNA-seq reveals new types of human blood "
-    "dendritic cells, monocytes, and progenitors. Science 2017;356:eaah4573",
+    "dendritic cells, monocytes, and progenitors. Science 2017;356:eaah4573. "
+    "doi:10.1126/science.aah4573",
     "xie2020": "Xie X et al. Single-cell transcriptome profiling reveals neutrophil "
-    "heterogeneity in homeostasis and infection. Nat Immunol 2020;21:1119-1133",
+    "heterogeneity in homeostasis and infection. Nat Immunol 2020;21:1119-1133. "
+    "doi:10.1038/s41590-020-0736-z",
 }
 # Per supplement panel (both species): two keys of REFERENCES ("" for none) of works that
 # report its genes as markers of the type, then a note naming what rests on general knowledge
