@@ -17,6 +17,7 @@ from scipy import ndimage, sparse
 
 from osteoimmune.errors import QCError
 from osteoimmune.jit import cache_umap_functions
+from osteoimmune.samples import cells_of
 
 log = logging.getLogger(__name__)
 
@@ -507,13 +508,6 @@ def _scrublet_sample(
     return scores, calls, threshold
 
 
-def _cells(adata: ad.AnnData, idx: np.ndarray) -> ad.AnnData:
-    """``adata[idx]``, or ``adata`` itself when ``idx`` is every cell in order (no copy)."""
-    if len(idx) == adata.n_obs and np.array_equal(idx, np.arange(adata.n_obs)):
-        return adata
-    return adata[idx]
-
-
 def detect_doublets(
     adata: ad.AnnData,
     *,
@@ -555,7 +549,7 @@ def detect_doublets(
             continue
         try:
             scores[idx], calls[idx], used = _scrublet_sample(
-                counts_matrix(_cells(adata, idx)),
+                counts_matrix(cells_of(adata, idx)),
                 seed=seed,
                 threshold=threshold,
                 mean_center=mean_center,
@@ -620,7 +614,7 @@ def assign_qc_groups(
     groups = np.full(adata.n_obs, "all", dtype=object)
     for _, idx in adata.obs.groupby("sample", observed=True).indices.items():
         if len(idx) >= 2 * min_group_cells:
-            groups[idx] = coarse_groups(_cells(adata, idx), seed=seed, resolution=resolution)
+            groups[idx] = coarse_groups(cells_of(adata, idx), seed=seed, resolution=resolution)
     adata.obs["qc_group"] = pd.Categorical(groups)
 
 

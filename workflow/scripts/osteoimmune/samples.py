@@ -26,6 +26,17 @@ def sample_slugs(samples: pd.Series) -> dict[str, str]:
     return slugs
 
 
+def cells_of(adata: ad.AnnData, idx: np.ndarray) -> ad.AnnData:
+    """``adata[idx]``, or ``adata`` itself when ``idx`` is every cell in order.
+
+    A sample that is the whole dataset is then worked on without a copy: anndata's subset
+    of all cells would double the memory of a large sample.
+    """
+    if len(idx) == adata.n_obs and np.array_equal(idx, np.arange(adata.n_obs)):
+        return adata
+    return adata[idx]
+
+
 def split_by_sample(adata: ad.AnnData, out_dir: Path) -> pd.DataFrame:
     """Write each sample's cells to ``out_dir/<slug>.h5ad``; return the sample table.
 
@@ -40,8 +51,7 @@ def split_by_sample(adata: ad.AnnData, out_dir: Path) -> pd.DataFrame:
     rows = []
     for sample, slug in sample_slugs(samples).items():
         mask = (samples == sample).to_numpy()
-        # one sample: the AnnData itself (a copy would double the memory of a large sample)
-        (adata if mask.all() else adata[mask].copy()).write_h5ad(out_dir / f"{slug}.h5ad")
+        cells_of(adata, np.flatnonzero(mask)).write_h5ad(out_dir / f"{slug}.h5ad")
         rows.append((sample, slug, int(mask.sum())))
     table = pd.DataFrame(rows, columns=["sample", "slug", "cells"])
     table.to_csv(out_dir / "samples.tsv", sep="\t", index=False)
