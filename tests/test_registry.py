@@ -49,6 +49,8 @@ def test_unknown_key_is_an_error_naming_entry_and_field(tmp_path, registry_data)
         ("polarization_gate", {"cells": "all"}, r"paul2015_bm_myeloid/polarization_gate.*reason"),
         ("polarization_gate", {"cells": "some", "reason": "sorted"},
          r"paul2015_bm_myeloid/polarization_gate/cells"),
+        # so must a progenitor sort
+        ("progenitor_sort", {}, r"paul2015_bm_myeloid/progenitor_sort.*reason"),
     ],
 )
 def test_bad_field_values_are_named(tmp_path, registry_data, field, value, pattern):

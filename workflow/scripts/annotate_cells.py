@@ -20,8 +20,17 @@ def main(*, h5ad, registry, dataset, params, output, compression="gzip"):
     panels = build_panels(load_library(), meta["species"], extra_panels=params.get("panels"))
     settings = {key: value for key, value in params.items() if key != "panels"}
     upper = meta["gene_symbol_case"] == "upper"
-    coverage, _ = annotate_cells(adata, panels, case_insensitive=upper, **settings)
-    label_map = load_registry(registry)[dataset].get("author_label_map") or {}
+    entry = load_registry(registry)[dataset]
+    sort = entry.get("progenitor_sort")
+    if sort:  # the registry's progenitor_sort: clusters with no committed lineage are hspc
+        log.info("progenitor sort: %s", sort["reason"])
+    coverage, clusters = annotate_cells(
+        adata, panels, case_insensitive=upper, progenitor_sort=bool(sort), **settings
+    )
+    if sort:
+        adata.uns["annotation"]["progenitor_sort"] = sort["reason"]
+    log.info("lineage per cluster:\n%s", clusters.drop(columns="cell_types").to_string())
+    label_map = entry.get("author_label_map") or {}
     agreement, confusion, unmapped = agreement_tables(adata, label_map)
     if unmapped:
         log.warning("author labels missing from the registry's author_label_map: %s", unmapped)

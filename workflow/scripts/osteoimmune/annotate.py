@@ -16,6 +16,11 @@
    cells are tried one by one with the across-cell rule, on their neighbourhood-smoothed
    scores. The background rule is used for clusters only: a cluster's mean is robust where a
    single cell's ranks are noisy, and it never overrides a lineage named across cells.
+   In a dataset whose cells all passed a stem/progenitor sort (``progenitor_sort``, from the
+   registry), a cluster still without a lineage is ``hspc`` instead: every cell is a
+   progenitor, and one primed toward no lineage is an uncommitted one. That call rests on
+   the sort and on the absence of a committed program, not on an HSPC marker; its
+   ``lineage_basis`` says so.
    Cell types stay across-cell calls: type panels share genes that most myeloid cells
    express (Mmp9, Fpr2, Csf3r, Acp5), so ranked within cells they would name neutrophils or
    osteoclasts in cultured dendritic cells.
@@ -67,6 +72,8 @@ CLUSTER_COLUMNS = (
 )
 ACROSS_CELLS = "across cells"
 WITHIN_CELLS = "within cells"
+UNCOMMITTED = "progenitor sort, no committed lineage"
+HSPC = "hspc"
 PROTEIN_KEY = "protein"
 
 
@@ -536,11 +543,13 @@ def annotate_cells(
     smoothing_steps: int = 4,
     case_insensitive: bool = False,
     protein_markers: dict[str, list[str]] | None = None,
+    progenitor_sort: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Annotate every cell with a lineage and a cell type from marker panels.
 
     Adds obs ``cell_lineage`` and ``cell_type`` (categorical) and ``annotation_margin`` (the
-    cell's smoothed score for its lineage minus its best other lineage; NaN when unassigned),
+    cell's smoothed score for its lineage minus its best other lineage; NaN when unassigned or
+    when no panel of its lineage is scored, as for ``hspc`` by ``progenitor_sort``),
     obsm ``panel_scores`` (cells x used panels, unsmoothed) and ``lineage_scores`` (cells x
     lineages, smoothed), and uns ``annotation`` (parameters, panel coverage, cluster table).
     Author labels are not read.
@@ -570,6 +579,10 @@ def annotate_cells(
     protein_markers
         Panel -> surface proteins (names in ``obsm['protein']``) that join the panel's genes
         at the cell-type step when the dataset has protein counts (:func:`protein_members`).
+    progenitor_sort
+        Every cell passed a stem/progenitor sort: clusters without a lineage by either rule
+        are ``hspc`` (``lineage_basis`` :data:`UNCOMMITTED`) rather than ``unassigned``, and
+        their cells are typed among the hspc panels.
 
     Returns
     -------
@@ -611,6 +624,10 @@ def annotate_cells(
             min_score=background_min_score,
             min_margin=background_min_margin,
         )
+    if progenitor_sort:
+        left = table["cell_lineage"] == UNASSIGNED
+        table.loc[left, "cell_lineage"] = HSPC
+        table.loc[left, "lineage_basis"] = UNCOMMITTED
     lineage = _lineages(
         adata, clusters, table, specific_scores, specific, steps=smoothing_steps, rule=rule
     )
@@ -636,6 +653,7 @@ def annotate_cells(
         "background_min_score": background_min_score,
         "background_min_margin": background_min_margin,
         "smoothing_steps": smoothing_steps,
+        "progenitor_sort": progenitor_sort,
         "protein_markers": "; ".join(
             f"{k}: {','.join(v)}" for k, v in (protein_markers or {}).items()
         ),

@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 from osteoimmune import figures
+from osteoimmune.annotate import CLUSTER_COLUMNS
 from osteoimmune.compare import COMPARISON_COLUMNS, comparison_plot_data
 from osteoimmune.signatures import load_library
 from osteoimmune.states import top_interactions
@@ -244,6 +245,8 @@ def dataset_report(
         agreement_table=table_html(tables["agreement"], index=False),
         confusion_table=table_html(tables["confusion"]),
         composition_table=table_html(composition_wide(tables["composition"])),
+        cluster_lineage_table=table_html(cluster_lineages(adata), index=False),
+        progenitor_sort=adata.uns.get("annotation", {}).get("progenitor_sort", ""),
         panel_table=table_html(tables["panel_coverage"].reindex(
             columns=[c for c in PANEL_COLUMNS if c in tables["panel_coverage"]])),
         method_table=table_html(tables["method_agreement"]),
@@ -267,6 +270,18 @@ def dataset_report(
         ora_table=table_html(top_terms(ora, "odds_ratio"), index=False),
         versions=software_versions(),
         config_yaml=yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False),
+    )
+
+
+def cluster_lineages(adata: ad.AnnData) -> pd.DataFrame:
+    """The annotation's lineage per cluster (``uns['annotation']['clusters']``), with its basis."""
+    table = pd.DataFrame(dict(adata.uns.get("annotation", {}).get("clusters", {})))
+    if table.empty:
+        return table
+    table["lineage_basis"] = table["lineage_basis"].replace("", "-")
+    table = table.reindex(columns=[c for c in ("cluster", *CLUSTER_COLUMNS) if c in table])
+    return table.sort_values(
+        "cluster", key=lambda c: pd.to_numeric(c, errors="coerce"), kind="stable"
     )
 
 
