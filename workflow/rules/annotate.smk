@@ -27,7 +27,9 @@ rule annotate_cells:
     params:
         annotation=config["annotation"],
         compression=INTERMEDIATE_COMPRESSION,
-        registry=REGISTRY_PATH,
+        # The registry's entry parts this rule uses, as params so that editing them reruns it.
+        label_map=lambda wildcards: REGISTRY[wildcards.dataset].get("author_label_map") or {},
+        progenitor_sort=lambda wildcards: REGISTRY[wildcards.dataset].get("progenitor_sort"),
     log:
         "logs/annotate_cells/{dataset}.log",
     benchmark:
