@@ -297,3 +297,16 @@ def test_offline_miss_fails_naming_the_files_and_leaves_nothing(tmp_path):
     assert "https://raw.githubusercontent.com/statOmics/tradeSeq" in log
     leftovers = list((workdir / "resources").rglob("*")) if (workdir / "resources").exists() else []
     assert [p for p in leftovers if p.is_file()] == []
+
+
+def test_report_shows_the_annotation_per_cluster_with_its_basis(run):
+    html = (run / "results" / "paul2015_bm_myeloid" / "report.html").read_text()
+    section = html[html.index("<h2>Cell types</h2>"):html.index("<h2>Signature scores</h2>")]
+    for heading in ("Composition per sample", "Lineage per cluster",
+                    "Agreement with the authors' labels", "Confusion: author labels"):
+        assert f"<h3>{heading}" in section
+    # the registry's progenitor sort, named where it made a lineage
+    assert "<td>progenitor sort, no committed lineage</td>" in section
+    assert "the registry says every cell was sorted Lin- c-Kit+ Sca-1-" in section
+    cite = (run / "results" / "luecken2021_bmmc_cite" / "report.html").read_text()
+    assert "Lineage per cluster" in cite and "progenitor sort" not in cite
