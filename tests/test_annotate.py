@@ -234,6 +234,25 @@ def test_progenitor_sort_calls_clusters_without_a_lineage_hspc(human, annotated)
     assert adata.uns["annotation"]["params"]["progenitor_sort"] is True
 
 
+def test_a_lineage_resting_on_one_gene_is_not_called(human):
+    # The dataset holds one lymphoid gene (NKG7): with the default min_lineage_genes of 2
+    # no cluster is called lymphoid on it, and the coverage table says why.
+    groups = {"mono": GROUPS["mono"], "ery": GROUPS["ery"], "nk": ["NKG7"]}
+    adata = make_adata(groups)
+    coverage, clusters = annotate_cells(adata, human)
+    assert clusters.at["2", "cell_lineage"] == "unassigned"
+    assert "lymphoid" not in set(adata.obs["cell_lineage"])
+    assert list(clusters.loc[["0", "1"], "cell_lineage"]) == ["myeloid", "erythroid"]
+    assert not coverage.at["NK", "used_for_lineage"]
+    assert coverage.at["NK", "reason"] == (
+        "not used for lineage calls: 1 lymphoid-specific gene(s) expressed (min_lineage_genes 2)"
+    )
+    assert adata.uns["annotation"]["params"]["min_lineage_genes"] == 2
+    one = make_adata(groups)
+    _, clusters = annotate_cells(one, human, min_lineage_genes=1)
+    assert clusters.at["2", "cell_lineage"] == "lymphoid"
+
+
 def test_clusters_named_across_cells_keep_their_lineage(annotated):
     _, _, clusters = annotated
     named = clusters["cell_lineage"] != "unassigned"

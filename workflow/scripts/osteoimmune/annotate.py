@@ -5,7 +5,8 @@
    on the sparse X, never densified), so a panel resting on one or two genes wins only on
    strong evidence.
 2. Each cluster of ``cluster_key`` gets a lineage from its mean scores of the lineage-specific
-   panels (genes listed by one lineage only, plus a union panel per lineage): the lineage with
+   panels (genes listed by one lineage only, plus a union panel per lineage; a lineage with
+   fewer than ``min_lineage_genes`` such genes expressed is not used): the lineage with
    the highest score wins if that score is at least ``min_score`` and beats the next lineage
    by ``min_margin``. Scores across cells need contrast between cells: in a dataset of one
    population (e.g. cultured dendritic cells) no lineage stands out. So a cluster without a
@@ -497,6 +498,22 @@ def _lineages(
     return lineage
 
 
+def weak_lineages(coverage: pd.DataFrame, *, min_genes: int) -> dict[str, int]:
+    """Lineages with fewer than ``min_genes`` specific genes present and detected.
+
+    ``coverage`` is the coverage of the lineage-specific panels (with their union panels,
+    :func:`osteoimmune.panels.lineage_specific`). Such a lineage is not used for lineage
+    calls: one gene is not a lineage program (the 240 genes of Paul 2015 hold one lymphoid
+    gene, Nkg7, which its neutrophils express). Returns lineage -> its number of genes.
+    """
+    out = {}
+    for lineage in LINEAGES:
+        union = f"{lineage}_lineage"
+        if union in coverage.index and coverage.at[union, "n_expressed"] < min_genes:
+            out[lineage] = int(coverage.at[union, "n_expressed"])
+    return out
+
+
 def _scored(
     adata: AnnData,
     panels: dict[str, Panel],
@@ -504,11 +521,21 @@ def _scored(
     options: dict,
     shrink: float,
     protein_markers: dict[str, list[str]] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Panel], pd.DataFrame]:
-    """Coverage, panel scores and their protein part, lineage-specific panels and scores."""
+    min_lineage_genes: int = 2,
+) -> tuple[pd.DataFrame, ...]:
+    """Coverage, scores and their protein part; lineage-specific panels, coverage and scores."""
     specific = lineage_specific(panels)
     coverage = panel_coverage(adata, panels, **options)
     coverage_specific = panel_coverage(adata, specific, **options)
+    weak = weak_lineages(coverage_specific, min_genes=min_lineage_genes)
+    for lineage, n_genes in weak.items():
+        panels_of = coverage_specific["lineage"] == lineage
+        noted = coverage.index.isin(coverage_specific.index[panels_of & coverage_specific["used"]])
+        coverage.loc[noted, "reason"] = (
+            f"not used for lineage calls: {n_genes} {lineage}-specific gene(s) expressed "
+            f"(min_lineage_genes {min_lineage_genes})"
+        )
+        coverage_specific.loc[panels_of, "used"] = False
     used_specific = coverage_specific.index[coverage_specific["used"]]
     coverage["used_for_lineage"] = coverage.index.isin(used_specific)
     members = protein_members(adata, panels, protein_markers)
@@ -525,7 +552,7 @@ def _scored(
         split=True,
     )
     specific_scores = score_panels(adata, specific, coverage_specific, **scoring)
-    return coverage, rna + protein, protein, specific, specific_scores
+    return coverage, rna + protein, protein, specific, coverage_specific, specific_scores
 
 
 def annotate_cells(
@@ -544,6 +571,7 @@ def annotate_cells(
     case_insensitive: bool = False,
     protein_markers: dict[str, list[str]] | None = None,
     progenitor_sort: bool = False,
+    min_lineage_genes: int = 2,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Annotate every cell with a lineage and a cell type from marker panels.
 
@@ -579,6 +607,9 @@ def annotate_cells(
     protein_markers
         Panel -> surface proteins (names in ``obsm['protein']``) that join the panel's genes
         at the cell-type step when the dataset has protein counts (:func:`protein_members`).
+    min_lineage_genes
+        A lineage is called only when at least this many of its lineage-specific genes are
+        present and detected (:func:`weak_lineages`); 1 lets one gene name a lineage.
     progenitor_sort
         Every cell passed a stem/progenitor sort: clusters without a lineage by either rule
         are ``hspc`` (``lineage_basis`` :data:`UNCOMMITTED`) rather than ``unassigned``, and
@@ -601,8 +632,9 @@ def annotate_cells(
         "min_coverage": min_coverage,
         "case_insensitive": case_insensitive,
     }
-    coverage, scores, protein_part, specific, specific_scores = _scored(
-        adata, panels, options=options, shrink=shrink, protein_markers=protein_markers
+    coverage, scores, protein_part, specific, coverage_specific, specific_scores = _scored(
+        adata, panels, options=options, shrink=shrink, protein_markers=protein_markers,
+        min_lineage_genes=min_lineage_genes,
     )
     clusters = adata.obs[cluster_key].astype(str)
     table = assign_clusters(specific_scores, clusters, specific, **rule)
@@ -612,7 +644,7 @@ def annotate_cells(
         background = background_scores(
             adata[loose],
             specific,
-            panel_coverage(adata, specific, **options),
+            coverage_specific,
             case_insensitive=case_insensitive,
             shrink=shrink,
         )
@@ -653,6 +685,7 @@ def annotate_cells(
         "background_min_score": background_min_score,
         "background_min_margin": background_min_margin,
         "smoothing_steps": smoothing_steps,
+        "min_lineage_genes": min_lineage_genes,
         "progenitor_sort": progenitor_sort,
         "protein_markers": "; ".join(
             f"{k}: {','.join(v)}" for k, v in (protein_markers or {}).items()
