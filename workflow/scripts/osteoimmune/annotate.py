@@ -522,7 +522,9 @@ def _scored(
     shrink: float,
     protein_markers: dict[str, list[str]] | None = None,
     min_lineage_genes: int = 2,
-) -> tuple[pd.DataFrame, ...]:
+) -> tuple[
+    pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Panel], pd.DataFrame, pd.DataFrame
+]:
     """Coverage, scores and their protein part; lineage-specific panels, coverage and scores."""
     specific = lineage_specific(panels)
     coverage = panel_coverage(adata, panels, **options)
@@ -607,13 +609,13 @@ def annotate_cells(
     protein_markers
         Panel -> surface proteins (names in ``obsm['protein']``) that join the panel's genes
         at the cell-type step when the dataset has protein counts (:func:`protein_members`).
-    min_lineage_genes
-        A lineage is called only when at least this many of its lineage-specific genes are
-        present and detected (:func:`weak_lineages`); 1 lets one gene name a lineage.
     progenitor_sort
         Every cell passed a stem/progenitor sort: clusters without a lineage by either rule
         are ``hspc`` (``lineage_basis`` :data:`UNCOMMITTED`) rather than ``unassigned``, and
         their cells are typed among the hspc panels.
+    min_lineage_genes
+        A lineage is called only when at least this many of its lineage-specific genes are
+        present and detected (:func:`weak_lineages`); 1 lets one gene name a lineage.
 
     Returns
     -------
