@@ -39,6 +39,7 @@ browser:
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/snakemake --lint
 
 # Re-resolve the lock from envs/requirements.in (needs the package index).

@@ -77,7 +77,9 @@ def resample(
         "note": "RESAMPLED benchmark matrix, not real cells: source cells drawn with "
         "replacement, counts ~ Poisson(original counts)",
         "source_dataset": source.uns["osteoimmune"]["dataset"],
-        "source_cells": int(source.n_obs), "n_cells": int(n_cells), "seed": int(seed),
+        "source_cells": int(source.n_obs),
+        "n_cells": int(n_cells),
+        "seed": int(seed),
         "cells_per_sample": int(cells_per_sample or 0),
     }
     adata.uns["osteoimmune"] = meta
@@ -99,14 +101,18 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--dataset", default=DEFAULT_DATASET)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--cells-per-sample", type=int, default=None,
+        "--cells-per-sample",
+        type=int,
+        default=None,
         help="split each donor's cells into pseudo-samples (channels) of about this size",
     )
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     out = out_path(args.cells, args.dataset, args.cells_per_sample)
     adata = resample(
-        read_source(args.dataset), n_cells=args.cells, seed=args.seed,
+        read_source(args.dataset),
+        n_cells=args.cells,
+        seed=args.seed,
         cells_per_sample=args.cells_per_sample,
     )
     adata.write_h5ad(out)

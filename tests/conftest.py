@@ -30,13 +30,24 @@ def mirror() -> Path:
     return MIRROR
 
 
-def snakemake(
-    workdir: Path, *config: str, targets=(), options=()
-) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *config: str, targets=(), options=()) -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(REPO / "config" / "config.yaml"),
-        "--cores", "2", *options, "--config", *config, "--", *targets,
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        "--cores",
+        "2",
+        *options,
+        "--config",
+        *config,
+        "--",
+        *targets,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
@@ -58,7 +69,9 @@ def run(request, tmp_path_factory) -> Path:
     mirror = request.getfixturevalue("mirror")
     workdir = tmp_path_factory.mktemp("workflow")
     result = snakemake(
-        workdir, f"datasets={json.dumps(list(MANIFEST_SHAPES))}", f"mirror={mirror}",
+        workdir,
+        f"datasets={json.dumps(list(MANIFEST_SHAPES))}",
+        f"mirror={mirror}",
         "offline=True",
     )
     assert result.returncode == 0, result.stderr[-5000:]

@@ -577,13 +577,19 @@ def test_paul_lineages_hold_at_finer_clusters(run, library, resolution):
     # Nkg7 is the one lymphoid gene of the 240 and the neutrophils express it: with
     # min_lineage_genes 2 it names no lineage, so finer clusters (where a neutrophil cluster
     # stands alone) keep the bar; with one gene allowed they fell to 0.73 and 0.72.
-    adata = ad.read_h5ad(run / "results" / "paul2015_bm_myeloid" / "intermediate" /
-                         "clustered.h5ad")
-    annotate_cells(adata, build_panels(library, "mouse"), cluster_key=f"leiden_{resolution}",
-                   progenitor_sort=True)
+    adata = ad.read_h5ad(
+        run / "results" / "paul2015_bm_myeloid" / "intermediate" / "clustered.h5ad"
+    )
+    annotate_cells(
+        adata,
+        build_panels(library, "mouse"),
+        cluster_key=f"leiden_{resolution}",
+        progenitor_sort=True,
+    )
     assert "lymphoid" not in set(adata.obs["cell_lineage"])
     label_map = load_registry(REPO / "config" / "datasets.yaml")["paul2015_bm_myeloid"][
-        "author_label_map"]
+        "author_label_map"
+    ]
     table = agreement_tables(adata, label_map)[0].set_index(["level", "metric", "reference"])
     assert table.loc[("lineage", "accuracy", MAPPED), "annotation"] >= 0.8
 
@@ -596,7 +602,8 @@ def test_lineage_calls_on_paul_are_right_where_made(real):
     clusters = pd.DataFrame(dict(adata.uns["annotation"]["clusters"])).set_index("cluster")
     marked = adata.obs["leiden"].astype(str).map(clusters["lineage_basis"]) == "across cells"
     label_map = load_registry(REPO / "config" / "datasets.yaml")["paul2015_bm_myeloid"][
-        "author_label_map"]
+        "author_label_map"
+    ]
     authors, _ = map_author_labels(adata.obs["author_cell_type"], label_map)
     right = adata.obs["cell_lineage"].astype(str) == authors["author_lineage"]
     assert marked.mean() > 0.85

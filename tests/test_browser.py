@@ -94,14 +94,25 @@ class DevTools:
         self.log = (self.profile / "chromium.log").open("w")
         self.process = subprocess.Popen(  # preexec_fn only dups fds: async-signal safe
             [
-                self.binary, "--headless", "--no-sandbox", "--disable-gpu",
-                "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
-                "--disable-extensions", "--disable-background-networking",
-                "--remote-debugging-pipe", f"--user-data-dir={self.profile / 'profile'}",
-                f"--window-size={WIDTH},{HEIGHT}", "about:blank",
+                self.binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-extensions",
+                "--disable-background-networking",
+                "--remote-debugging-pipe",
+                f"--user-data-dir={self.profile / 'profile'}",
+                f"--window-size={WIDTH},{HEIGHT}",
+                "about:blank",
             ],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-            pass_fds=(3, 4), preexec_fn=on_fds_3_and_4,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(3, 4),
+            preexec_fn=on_fds_3_and_4,
         )
         os.close(to_browser)
         os.close(from_browser)
@@ -141,8 +152,9 @@ class DevTools:
 
     def wait_for(self, method: str, session: str) -> None:
         deadline = time.monotonic() + TIMEOUT
-        while not any(e.get("method") == method and e.get("sessionId") == session
-                      for e in self.events):
+        while not any(
+            e.get("method") == method and e.get("sessionId") == session for e in self.events
+        ):
             self.events.append(self._receive(deadline))
 
     def open(self, path: Path, screenshot: Path) -> Page:
@@ -151,20 +163,36 @@ class DevTools:
         session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable", session)
-        self.send("Emulation.setDeviceMetricsOverride", session, width=WIDTH, height=HEIGHT,
-                  deviceScaleFactor=1, mobile=False)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            session,
+            width=WIDTH,
+            height=HEIGHT,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         navigation = self.send("Page.navigate", session, url=path.resolve().as_uri())
         assert "errorText" not in navigation, f"{path}: {navigation['errorText']}"
         self.wait_for("Page.loadEventFired", session)
-        images = self.send("Runtime.evaluate", session, expression=BROKEN_IMAGES_JS,
-                           awaitPromise=True, returnByValue=True)["result"]["value"]
+        images = self.send(
+            "Runtime.evaluate",
+            session,
+            expression=BROKEN_IMAGES_JS,
+            awaitPromise=True,
+            returnByValue=True,
+        )["result"]["value"]
         png = self.send("Page.captureScreenshot", session, format="png")["data"]
         screenshot.write_bytes(base64.b64decode(png))
         self.send("Target.closeTarget", targetId=target)
         events = [e for e in self.events if e.get("sessionId") == session]
         self.events = [e for e in self.events if e.get("sessionId") != session]
-        return Page(images["n_images"], images["broken"], console_errors(events),
-                    external_requests(events), screenshot)
+        return Page(
+            images["n_images"],
+            images["broken"],
+            console_errors(events),
+            external_requests(events),
+            screenshot,
+        )
 
     def close(self) -> None:
         try:
@@ -200,8 +228,11 @@ def console_errors(events: list[dict]) -> list[str]:
 
 def external_requests(events: list[dict]) -> list[str]:
     """Requests for anything but the page's own file and data: URIs (it must open offline)."""
-    urls = [e["params"]["request"]["url"] for e in events
-            if e.get("method") == "Network.requestWillBeSent"]
+    urls = [
+        e["params"]["request"]["url"]
+        for e in events
+        if e.get("method") == "Network.requestWillBeSent"
+    ]
     return [u for u in urls if not u.startswith(("data:", "file:", "about:"))]
 
 
@@ -243,9 +274,7 @@ def test_a_clean_page_passes(browser, tmp_path):
 @pytest.mark.parametrize("defect", list(BAD_PAGES))
 def test_negative_controls_are_caught(browser, tmp_path, defect):
     page_file = tmp_path / f"{defect}.html"
-    page_file.write_text(
-        f"<!doctype html><html><body>{GOOD_PAGE}{BAD_PAGES[defect]}</body></html>"
-    )
+    page_file.write_text(f"<!doctype html><html><body>{GOOD_PAGE}{BAD_PAGES[defect]}</body></html>")
     page = browser.open(page_file, tmp_path / f"{defect}.png")
     if defect in ("truncated_data_uri", "missing_file"):
         assert len(page.broken_images) == 1 and page.n_images == 2

@@ -240,8 +240,13 @@ def test_umap_functions_are_compiled_once_and_give_the_same_embedding(tmp_path):
     runs = []
     for i in range(2):  # the first compiles and stores, the second loads
         out = tmp_path / f"umap{i}.npy"
-        done = subprocess.run([sys.executable, "-c", UMAP_RUN, str(out)], env=env, check=True,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", UMAP_RUN, str(out)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         runs.append(np.load(out))
     cached = {name for line in done.stderr.splitlines() for name in line.split(",")}
     assert {"umap.umap_.smooth_knn_dist", "umap.layouts.clip"} <= cached

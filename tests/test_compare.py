@@ -266,9 +266,14 @@ def test_rule_writes_donor_tables_with_a_donor_level_p_value(tmp_path):
     adata.write_h5ad(tmp_path / "scored.h5ad")
     out = {k: tmp_path / f"{k}.tsv" for k in ("aggregates", "comparison", "note")}
     params = {"values": "z", "group_key": "cell_type", "min_cells": 10, "min_donors": 3}
-    compare_rule(h5ad=tmp_path / "scored.h5ad", params=params, reference="B",
-         aggregates_out=out["aggregates"], comparison_out=out["comparison"],
-         note_out=out["note"])
+    compare_rule(
+        h5ad=tmp_path / "scored.h5ad",
+        params=params,
+        reference="B",
+        aggregates_out=out["aggregates"],
+        comparison_out=out["comparison"],
+        note_out=out["note"],
+    )
     table = pd.read_csv(out["comparison"], sep="\t")
     hit = _row(table, "monocyte", "z_shifted")
     # reference B: the shift shows as A minus B, negative

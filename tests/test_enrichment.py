@@ -223,9 +223,13 @@ def test_rule_ranks_cell_types_and_finds_the_raised_set(tmp_path, offline):
     """The workflow's enrichment step: prerank per cell type, ORA of Leiden markers, GMT."""
     library = load_library()
     raised = library.genes("macrophage_M1_classical_core", "mouse")
-    genes = list(dict.fromkeys(
-        g for name in library.names(use=None, species="mouse")
-        for g in library.genes(name, "mouse")))
+    genes = list(
+        dict.fromkeys(
+            g
+            for name in library.names(use=None, species="mouse")
+            for g in library.genes(name, "mouse")
+        )
+    )
     genes += [f"Filler{i}" for i in range(300)]
     rng = np.random.default_rng(0)
     n = 120
@@ -239,14 +243,35 @@ def test_rule_ranks_cell_types_and_finds_the_raised_set(tmp_path, offline):
     adata.obs.loc[adata.obs_names[-5:], "cell_type"] = "unassigned"
     adata.uns["osteoimmune"] = {"species": "mouse", "gene_symbol_case": "as_is"}
     adata.write_h5ad(tmp_path / "scored.h5ad")
-    leiden_markers = pd.DataFrame({"cluster": "0", "rank": range(1, len(raised) + 1),
-                                   "gene": raised, "score": 10.0, "pval_adj": 1e-6})
+    leiden_markers = pd.DataFrame(
+        {
+            "cluster": "0",
+            "rank": range(1, len(raised) + 1),
+            "gene": raised,
+            "score": 10.0,
+            "pval_adj": 1e-6,
+        }
+    )
     leiden_markers.to_csv(tmp_path / "markers.tsv", sep="\t", index=False)
     out = {k: tmp_path / f"{k}.tsv" for k in ("prerank", "ora", "gmt")}
-    params = {"group_key": "cell_type", "min_cells": 10, "min_size": 5, "max_size": 500,
-              "permutations": 200, "top_n": 25, "max_padj": 0.05}
-    enrichment_rule(h5ad=tmp_path / "scored.h5ad", leiden_markers=tmp_path / "markers.tsv",
-         params=params, user_sets=[], seed=0, threads=1, out=out)
+    params = {
+        "group_key": "cell_type",
+        "min_cells": 10,
+        "min_size": 5,
+        "max_size": 500,
+        "permutations": 200,
+        "top_n": 25,
+        "max_padj": 0.05,
+    }
+    enrichment_rule(
+        h5ad=tmp_path / "scored.h5ad",
+        leiden_markers=tmp_path / "markers.tsv",
+        params=params,
+        user_sets=[],
+        seed=0,
+        threads=1,
+        out=out,
+    )
     prerank = pd.read_csv(out["prerank"], sep="\t")
     assert set(prerank["cell_type"]) == {"macrophage", "B cell"}  # never `unassigned`
     mine = prerank[prerank["cell_type"] == "macrophage"].set_index("term")
@@ -254,8 +279,12 @@ def test_rule_ranks_cell_types_and_finds_the_raised_set(tmp_path, offline):
     assert "macrophage_M1_classical_core" in mine.index[:3]
     hit = mine.loc["macrophage_M1_classical_core"]
     assert hit["nes"] > 0 and hit["fdr"] < 0.05
-    assert prerank[prerank["cell_type"] == "B cell"].set_index("term").loc[
-        "macrophage_M1_classical_core", "nes"] < 0
+    assert (
+        prerank[prerank["cell_type"] == "B cell"]
+        .set_index("term")
+        .loc["macrophage_M1_classical_core", "nes"]
+        < 0
+    )
     ora = pd.read_csv(out["ora"], sep="\t", dtype={"leiden": str}).set_index("term")
     hit = ora.loc["macrophage_M1_classical_core"]
     assert hit["leiden"] == "0" and hit["n_overlap"] == len(raised) and hit["fdr"] < 0.05

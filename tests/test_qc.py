@@ -220,8 +220,9 @@ def test_sparse_scrublet_equals_scanpys_scrublet():
     counts.eliminate_zeros()
     scores, sim_scores = scrublet_sparse(counts, seed=3, score_simulated=True)
     reference = ad.AnnData(X=counts.copy())
-    sc.pp.scrublet(reference, threshold=0.25, random_state=3, use_approx_neighbors=False,
-                   verbose=False)
+    sc.pp.scrublet(
+        reference, threshold=0.25, random_state=3, use_approx_neighbors=False, verbose=False
+    )
     expected = reference.obs["doublet_score"].to_numpy(dtype=float)
     assert np.isnan(scores[0]) and np.isnan(expected[0])
     # equal but where rounding in the PCA changes a neighbour (at most 1 cell per sample on
@@ -229,8 +230,9 @@ def test_sparse_scrublet_equals_scanpys_scrublet():
     differ = np.abs(scores[1:] - expected[1:]) > 1e-6
     assert differ.sum() <= 0.01 * len(differ) and np.abs(scores - expected)[1:].max() < 0.1
     assert np.array_equal(scores[1:] > 0.25, expected[1:] > 0.25)
-    np.testing.assert_allclose(sim_scores, reference.uns["scrublet"]["doublet_scores_sim"],
-                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        sim_scores, reference.uns["scrublet"]["doublet_scores_sim"], rtol=1e-6, atol=1e-9
+    )
     # the seed reaches the doublet simulation
     assert not np.allclose(scrublet_sparse(counts, seed=4)[1], sim_scores)
     # simulated doublets are scored only when asked (scrublet's automatic threshold)

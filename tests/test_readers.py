@@ -194,9 +194,13 @@ def r_dense(matrix: np.ndarray, rows, cols) -> bytes:
 def r_dgcmatrix(matrix: np.ndarray, rows, cols) -> bytes:
     csc = sparse.csc_matrix(matrix)
     attrs = {
-        "i": r_int(csc.indices), "p": r_int(csc.indptr), "Dim": r_int(csc.shape),
-        "Dimnames": r_list([r_str(rows), r_str(cols)]), "x": r_real(csc.data.tolist()),
-        "factors": r_list([]), "class": r_str(["dgCMatrix"]),
+        "i": r_int(csc.indices),
+        "p": r_int(csc.indptr),
+        "Dim": r_int(csc.shape),
+        "Dimnames": r_list([r_str(rows), r_str(cols)]),
+        "x": r_real(csc.data.tolist()),
+        "factors": r_list([]),
+        "class": r_str(["dgCMatrix"]),
     }
     return _int(25 | (1 << 8) | (1 << 9)) + _attrs(attrs)  # S4SXP, object, attributes
 
@@ -234,15 +238,19 @@ def test_h5ad_layer_counts(tmp_path, counts):
     assert list(adata.obs["author_cell_type"]) == ["T", "B"] * 10
     assert adata.var["gene_id"].iloc[3] == "ENSMUSG00000000003"
     assert adata.uns["osteoimmune"] == {
-        "dataset": DATASET, "species": "mouse", "value_type": "counts",
-        "gene_symbol_case": "as_is", "source_files": ["a.h5ad"],
+        "dataset": DATASET,
+        "species": "mouse",
+        "value_type": "counts",
+        "gene_symbol_case": "as_is",
+        "source_files": ["a.h5ad"],
     }
 
 
 def test_h5ad_x_normalized_has_no_counts_layer(tmp_path, counts):
     write_h5ad(tmp_path / "a.h5ad", counts)
-    entry = make_entry([{"role": "counts", "format": "h5ad", "filename": "a.h5ad"}],
-                       values="normalized")
+    entry = make_entry(
+        [{"role": "counts", "format": "h5ad", "filename": "a.h5ad"}], values="normalized"
+    )
     adata = read_one(entry, tmp_path)
     expected = counts / counts.sum(axis=1, keepdims=True) * 1e4
     assert isinstance(adata.X, sparse.csr_matrix)
@@ -255,15 +263,19 @@ def test_h5ad_protein_to_obsm(tmp_path, counts):
     write_h5ad(tmp_path / "rna.h5ad", counts)
     proteins = np.arange(N_CELLS * 3, dtype=float).reshape(N_CELLS, 3)
     order = np.arange(N_CELLS)[::-1]  # stored in another cell order: aligned by name
-    mod2 = ad.AnnData(X=sparse.csr_matrix(proteins[order] * 0.5),
-                      obs=pd.DataFrame(index=np.array(CELLS)[order]),
-                      var=pd.DataFrame(index=["CD14", "CD16", "CD3"]))
+    mod2 = ad.AnnData(
+        X=sparse.csr_matrix(proteins[order] * 0.5),
+        obs=pd.DataFrame(index=np.array(CELLS)[order]),
+        var=pd.DataFrame(index=["CD14", "CD16", "CD3"]),
+    )
     mod2.layers["counts"] = sparse.csc_matrix(proteins[order])
     mod2.write_h5ad(tmp_path / "adt.h5ad")
-    entry = make_entry([
-        {"role": "counts", "format": "h5ad", "filename": "rna.h5ad", "layer": "counts"},
-        {"role": "protein", "format": "h5ad", "filename": "adt.h5ad", "layer": "counts"},
-    ])
+    entry = make_entry(
+        [
+            {"role": "counts", "format": "h5ad", "filename": "rna.h5ad", "layer": "counts"},
+            {"role": "protein", "format": "h5ad", "filename": "adt.h5ad", "layer": "counts"},
+        ]
+    )
     adata = read_one(entry, tmp_path)
     frame = adata.obsm["protein"]
     assert isinstance(frame, pd.DataFrame)
@@ -308,8 +320,9 @@ def test_dense_tables(tmp_path, counts, fmt, orientation, gz):
         table = table.T
     filename = f"m.{fmt}" + (".gz" if gz else "")
     table.to_csv(tmp_path / filename, sep="," if fmt == "csv" else "\t")
-    entry = make_entry([{"role": "counts", "format": fmt, "filename": filename,
-                         "orientation": orientation}])
+    entry = make_entry(
+        [{"role": "counts", "format": fmt, "filename": filename, "orientation": orientation}]
+    )
     assert_standard(read_one(entry, tmp_path), counts)
 
 
@@ -317,12 +330,21 @@ def test_rda_dgcmatrix_with_named_factor(tmp_path, counts):
     labels = ["T", "B", "NK", "B"] * 5
     shuffled = np.random.default_rng(1).permutation(N_CELLS)
     write_rda(tmp_path / "m.rda", {"other": r_int([1]), "mat": r_dgcmatrix(counts.T, GENES, CELLS)})
-    write_rda(tmp_path / "l.rda", {"lab": r_factor([labels[i] for i in shuffled],
-                                                   names=[CELLS[i] for i in shuffled])})
+    write_rda(
+        tmp_path / "l.rda",
+        {"lab": r_factor([labels[i] for i in shuffled], names=[CELLS[i] for i in shuffled])},
+    )
     entry = make_entry(
-        [{"role": "counts", "format": "rda", "filename": "m.rda", "object": "mat",
-          "orientation": "genes_x_cells"},
-         {"role": "labels", "format": "rda", "filename": "l.rda", "object": "lab"}],
+        [
+            {
+                "role": "counts",
+                "format": "rda",
+                "filename": "m.rda",
+                "object": "mat",
+                "orientation": "genes_x_cells",
+            },
+            {"role": "labels", "format": "rda", "filename": "l.rda", "object": "lab"},
+        ],
         author_label={"file": "labels"},
     )
     adata = read_one(entry, tmp_path)
@@ -336,8 +358,15 @@ def test_rds_dense_with_unnamed_character_labels(tmp_path, counts):
     write_rds(tmp_path / "m.rds", r_dense(counts.T, GENES, CELLS))
     write_rds(tmp_path / "l.rds", r_str(labels))
     entry = make_entry(
-        [{"role": "counts", "format": "rds", "filename": "m.rds", "orientation": "genes_x_cells"},
-         {"role": "labels", "format": "rds", "filename": "l.rds"}],
+        [
+            {
+                "role": "counts",
+                "format": "rds",
+                "filename": "m.rds",
+                "orientation": "genes_x_cells",
+            },
+            {"role": "labels", "format": "rds", "filename": "l.rds"},
+        ],
         author_label={"file": "labels"},
     )
     adata = read_one(entry, tmp_path)
@@ -347,11 +376,16 @@ def test_rds_dense_with_unnamed_character_labels(tmp_path, counts):
 
 def test_matrix_from_r_objects(counts):
     csc = sparse.csc_matrix(counts.T)
-    dgc = SimpleNamespace(i=csc.indices, p=csc.indptr, x=csc.data, Dim=np.array(csc.shape),
-                          Dimnames=[np.array(GENES), np.array(CELLS)], factors=[],
-                          **{"class": np.array(["dgCMatrix"])})
-    dense = xr.DataArray(counts.T, dims=["dim_0", "dim_1"],
-                         coords={"dim_0": GENES, "dim_1": CELLS})
+    dgc = SimpleNamespace(
+        i=csc.indices,
+        p=csc.indptr,
+        x=csc.data,
+        Dim=np.array(csc.shape),
+        Dimnames=[np.array(GENES), np.array(CELLS)],
+        factors=[],
+        **{"class": np.array(["dgCMatrix"])},
+    )
+    dense = xr.DataArray(counts.T, dims=["dim_0", "dim_1"], coords={"dim_0": GENES, "dim_1": CELLS})
     for obj in (dgc, dense):
         adata = matrix_from_r(obj, orientation="genes_x_cells", dataset=DATASET, filename="x.rda")
         assert isinstance(adata.X, sparse.csr_matrix)
@@ -395,8 +429,9 @@ def test_check_species_symbols():
 def test_gene_column_replaces_ensembl_index(tmp_path, counts):
     ids = [f"ENSMUSG{i:011d}" for i in range(N_GENES)]
     var = pd.DataFrame({"symbol": GENES[:-1] + [GENES[0]]}, index=ids)  # one duplicate symbol
-    ad.AnnData(X=sparse.csr_matrix(counts), obs=pd.DataFrame(index=CELLS),
-               var=var).write_h5ad(tmp_path / "e.h5ad")
+    ad.AnnData(X=sparse.csr_matrix(counts), obs=pd.DataFrame(index=CELLS), var=var).write_h5ad(
+        tmp_path / "e.h5ad"
+    )
     spec = {"role": "counts", "format": "h5ad", "filename": "e.h5ad"}
     with pytest.raises(ReaderError, match=f"{DATASET}.*e.h5ad.*Ensembl.*gene_column"):
         read_one(make_entry([spec]), tmp_path)
@@ -408,8 +443,11 @@ def test_gene_column_replaces_ensembl_index(tmp_path, counts):
 
 def test_unknown_species_in_entry(tmp_path, counts):
     write_h5ad(tmp_path / "a.h5ad", counts)
-    entry = make_entry([{"role": "counts", "format": "h5ad", "filename": "a.h5ad"}],
-                       species="rat", values="normalized")
+    entry = make_entry(
+        [{"role": "counts", "format": "h5ad", "filename": "a.h5ad"}],
+        species="rat",
+        values="normalized",
+    )
     with pytest.raises(ReaderError, match=f"{DATASET}.*species 'rat'"):
         read_one(entry, tmp_path)
 
@@ -418,8 +456,11 @@ def test_unknown_species_in_entry(tmp_path, counts):
 
 
 def _h5ad_case(tmp_path, matrix, **fields):
-    ad.AnnData(X=sparse.csr_matrix(matrix), obs=pd.DataFrame(index=CELLS[: matrix.shape[0]]),
-               var=pd.DataFrame(index=GENES[: matrix.shape[1]])).write_h5ad(tmp_path / "bad.h5ad")
+    ad.AnnData(
+        X=sparse.csr_matrix(matrix),
+        obs=pd.DataFrame(index=CELLS[: matrix.shape[0]]),
+        var=pd.DataFrame(index=GENES[: matrix.shape[1]]),
+    ).write_h5ad(tmp_path / "bad.h5ad")
     return make_entry([{"role": "counts", "format": "h5ad", "filename": "bad.h5ad"}], **fields)
 
 
@@ -432,8 +473,11 @@ def case_no_cells(tmp_path, counts):
 
 
 def case_fractional_counts(tmp_path, counts):
-    return (_h5ad_case(tmp_path, counts + 0.5), "bad.h5ad",
-            "don't look like raw counts.*values: normalized")
+    return (
+        _h5ad_case(tmp_path, counts + 0.5),
+        "bad.h5ad",
+        "don't look like raw counts.*values: normalized",
+    )
 
 
 def case_negative(tmp_path, counts):
@@ -450,15 +494,18 @@ def case_nan(tmp_path, counts):
 
 def case_missing_obs_column(tmp_path, counts):
     write_h5ad(tmp_path / "a.h5ad", counts)
-    entry = make_entry([{"role": "counts", "format": "h5ad", "filename": "a.h5ad",
-                         "layer": "counts"}], author_label={"column": "celltype"})
+    entry = make_entry(
+        [{"role": "counts", "format": "h5ad", "filename": "a.h5ad", "layer": "counts"}],
+        author_label={"column": "celltype"},
+    )
     return entry, "a.h5ad", "'celltype'.*batch, cell_type"
 
 
 def case_regex_no_match(tmp_path, counts):
     write_h5ad(tmp_path / "a.h5ad", counts)
-    entry = make_entry([{"role": "counts", "format": "h5ad", "filename": "a.h5ad",
-                         "layer": "counts"}])
+    entry = make_entry(
+        [{"role": "counts", "format": "h5ad", "filename": "a.h5ad", "layer": "counts"}]
+    )
     entry["metadata"]["condition"] = {"cell_name": "^(ctrl)_"}
     return entry, "a.h5ad", "does not match 12 of 20.*stim_C08"
 
@@ -467,8 +514,15 @@ def case_labels_length(tmp_path, counts):
     write_rds(tmp_path / "m.rds", r_dense(counts.T, GENES, CELLS))
     write_rds(tmp_path / "l.rds", r_str(["T"] * (N_CELLS - 1)))
     entry = make_entry(
-        [{"role": "counts", "format": "rds", "filename": "m.rds", "orientation": "genes_x_cells"},
-         {"role": "labels", "format": "rds", "filename": "l.rds"}],
+        [
+            {
+                "role": "counts",
+                "format": "rds",
+                "filename": "m.rds",
+                "orientation": "genes_x_cells",
+            },
+            {"role": "labels", "format": "rds", "filename": "l.rds"},
+        ],
         author_label={"file": "labels"},
     )
     return entry, "l.rds", "19 labels for 20 cells"
@@ -482,22 +536,39 @@ def case_text_named_h5ad(tmp_path, counts):
 
 def case_text_named_rda(tmp_path, counts):
     (tmp_path / "fake.rda").write_text("gene,cell\n")
-    entry = make_entry([{"role": "counts", "format": "rda", "filename": "fake.rda",
-                         "object": "m", "orientation": "genes_x_cells"}])
+    entry = make_entry(
+        [
+            {
+                "role": "counts",
+                "format": "rda",
+                "filename": "fake.rda",
+                "object": "m",
+                "orientation": "genes_x_cells",
+            }
+        ]
+    )
     return entry, "fake.rda", "not an R data file"
 
 
 def case_missing_r_object(tmp_path, counts):
     write_rda(tmp_path / "m.rda", {"mat": r_dense(counts.T, GENES, CELLS)})
-    entry = make_entry([{"role": "counts", "format": "rda", "filename": "m.rda",
-                         "object": "counts", "orientation": "genes_x_cells"}])
+    entry = make_entry(
+        [
+            {
+                "role": "counts",
+                "format": "rda",
+                "filename": "m.rda",
+                "object": "counts",
+                "orientation": "genes_x_cells",
+            }
+        ]
+    )
     return entry, "m.rda", "'counts' is not in the file.*holds: mat"
 
 
 def case_missing_layer(tmp_path, counts):
     write_h5ad(tmp_path / "a.h5ad", counts)
-    entry = make_entry([{"role": "counts", "format": "h5ad", "filename": "a.h5ad",
-                         "layer": "raw"}])
+    entry = make_entry([{"role": "counts", "format": "h5ad", "filename": "a.h5ad", "layer": "raw"}])
     return entry, "a.h5ad", "layer 'raw'.*layers: counts"
 
 
@@ -508,9 +579,19 @@ def case_csv_without_orientation(tmp_path, counts):
 
 
 BAD_CASES = [
-    case_all_zeros, case_no_cells, case_fractional_counts, case_negative, case_nan,
-    case_missing_obs_column, case_regex_no_match, case_labels_length, case_text_named_h5ad,
-    case_text_named_rda, case_missing_r_object, case_missing_layer, case_csv_without_orientation,
+    case_all_zeros,
+    case_no_cells,
+    case_fractional_counts,
+    case_negative,
+    case_nan,
+    case_missing_obs_column,
+    case_regex_no_match,
+    case_labels_length,
+    case_text_named_h5ad,
+    case_text_named_rda,
+    case_missing_r_object,
+    case_missing_layer,
+    case_csv_without_orientation,
 ]
 
 
@@ -566,10 +647,21 @@ def test_real_shapes_and_standard_form(real_datasets):
 def test_real_labels_and_metadata(real_datasets):
     obs = {name: adata.obs for name, (_, adata) in real_datasets.items()}
     assert set(obs["matsushita2023_bm_stroma"]["author_cell_type"]) == {
-        "CH", "ORT", "OS", "RE", "Stem"}
+        "CH",
+        "ORT",
+        "OS",
+        "RE",
+        "Stem",
+    }
     assert set(obs["paul2015_bm_myeloid"]["author_cell_type"]) == {
-        "Erythrocyte", "Monocytes", "Basophils", "GMP", "Neutrophils",
-        "Multipotent progenitors", "Megakaryocytes"}
+        "Erythrocyte",
+        "Monocytes",
+        "Basophils",
+        "GMP",
+        "Neutrophils",
+        "Multipotent progenitors",
+        "Megakaryocytes",
+    }
     assert set(obs["shalek2014_bmdc_lps"]["condition"]) == {"Unstimulated", "LPS_6h"}
     for name in ("luecken2021_bmmc_cite", "luecken2021_bmmc_multiome"):
         assert set(obs[name]["donor"]) == {"s1d1", "s1d2"}

@@ -47,8 +47,11 @@ def test_unknown_key_is_an_error_naming_entry_and_field(tmp_path, registry_data)
         ("files", [], r"paul2015_bm_myeloid/files"),
         # a polarization gate must say why every cell belongs in it
         ("polarization_gate", {"cells": "all"}, r"paul2015_bm_myeloid/polarization_gate.*reason"),
-        ("polarization_gate", {"cells": "some", "reason": "sorted"},
-         r"paul2015_bm_myeloid/polarization_gate/cells"),
+        (
+            "polarization_gate",
+            {"cells": "some", "reason": "sorted"},
+            r"paul2015_bm_myeloid/polarization_gate/cells",
+        ),
         # so must a progenitor sort
         ("progenitor_sort", {}, r"paul2015_bm_myeloid/progenitor_sort.*reason"),
     ],

@@ -23,8 +23,9 @@ from osteoimmune.report import dataset_report, index_row, key_signature_block, r
 def scored():
     rng = np.random.default_rng(0)
     n = 60
-    adata = ad.AnnData(X=sp.random(n, 30, density=0.2, format="csr", dtype=np.float32,
-                                   random_state=0))
+    adata = ad.AnnData(
+        X=sp.random(n, 30, density=0.2, format="csr", dtype=np.float32, random_state=0)
+    )
     adata.obs_names = [f"c{i}" for i in range(n)]
     adata.obs["sample"] = pd.Categorical(["s1"] * n)
     adata.obs["condition"] = pd.Categorical(["a", "b"] * (n // 2))
@@ -40,72 +41,184 @@ def scored():
     adata.obs["z_M1"] = adata.obs["score_M1"] + 2.0 * (adata.obs["condition"] == "b")
     adata.obsm["X_umap"] = rng.normal(size=(n, 2))
     adata.uns["osteoimmune"] = {
-        "dataset": "toy", "species": "mouse", "value_type": "tpm", "normalization": "log1p",
-        "qc_note": "values are tpm", "integration": "none", "seed": 0, "pca_input": "log1p",
+        "dataset": "toy",
+        "species": "mouse",
+        "value_type": "tpm",
+        "normalization": "log1p",
+        "qc_note": "values are tpm",
+        "integration": "none",
+        "seed": 0,
+        "pca_input": "log1p",
         "clustering": {"resolution": 0.4, "n_clusters": 3, "reason": "most stable"},
     }
     return adata
 
 
 def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
-    entry = {"title": "<script>alert(1)</script>", "species": "mouse", "tissue": "bm",
-             "paper": "P & Q", "doi": None, "accession": None, "license": "MIT"}
-    manifest = {"files": [{"filename": "x.h5ad", "role": "counts", "url": "https://e.org/x",
-                           "sha256": "0" * 64, "bytes": 1, "source": "mirror"}]}
-    by_group = pd.DataFrame({"grouping": ["cell_type"] * 2, "value": ["score", "z"],
-                             "group": ["classical monocyte"] * 2, "n_cells": [60, 60],
-                             "M1": [0.1, 1.2]})
+    entry = {
+        "title": "<script>alert(1)</script>",
+        "species": "mouse",
+        "tissue": "bm",
+        "paper": "P & Q",
+        "doi": None,
+        "accession": None,
+        "license": "MIT",
+    }
+    manifest = {
+        "files": [
+            {
+                "filename": "x.h5ad",
+                "role": "counts",
+                "url": "https://e.org/x",
+                "sha256": "0" * 64,
+                "bytes": 1,
+                "source": "mirror",
+            }
+        ]
+    }
+    by_group = pd.DataFrame(
+        {
+            "grouping": ["cell_type"] * 2,
+            "value": ["score", "z"],
+            "group": ["classical monocyte"] * 2,
+            "n_cells": [60, 60],
+            "M1": [0.1, 1.2],
+        }
+    )
     tables = {
         "qc": pd.DataFrame({"cells_in": [60]}),
         "lineage": pd.DataFrame({"sample": ["s1"], "qc_group": ["0"], "cells": [60]}),
-        "stability": pd.DataFrame({"resolution": [0.2, 0.4], "n_clusters": [2, 3],
-                                   "mean_ari": [0.9, 0.95], "sd_ari": [0.01, 0.02]}),
-        "markers": pd.DataFrame({"cluster": ["0", "0", "1"], "rank": [1, 2, 1],
-                                 "gene": ["Lyz2", "Cd14", "Cd3e"]}),
+        "stability": pd.DataFrame(
+            {
+                "resolution": [0.2, 0.4],
+                "n_clusters": [2, 3],
+                "mean_ari": [0.9, 0.95],
+                "sd_ari": [0.01, 0.02],
+            }
+        ),
+        "markers": pd.DataFrame(
+            {"cluster": ["0", "0", "1"], "rank": [1, 2, 1], "gene": ["Lyz2", "Cd14", "Cd3e"]}
+        ),
         "coverage": pd.DataFrame({"scored": [True]}, index=["M1"]),
         "by_group": by_group,
-        "method_agreement": pd.DataFrame({"spearman": [0.9], "n_cells": [60]},
-                                         index=pd.Index(["M1"], name="set")),
+        "method_agreement": pd.DataFrame(
+            {"spearman": [0.9], "n_cells": [60]}, index=pd.Index(["M1"], name="set")
+        ),
         "states": pd.DataFrame(),
-        "genes": pd.DataFrame({"cell_type": ["classical monocyte"], "gene": ["Tnfsf11"],
-                               "mean": [0.5], "fraction": [0.3], "n_cells": [60],
-                               "present": [True]}),
-        "pairs": pd.DataFrame({"ligand": ["Tnfsf11"], "receptor": ["Tnfrsf11a"],
-                               "kind": "signalling", "sender": ["classical monocyte"],
-                               "receiver": ["x"],
-                               "score": [0.2], "present": [True]}),
+        "genes": pd.DataFrame(
+            {
+                "cell_type": ["classical monocyte"],
+                "gene": ["Tnfsf11"],
+                "mean": [0.5],
+                "fraction": [0.3],
+                "n_cells": [60],
+                "present": [True],
+            }
+        ),
+        "pairs": pd.DataFrame(
+            {
+                "ligand": ["Tnfsf11"],
+                "receptor": ["Tnfrsf11a"],
+                "kind": "signalling",
+                "sender": ["classical monocyte"],
+                "receiver": ["x"],
+                "score": [0.2],
+                "present": [True],
+            }
+        ),
         "qc_cells": scored.obs.assign(qc_pass=True),
-        "agreement": pd.DataFrame({"level": ["lineage"], "metric": ["accuracy"],
-                                   "reference": ["<i>authors</i>"], "annotation": [0.9]}),
-        "confusion": pd.DataFrame({"author_lineage": ["myeloid"], "author_cell_type": ["x"],
-                                   "n_cells": [60], "classical monocyte": [60]},
-                                  index=pd.Index(["Mono"], name="author_label")),
-        "composition": pd.DataFrame({"sample": "s1", "cell_lineage": "myeloid",
-                                     "cell_type": ["classical monocyte"], "n_cells": [60],
-                                     "fraction": [1.0]}),
+        "agreement": pd.DataFrame(
+            {
+                "level": ["lineage"],
+                "metric": ["accuracy"],
+                "reference": ["<i>authors</i>"],
+                "annotation": [0.9],
+            }
+        ),
+        "confusion": pd.DataFrame(
+            {
+                "author_lineage": ["myeloid"],
+                "author_cell_type": ["x"],
+                "n_cells": [60],
+                "classical monocyte": [60],
+            },
+            index=pd.Index(["Mono"], name="author_label"),
+        ),
+        "composition": pd.DataFrame(
+            {
+                "sample": "s1",
+                "cell_lineage": "myeloid",
+                "cell_type": ["classical monocyte"],
+                "n_cells": [60],
+                "fraction": [1.0],
+            }
+        ),
         "panel_coverage": pd.DataFrame(
-            {c: ["x"] for c in ("lineage", "cell_type", "n_genes", "n_present", "used",
-                                "complete", "reason", "sources")}, index=["mono"]),
-        "qc_thresholds": pd.DataFrame({
-            "sample": "s1", "scope": "sample", "metric": ["total_counts", "pct_counts_mt"],
-            "lower": [5.0, None], "upper": [90.0, 20.0], "cells": scored.n_obs,
-        }),
+            {
+                c: ["x"]
+                for c in (
+                    "lineage",
+                    "cell_type",
+                    "n_genes",
+                    "n_present",
+                    "used",
+                    "complete",
+                    "reason",
+                    "sources",
+                )
+            },
+            index=["mono"],
+        ),
+        "qc_thresholds": pd.DataFrame(
+            {
+                "sample": "s1",
+                "scope": "sample",
+                "metric": ["total_counts", "pct_counts_mt"],
+                "lower": [5.0, None],
+                "upper": [90.0, 20.0],
+                "cells": scored.n_obs,
+            }
+        ),
     }
     aggregates = donor_aggregates(scored.obs, score_columns=["z_M1"], min_cells=3)
     tables["aggregates"] = aggregates
     tables["comparison"] = compare_conditions(aggregates)
-    tables["prerank"] = pd.DataFrame({
-        "cell_type": ["classical monocyte", "classical monocyte"], "term": ["M1", "<u>M2</u>"],
-        "es": [0.8, -0.5], "nes": [1.9, -1.2], "pval": [0.001, 0.2], "fdr": [0.002, 0.3],
-        "n_genes": [10, 8], "n_ranked": [30, 30], "lead_genes": ["Il1b;Tnf", "Mrc1"]})
-    tables["ora"] = pd.DataFrame({
-        "leiden": ["0"], "term": ["M1"], "overlap": ["2/10"], "n_overlap": [2],
-        "set_size": [10], "n_query": [5], "pval": [0.01], "fdr": [0.02], "odds_ratio": [9.0],
-        "genes": ["Il1b;Tnf"]})
+    tables["prerank"] = pd.DataFrame(
+        {
+            "cell_type": ["classical monocyte", "classical monocyte"],
+            "term": ["M1", "<u>M2</u>"],
+            "es": [0.8, -0.5],
+            "nes": [1.9, -1.2],
+            "pval": [0.001, 0.2],
+            "fdr": [0.002, 0.3],
+            "n_genes": [10, 8],
+            "n_ranked": [30, 30],
+            "lead_genes": ["Il1b;Tnf", "Mrc1"],
+        }
+    )
+    tables["ora"] = pd.DataFrame(
+        {
+            "leiden": ["0"],
+            "term": ["M1"],
+            "overlap": ["2/10"],
+            "n_overlap": [2],
+            "set_size": [10],
+            "n_query": [5],
+            "pval": [0.01],
+            "fdr": [0.02],
+            "odds_ratio": [9.0],
+            "genes": ["Il1b;Tnf"],
+        }
+    )
     config = {"seed": 0, "compare": {"group_key": "cell_type", "min_donors": 3}}
     html = dataset_report(
-        scored, entry=entry, manifest=manifest, tables=tables, config=config,
-        fig_dir=tmp_path / "figures", design_note=design_note(aggregates) + " <b>x</b>",
+        scored,
+        entry=entry,
+        manifest=manifest,
+        tables=tables,
+        config=config,
+        fig_dir=tmp_path / "figures",
+        design_note=design_note(aggregates) + " <b>x</b>",
     )
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
     assert "P &amp; Q" in html
@@ -136,12 +249,15 @@ def test_index_row_and_page(scored):
     row = index_row(scored, entry={"title": "Toy", "species": "mouse"})
     assert row["value_type"] == "tpm" and row["author_labels"] == 2
     assert row["means"] == {"M1": pytest.approx(scored.obs["score_M1"].mean())}
-    by_group = pd.DataFrame({
-        "grouping": ["cell_type"] * 4, "value": ["score", "z", "z", "z"],
-        "group": ["macrophage", "macrophage", "<i>B</i>", "osteoclast"],
-        "n_cells": [50, 50, 20, 30],
-        "macrophage_M1_classical_core": [0.3, 3.0, -1.0, np.nan],
-    })
+    by_group = pd.DataFrame(
+        {
+            "grouping": ["cell_type"] * 4,
+            "value": ["score", "z", "z", "z"],
+            "group": ["macrophage", "macrophage", "<i>B</i>", "osteoclast"],
+            "n_cells": [50, 50, 20, 30],
+            "macrophage_M1_classical_core": [0.3, 3.0, -1.0, np.nan],
+        }
+    )
     row["key"] = key_signature_block(by_group)
     assert row["key"]["sets"][:2] == ["M1", "M2a"]
     first = row["key"]["rows"][0]
@@ -157,10 +273,14 @@ def test_index_row_and_page(scored):
 
 def test_donor_plot_copes_with_a_condition_without_values():
     """A score mean needs min_cells per donor: a condition may have no donor value at all."""
-    obs = pd.DataFrame({
-        "donor": ["d1"] * 12 + ["d2"] * 3, "condition": ["a"] * 12 + ["b"] * 3,
-        "cell_type": "macrophage", "z_M1": np.linspace(0, 1, 15),
-    })
+    obs = pd.DataFrame(
+        {
+            "donor": ["d1"] * 12 + ["d2"] * 3,
+            "condition": ["a"] * 12 + ["b"] * 3,
+            "cell_type": "macrophage",
+            "z_M1": np.linspace(0, 1, 15),
+        }
+    )
     aggregates = donor_aggregates(obs, score_columns=["z_M1"], min_cells=10)
     comparison = compare_conditions(aggregates)
     data = comparison_plot_data(aggregates)

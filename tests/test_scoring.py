@@ -151,9 +151,15 @@ def test_same_seed_same_scores(library):
 def test_default_sets_are_every_score_set(library):
     names = default_score_sets(library, "mouse")
     assert M1 in names and M2A in names and "trained_immunity_core6_zhang2022" in names
-    for program in ("osteoclast_differentiation_core", "osteoblast_lineage_core",
-                    "bm_stromal_LEPR_CAR_niche", "neutrophil_NET_machinery", "NK_cytotoxicity",
-                    "DC_maturation_mregDC", "complement_anaphylatoxin_and_C3_receptors"):
+    for program in (
+        "osteoclast_differentiation_core",
+        "osteoblast_lineage_core",
+        "bm_stromal_LEPR_CAR_niche",
+        "neutrophil_NET_machinery",
+        "NK_cytotoxicity",
+        "DC_maturation_mregDC",
+        "complement_anaphylatoxin_and_C3_receptors",
+    ):
         assert program in names
     assert all(library.sets[n]["use"] == "score" for n in names)
     assert "complement_components_and_regulators" not in names  # per_gene
@@ -163,8 +169,9 @@ def test_default_sets_are_every_score_set(library):
 def test_calibrated_scores_add_z_p_and_a_second_method(library):
     adata = _make_adata(library)
     table = score_signatures(adata, library, species="mouse", seed=3)
-    agreement = calibrated_scores(adata, library, species="mouse", coverage=table, seed=3,
-                                  n_null=100)
+    agreement = calibrated_scores(
+        adata, library, species="mouse", coverage=table, seed=3, n_null=100
+    )
     scored = list(table.index[table["scored"]])
     assert scored and list(agreement.index) == scored
     for name in scored:
@@ -231,9 +238,16 @@ def test_user_sets_from_gmt_and_yaml_files_are_added(tmp_path):
     library = load_library()
     (tmp_path / "mine.gmt").write_text("MY_M1\tmy note\tNos2\tIl1b\tTnf\n")
     (tmp_path / "mine.yaml").write_text(
-        "sets:\n  my_human_set:\n    description: human only\n    genes: {human: [CD14]}\n")
-    added = add_user_sets(library, [{"path": str(tmp_path / "mine.gmt"), "species": "mouse"},
-                                    {"path": str(tmp_path / "mine.yaml")}], species="mouse")
+        "sets:\n  my_human_set:\n    description: human only\n    genes: {human: [CD14]}\n"
+    )
+    added = add_user_sets(
+        library,
+        [
+            {"path": str(tmp_path / "mine.gmt"), "species": "mouse"},
+            {"path": str(tmp_path / "mine.yaml")},
+        ],
+        species="mouse",
+    )
     assert added == ["MY_M1"]  # the human-only YAML set has no mouse genes
     assert library.genes("MY_M1", "mouse") == ["Nos2", "Il1b", "Tnf"]
     assert "my_human_set" in library.sets

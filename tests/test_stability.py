@@ -35,8 +35,10 @@ def test_stability_table_and_chosen_resolution_recover_three_groups():
     chosen = table[table["chosen"]].iloc[0]
     assert chosen["n_clusters"] == 3 and chosen["mean_ari"] > 0.9
     for res in RESOLUTIONS:
-        assert adata.obs[resolution_key(res)].nunique() == table.set_index("resolution").loc[
-            res, "n_clusters"]
+        assert (
+            adata.obs[resolution_key(res)].nunique()
+            == table.set_index("resolution").loc[res, "n_clusters"]
+        )
     assert adata.obs["leiden"].tolist() == adata.obs[resolution_key(chosen["resolution"])].tolist()
     assert adjusted_rand_score(adata.obs["group"], adata.obs["leiden"]) > 0.9
     record = adata.uns["osteoimmune"]["clustering"]

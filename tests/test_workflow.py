@@ -58,8 +58,9 @@ def test_final_anndata_has_clusters_scores_and_labels(run, dataset):
     assert ("author_cell_type" in adata.obs) == (dataset in LABELLED)
     if dataset in LABELLED:
         assert adata.obs["author_cell_type"].nunique() >= 5
-    coverage = pd.read_csv(run / "results" / dataset / "tables" / "signature_coverage.tsv",
-                           sep="\t", index_col=0)
+    coverage = pd.read_csv(
+        run / "results" / dataset / "tables" / "signature_coverage.tsv", sep="\t", index_col=0
+    )
     assert set(coverage.index[coverage["scored"]]) == {s.removeprefix("score_") for s in scores}
     reasons = coverage.loc[~coverage["scored"], "reason"]
     assert all(isinstance(r, str) and "%" in r or "no gene" in r for r in reasons)
@@ -86,8 +87,9 @@ def test_final_anndata_has_annotation_and_qc_per_sample(run, dataset):
 
 
 def test_cite_monocytes_carry_cd14_protein(run):
-    agreement = pd.read_csv(run / "results" / "luecken2021_bmmc_cite" / "tables"
-                            / "annotation_agreement.tsv", sep="\t").set_index("metric")
+    agreement = pd.read_csv(
+        run / "results" / "luecken2021_bmmc_cite" / "tables" / "annotation_agreement.tsv", sep="\t"
+    ).set_index("metric")
     assert agreement.loc["CD14_auroc", "annotation"] >= 0.9
 
 
@@ -107,8 +109,15 @@ def test_bone_and_net_programs_do_not_follow_lps_in_shalek(run):
     # coverage threshold here, so the workflow does not score them; scored with a lower
     # threshold they must not separate LPS from unstimulated cells either
     bone = ["osteoclast_differentiation_core", "osteoblast_lineage_core"]
-    coverage = score_signatures(adata, load_library(), species="mouse", sets=bone,
-                                min_coverage=0.3, case_insensitive=True, seed=0)
+    coverage = score_signatures(
+        adata,
+        load_library(),
+        species="mouse",
+        sets=bone,
+        min_coverage=0.3,
+        case_insensitive=True,
+        seed=0,
+    )
     assert coverage["scored"].all()
     for name in bone:
         assert 0.35 <= roc_auc_score(lps, adata.obs[f"score_{name}"]) <= 0.65, name
@@ -139,14 +148,21 @@ def test_user_gmt_set_is_scored_by_the_score_step(run, tmp_path):
     """signatures.user_sets through the workflow's score step, on the Shalek cells."""
     gmt = tmp_path / "mine.gmt"
     # interferon-stimulated genes that LPS induces in these cells (Shalek et al. 2014)
-    gmt.write_text("my_lps_isg\tinterferon response, user set\tIfit1\tIfit3\tIsg15\tRsad2"
-                   "\tCxcl10\tIrf7\tOasl1\tMx1\n")
+    gmt.write_text(
+        "my_lps_isg\tinterferon response, user set\tIfit1\tIfit3\tIsg15\tRsad2"
+        "\tCxcl10\tIrf7\tOasl1\tMx1\n"
+    )
     params = {**CONFIG["signatures"], "user_sets": [{"path": str(gmt), "species": "mouse"}]}
     folder = run / "results" / "shalek2014_bmdc_lps"
     names = ("coverage", "agreement", "by_group", "states", "genes", "pairs")
     tables = {name: tmp_path / f"{name}.tsv" for name in names}
-    score_rule(h5ad=folder / "intermediate" / "annotated.h5ad", params=params, seed=0,
-               out=tmp_path / "scored.h5ad", tables=tables)
+    score_rule(
+        h5ad=folder / "intermediate" / "annotated.h5ad",
+        params=params,
+        seed=0,
+        out=tmp_path / "scored.h5ad",
+        tables=tables,
+    )
     adata = ad.read_h5ad(tmp_path / "scored.h5ad")
     lps = (adata.obs["condition"] == "LPS_6h").to_numpy()
     assert roc_auc_score(lps, adata.obs["z_my_lps_isg"]) >= 0.95
@@ -160,7 +176,8 @@ def test_matsushita_bone_programs_peak_in_the_authors_populations(run):
     path = run / "results" / "matsushita2023_bm_stroma" / "matsushita2023_bm_stroma.h5ad"
     obs = ad.read_h5ad(path).obs
     means = obs.groupby("author_cell_type", observed=True)[
-        ["score_osteoblast_lineage_core", "score_bm_stromal_LEPR_CAR_niche"]].mean()
+        ["score_osteoblast_lineage_core", "score_bm_stromal_LEPR_CAR_niche"]
+    ].mean()
     assert means["score_osteoblast_lineage_core"].idxmax() == "OS"
     assert means["score_bm_stromal_LEPR_CAR_niche"].idxmax() == "RE"
 
@@ -176,12 +193,17 @@ def test_scores_are_calibrated_and_states_called_in_the_gate(run, dataset):
     assert sorted(agreement.index) == sorted(scored)
     if "polarization_state" in adata.obs:
         gated = adata.obs["cell_type"].isin(
-            ["classical monocyte", "non-classical monocyte", "macrophage"])
+            ["classical monocyte", "non-classical monocyte", "macrophage"]
+        )
         if dataset == "shalek2014_bmdc_lps":  # the registry's polarization_gate: all cells
             gated[:] = True
         assert adata.obs.loc[~gated, "polarization_state"].isna().all()
         assert set(adata.obs.loc[gated, "polarization_state"].dropna()) <= {
-            "M1-like", "M2-like", "mixed", "unpolarized"}
+            "M1-like",
+            "M2-like",
+            "mixed",
+            "unpolarized",
+        }
     # pairs between the cell types with enough cells (Shalek: 129 of 131 cells unassigned)
     types = adata.obs["cell_type"][adata.obs["cell_type"] != "unassigned"].value_counts()
     if (types >= 10).any():
@@ -218,8 +240,10 @@ def test_conditions_are_compared_across_donors_not_cells(run):
     tables = run / "results" / "shalek2014_bmdc_lps" / "tables"
     table = pd.read_csv(tables / "condition_comparison.tsv", sep="\t")
     assert not table.empty and table["descriptive_only"].all() and table["p_value"].isna().all()
-    m1 = table[(table["variable"] == "z_macrophage_M1_classical_core")
-               & (table["cell_type"] == "unassigned")].iloc[0]
+    m1 = table[
+        (table["variable"] == "z_macrophage_M1_classical_core")
+        & (table["cell_type"] == "unassigned")
+    ].iloc[0]
     # the registry's reference condition comes first; LPS raises M1
     assert (m1["condition_a"], m1["condition_b"]) == ("Unstimulated", "LPS_6h")
     assert m1["difference"] > 0
@@ -239,8 +263,13 @@ def test_enrichment_runs_offline_per_cell_type(run):
     assert {"immature neutrophil", "classical monocyte"} <= set(prerank["cell_type"])
     assert "unassigned" not in set(prerank["cell_type"])
     # only cell types with enough cells are ranked
-    cells = ad.read_h5ad(run / "results" / "weinreb2020_larry_bm_culture" /
-                         "weinreb2020_larry_bm_culture.h5ad").obs["cell_type"].value_counts()
+    cells = (
+        ad.read_h5ad(
+            run / "results" / "weinreb2020_larry_bm_culture" / "weinreb2020_larry_bm_culture.h5ad"
+        )
+        .obs["cell_type"]
+        .value_counts()
+    )
     minimum = CONFIG["enrichment"]["min_cells"]
     assert set(prerank["cell_type"]) == set(cells.index[cells >= minimum]) - {"unassigned"}
     # granule proteins (Elane, Mpo, Prtn3, Ctsg) are made by promyelocytes and myelocytes
@@ -258,7 +287,9 @@ def test_enrichment_runs_offline_per_cell_type(run):
 def test_snakemake_report_builds_with_captions(run, tmp_path):
     out = tmp_path / "report.zip"
     result = snakemake(
-        run, f"datasets={json.dumps(list(SHAPES))}", "offline=True",
+        run,
+        f"datasets={json.dumps(list(SHAPES))}",
+        "offline=True",
         options=["--report", str(out)],
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -293,7 +324,10 @@ def test_offline_miss_fails_naming_the_files_and_leaves_nothing(tmp_path):
     empty.mkdir()
     workdir = tmp_path / "run"
     result = snakemake(
-        workdir, 'datasets=["paul2015_bm_myeloid"]', f"mirror={empty}", "offline=True",
+        workdir,
+        'datasets=["paul2015_bm_myeloid"]',
+        f"mirror={empty}",
+        "offline=True",
         targets=["resources/paul2015_bm_myeloid/fetch_manifest.json"],
     )
     assert result.returncode != 0
@@ -306,9 +340,13 @@ def test_offline_miss_fails_naming_the_files_and_leaves_nothing(tmp_path):
 
 def test_report_shows_the_annotation_per_cluster_with_its_basis(run):
     html = (run / "results" / "paul2015_bm_myeloid" / "report.html").read_text()
-    section = html[html.index("<h2>Cell types</h2>"):html.index("<h2>Signature scores</h2>")]
-    for heading in ("Composition per sample", "Lineage per cluster",
-                    "Agreement with the authors' labels", "Confusion: author labels"):
+    section = html[html.index("<h2>Cell types</h2>") : html.index("<h2>Signature scores</h2>")]
+    for heading in (
+        "Composition per sample",
+        "Lineage per cluster",
+        "Agreement with the authors' labels",
+        "Confusion: author labels",
+    ):
         assert f"<h3>{heading}" in section
     # the registry's progenitor sort, named where it made a lineage
     assert "<td>progenitor sort, no committed lineage</td>" in section

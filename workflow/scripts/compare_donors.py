@@ -12,10 +12,12 @@ def main(*, h5ad, params, reference, aggregates_out, comparison_out, note_out):
     obs = ad.read_h5ad(h5ad, backed="r").obs
     group_key = params["group_key"]
     scores = [c for c in obs.columns if c.startswith(PREFIX[params["values"]])]
-    aggregates = donor_aggregates(obs, score_columns=scores, group_key=group_key,
-                                  min_cells=params["min_cells"])
-    comparison = compare_conditions(aggregates, reference=reference,
-                                    group_key=group_key, min_donors=params["min_donors"])
+    aggregates = donor_aggregates(
+        obs, score_columns=scores, group_key=group_key, min_cells=params["min_cells"]
+    )
+    comparison = compare_conditions(
+        aggregates, reference=reference, group_key=group_key, min_donors=params["min_donors"]
+    )
     aggregates.to_csv(aggregates_out, sep="\t", index=False)
     comparison.to_csv(comparison_out, sep="\t", index=False)
     with open(note_out, "w", encoding="utf-8") as handle:

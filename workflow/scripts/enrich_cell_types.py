@@ -37,19 +37,33 @@ def main(*, h5ad, leiden_markers, params, user_sets, seed, threads, out):
     adata.obs[group_key] = adata.obs[group_key].astype("category")
     ranking = cell_type_ranking(adata, group_key=group_key, min_cells=params["min_cells"])
     prerank = prerank_by_group(
-        ranking, sets, group_col="cluster", min_size=params["min_size"],
-        max_size=params["max_size"], permutations=params["permutations"], seed=seed,
-        threads=threads, case_insensitive=upper,
+        ranking,
+        sets,
+        group_col="cluster",
+        min_size=params["min_size"],
+        max_size=params["max_size"],
+        permutations=params["permutations"],
+        seed=seed,
+        threads=threads,
+        case_insensitive=upper,
     ).rename(columns={"group": group_key})
     ora = overrepresentation(
-        pd.read_csv(leiden_markers, sep="\t", dtype={"cluster": str}), sets,
-        group_col="cluster", background=adata.var_names, top_n=params["top_n"],
-        max_padj=params["max_padj"], case_insensitive=upper,
+        pd.read_csv(leiden_markers, sep="\t", dtype={"cluster": str}),
+        sets,
+        group_col="cluster",
+        background=adata.var_names,
+        top_n=params["top_n"],
+        max_padj=params["max_padj"],
+        case_insensitive=upper,
     ).rename(columns={"group": "leiden"})
     prerank.to_csv(out["prerank"], sep="\t", index=False)
     ora.to_csv(out["ora"], sep="\t", index=False)
-    log.info("prerank: %d rows (%d groups); ORA: %d rows", len(prerank),
-             prerank[group_key].nunique(), len(ora))
+    log.info(
+        "prerank: %d rows (%d groups); ORA: %d rows",
+        len(prerank),
+        prerank[group_key].nunique(),
+        len(ora),
+    )
 
 
 if __name__ == "__main__":

@@ -24,9 +24,11 @@ def main(*, h5ads, thresholds, qc, out, tables, compression="gzip"):
     adata = concat_samples(parts)
     qc_cells_table(adata.obs).to_csv(tables["cells"], sep="\t")
     filtered, summary, losses = finish_qc(
-        adata, min_cells_per_gene=qc["min_cells_per_gene"],
+        adata,
+        min_cells_per_gene=qc["min_cells_per_gene"],
         min_cells_per_sample=qc["min_cells_per_sample"],
-        on_small_sample=qc["on_small_sample"], dataset=adata.uns["osteoimmune"]["dataset"],
+        on_small_sample=qc["on_small_sample"],
+        dataset=adata.uns["osteoimmune"]["dataset"],
     )
     dropped = list(summary.index[summary["sample_dropped"]])
     if dropped:
@@ -38,7 +40,8 @@ def main(*, h5ads, thresholds, qc, out, tables, compression="gzip"):
     summary.to_csv(tables["summary"], sep="\t")
     losses.to_csv(tables["lineage"], sep="\t")
     pd.concat([pd.read_csv(p, sep="\t") for p in thresholds]).to_csv(
-        tables["thresholds"], sep="\t", index=False)
+        tables["thresholds"], sep="\t", index=False
+    )
     filtered.write_h5ad(out, compression=compression)
 
 

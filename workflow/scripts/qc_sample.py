@@ -20,8 +20,11 @@ def main(*, h5ad, qc, seed, out, thresholds):
     for note in notes[1:]:
         log.warning(note)
     table = flag_cells(
-        adata, counts_based=value_type == "counts", lineage_aware=qc["lineage_aware"],
-        min_group_cells=qc["min_group_cells"], remove_doublets=qc["remove_doublets"],
+        adata,
+        counts_based=value_type == "counts",
+        lineage_aware=qc["lineage_aware"],
+        min_group_cells=qc["min_group_cells"],
+        remove_doublets=qc["remove_doublets"],
         **threshold_params(qc),
     )
     adata.uns["qc_notes"] = notes

@@ -11,9 +11,27 @@ from osteoimmune.report import dataset_report
 from osteoimmune.runlog import logged
 
 TABLES = (
-    "qc", "lineage", "qc_cells", "qc_thresholds", "stability", "markers", "agreement",
-    "confusion", "composition", "panel_coverage", "coverage", "method_agreement", "by_group",
-    "states", "genes", "pairs", "aggregates", "comparison", "note", "prerank", "ora",
+    "qc",
+    "lineage",
+    "qc_cells",
+    "qc_thresholds",
+    "stability",
+    "markers",
+    "agreement",
+    "confusion",
+    "composition",
+    "panel_coverage",
+    "coverage",
+    "method_agreement",
+    "by_group",
+    "states",
+    "genes",
+    "pairs",
+    "aggregates",
+    "comparison",
+    "note",
+    "prerank",
+    "ora",
 )
 
 

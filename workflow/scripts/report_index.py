@@ -26,5 +26,9 @@ def main(*, h5ads, by_groups, registry, html):
 
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
-        main(h5ads=snakemake.input.h5ads, by_groups=snakemake.input.by_groups,
-             registry=snakemake.params.registry, html=snakemake.output.html)
+        main(
+            h5ads=snakemake.input.h5ads,
+            by_groups=snakemake.input.by_groups,
+            registry=snakemake.params.registry,
+            html=snakemake.output.html,
+        )

@@ -27,7 +27,8 @@ from osteoimmune.states import (
 log = logging.getLogger("osteoimmune")
 # Reported gene by gene per cell type: the RANKL/OPG axis and the cytokines.
 PER_GENE_SETS = (
-    "osteoimmune_RANKL_OPG_axis", "osteoclastogenic_inflammatory_cytokines",
+    "osteoimmune_RANKL_OPG_axis",
+    "osteoclastogenic_inflammatory_cytokines",
     "anti_osteoclastogenic_cytokines",
 )
 
@@ -42,12 +43,22 @@ def main(*, h5ad, params, seed, out, tables, gate=None):
     if sets == "default":
         sets = default_score_sets(library, species) + added
     coverage = score_signatures(
-        adata, library, species=species, sets=sets, min_coverage=params["min_coverage"],
-        seed=seed, case_insensitive=upper,
+        adata,
+        library,
+        species=species,
+        sets=sets,
+        min_coverage=params["min_coverage"],
+        seed=seed,
+        case_insensitive=upper,
     )
     agreement = calibrated_scores(
-        adata, library, species=species, coverage=coverage, seed=seed,
-        n_null=params["n_null"], case_insensitive=upper,
+        adata,
+        library,
+        species=species,
+        coverage=coverage,
+        seed=seed,
+        n_null=params["n_null"],
+        case_insensitive=upper,
     )
     log.info("scored %d of %d sets", int(coverage["scored"].sum()), len(coverage))
     pol = params["polarization"]
@@ -61,23 +72,36 @@ def main(*, h5ad, params, seed, out, tables, gate=None):
     if m1 and m2:
         states = polarization(
             adata.obs.filter(like="z_").rename(columns=lambda c: c.removeprefix("z_")),
-            adata.obsm["signature_p"], gate=gate, m1=m1, m2=m2, alpha=params["alpha"],
+            adata.obsm["signature_p"],
+            gate=gate,
+            m1=m1,
+            m2=m2,
+            alpha=params["alpha"],
         )
         adata.obs[states.columns] = states
-        meta["polarization"] = {"m1": m1, "m2": m2, "gated_cells": int(gate.sum()),
-                                "gate": described}
+        meta["polarization"] = {
+            "m1": m1,
+            "m2": m2,
+            "gated_cells": int(gate.sum()),
+            "gate": described,
+        }
     log.info("polarization gate: %d cells (%s)", gate.sum(), described)
     genes = sorted({g for name in PER_GENE_SETS for g in library.genes(name, species)})
-    per_type = dict(groupby="cell_type", min_cells=params["min_cells_per_type"],
-                    case_insensitive=upper)
+    per_type = dict(
+        groupby="cell_type", min_cells=params["min_cells_per_type"], case_insensitive=upper
+    )
     coverage.to_csv(tables["coverage"], sep="\t")
     agreement.to_csv(tables["agreement"], sep="\t")
     group_means(adata).to_csv(tables["by_group"], sep="\t", index=False)
-    (state_table(adata.obs, groupby="sample") if "polarization_state" in adata.obs
-     else pd.DataFrame()).to_csv(tables["states"], sep="\t", index=False)
+    (
+        state_table(adata.obs, groupby="sample")
+        if "polarization_state" in adata.obs
+        else pd.DataFrame()
+    ).to_csv(tables["states"], sep="\t", index=False)
     gene_table(adata, genes, **per_type).to_csv(tables["genes"], sep="\t", index=False)
     ligand_receptor_panel(adata, species=species, library=library, **per_type).to_csv(
-        tables["pairs"], sep="\t", index=False)
+        tables["pairs"], sep="\t", index=False
+    )
     adata.write_h5ad(out, compression="gzip")
 
 
@@ -89,6 +113,8 @@ if __name__ == "__main__":
             gate=snakemake.params.gate,
             seed=snakemake.params.seed,
             out=snakemake.output.h5ad,
-            tables={key: snakemake.output[key] for key in (
-                "coverage", "agreement", "by_group", "states", "genes", "pairs")},
+            tables={
+                key: snakemake.output[key]
+                for key in ("coverage", "agreement", "by_group", "states", "genes", "pairs")
+            },
         )

@@ -87,9 +87,7 @@ def _scores(truth: pd.Series, ours: pd.Series) -> dict[str, float]:
         if (ours != UNASSIGNED).any()
         else np.nan,
         "fraction_assigned": float((ours != UNASSIGNED).mean()),
-        "macro_f1": float(
-            f1_score(truth, ours, labels=labels, average="macro", zero_division=0)
-        ),
+        "macro_f1": float(f1_score(truth, ours, labels=labels, average="macro", zero_division=0)),
     }
 
 
@@ -120,8 +118,10 @@ def agreement_table(
     mapped, _ = map_author_labels(obs[AUTHOR_KEY], label_map)
     clusters, fine = obs[cluster_key].astype(str), fine_labels(obs)
     rows = []
-    levels = (("lineage", "author_lineage", obs["cell_lineage"].astype(str)),
-              ("cell_type", "author_cell_type", obs["cell_type"].astype(str)))
+    levels = (
+        ("lineage", "author_lineage", obs["cell_lineage"].astype(str)),
+        ("cell_type", "author_cell_type", obs["cell_type"].astype(str)),
+    )
     for level, column, ours in levels:
         known = mapped[column].notna().to_numpy()
         truth = mapped.loc[known, column].astype(str)
@@ -131,12 +131,28 @@ def agreement_table(
         for metric, value in _scores(truth, ours[known]).items():
             rows.append((level, metric, MAPPED, value, np.nan, n))
         labels = ours if level == "lineage" else fine
-        rows.append((level, "ari", MAPPED, adjusted_rand_score(truth, labels[known]),
-                     adjusted_rand_score(truth, clusters[known]), n))
+        rows.append(
+            (
+                level,
+                "ari",
+                MAPPED,
+                adjusted_rand_score(truth, labels[known]),
+                adjusted_rand_score(truth, clusters[known]),
+                n,
+            )
+        )
     published = obs[AUTHOR_KEY].notna().to_numpy()
     raw = obs.loc[published, AUTHOR_KEY].astype(str)
-    rows.append(("cell_type", "ari", RAW, adjusted_rand_score(raw, fine[published]),
-                 adjusted_rand_score(raw, clusters[published]), int(published.sum())))
+    rows.append(
+        (
+            "cell_type",
+            "ari",
+            RAW,
+            adjusted_rand_score(raw, fine[published]),
+            adjusted_rand_score(raw, clusters[published]),
+            int(published.sum()),
+        )
+    )
     return pd.DataFrame(rows, columns=list(AGREEMENT_COLUMNS))
 
 
@@ -213,17 +229,19 @@ def protein_check(
         msg = f"Protein check needs cells inside and outside {cell_types}; found {inside.sum()}."
         raise SignatureError(msg)
     raw = counts[protein].to_numpy()
-    return pd.Series({
-        "protein": protein,
-        "n_cells_in": int(inside.sum()),
-        "n_cells_out": int((~inside).sum()),
-        "mean_counts_in": raw[inside].mean(),
-        "mean_counts_out": raw[~inside].mean(),
-        "ratio_of_means": raw[inside].mean() / max(raw[~inside].mean(), 1e-9),
-        "mean_clr_in": clr[inside].mean(),
-        "mean_clr_out": clr[~inside].mean(),
-        "auroc": roc_auc_score(inside, clr),
-    })
+    return pd.Series(
+        {
+            "protein": protein,
+            "n_cells_in": int(inside.sum()),
+            "n_cells_out": int((~inside).sum()),
+            "mean_counts_in": raw[inside].mean(),
+            "mean_counts_out": raw[~inside].mean(),
+            "ratio_of_means": raw[inside].mean() / max(raw[~inside].mean(), 1e-9),
+            "mean_clr_in": clr[inside].mean(),
+            "mean_clr_out": clr[~inside].mean(),
+            "auroc": roc_auc_score(inside, clr),
+        }
+    )
 
 
 def protein_rows(check: pd.Series) -> pd.DataFrame:

@@ -522,9 +522,7 @@ def _scored(
     shrink: float,
     protein_markers: dict[str, list[str]] | None = None,
     min_lineage_genes: int = 2,
-) -> tuple[
-    pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Panel], pd.DataFrame, pd.DataFrame
-]:
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Panel], pd.DataFrame, pd.DataFrame]:
     """Coverage, scores and their protein part; lineage-specific panels, coverage and scores."""
     specific = lineage_specific(panels)
     coverage = panel_coverage(adata, panels, **options)
@@ -550,7 +548,12 @@ def _scored(
     # The protein part is kept apart: it is not smoothed, as the RNA neighbour graph does not
     # see proteins (CD4 and CD8 T cells mix).
     rna, protein = score_panels(
-        adata, panels, coverage, **scoring, proteins=proteins, protein_members=members,
+        adata,
+        panels,
+        coverage,
+        **scoring,
+        proteins=proteins,
+        protein_members=members,
         split=True,
     )
     specific_scores = score_panels(adata, specific, coverage_specific, **scoring)
@@ -635,7 +638,11 @@ def annotate_cells(
         "case_insensitive": case_insensitive,
     }
     coverage, scores, protein_part, specific, coverage_specific, specific_scores = _scored(
-        adata, panels, options=options, shrink=shrink, protein_markers=protein_markers,
+        adata,
+        panels,
+        options=options,
+        shrink=shrink,
+        protein_markers=protein_markers,
         min_lineage_genes=min_lineage_genes,
     )
     clusters = adata.obs[cluster_key].astype(str)

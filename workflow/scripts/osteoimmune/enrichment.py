@@ -91,8 +91,13 @@ def _match_sets(
     """Each set's genes as spelled in ``universe``, keeping only genes found there."""
     sets = {term: [str(g) for g in genes] for term, genes in gene_sets.items()}
     # one lookup over the universe for all sets, then split back per set
-    found = iter(match_symbols([g for genes in sets.values() for g in genes], universe,
-                               case_insensitive=case_insensitive))
+    found = iter(
+        match_symbols(
+            [g for genes in sets.values() for g in genes],
+            universe,
+            case_insensitive=case_insensitive,
+        )
+    )
     matched = {}
     for term, genes in sets.items():
         spelled = [next(found) for _ in genes]

@@ -24,8 +24,9 @@ def save(fig: plt.Figure, path: Path) -> bytes:
     path = Path(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    fig.savefig(path.with_suffix(".svg"), format="svg", bbox_inches="tight",
-                metadata={"Date": None})
+    fig.savefig(
+        path.with_suffix(".svg"), format="svg", bbox_inches="tight", metadata={"Date": None}
+    )
     plt.close(fig)
     data = buffer.getvalue()
     path.write_bytes(data)
@@ -74,15 +75,21 @@ def qc_histograms(obs: pd.DataFrame, *, metrics=QC_METRICS) -> plt.Figure:
 
 
 THRESHOLD_METRICS = (
-    "total_counts", "n_genes_by_counts", "pct_counts_mt", "pct_counts_in_top_20_genes",
+    "total_counts",
+    "n_genes_by_counts",
+    "pct_counts_mt",
+    "pct_counts_in_top_20_genes",
 )
 
 
 def _draw_bounds(ax, bounds: pd.DataFrame) -> None:
     """Vertical lines at the sample's bounds (dashed) and its coarse groups' (dotted)."""
     for row in bounds.itertuples():
-        style = dict(color="black", linestyle="--", linewidth=1.2) if row.scope == "sample" \
+        style = (
+            dict(color="black", linestyle="--", linewidth=1.2)
+            if row.scope == "sample"
             else dict(color="tab:red", linestyle=":", linewidth=0.9)
+        )
         for value in (row.lower, row.upper):
             if pd.notna(value) and value > 0:
                 ax.axvline(value, **style)
@@ -98,18 +105,27 @@ def qc_threshold_plot(
     """
     metrics = [m for m in THRESHOLD_METRICS if m in cells and m in set(thresholds["metric"])]
     samples = list(dict.fromkeys(thresholds["sample"].astype(str)))[:max_samples]
-    fig, axes = plt.subplots(len(samples), len(metrics), squeeze=False,
-                             figsize=(3.4 * len(metrics), 2.4 * len(samples)))
+    fig, axes = plt.subplots(
+        len(samples), len(metrics), squeeze=False, figsize=(3.4 * len(metrics), 2.4 * len(samples))
+    )
     for row, sample in zip(axes, samples, strict=True):
         mine = cells[cells["sample"].astype(str) == sample]
         for ax, metric in zip(row, metrics, strict=True):
             values = mine[metric].to_numpy(dtype=float)
             log_axis = metric in ("total_counts", "n_genes_by_counts")
-            edges = np.geomspace(max(values.min(), 1), max(values.max(), 2), 40) if log_axis \
+            edges = (
+                np.geomspace(max(values.min(), 1), max(values.max(), 2), 40)
+                if log_axis
                 else np.linspace(values.min(), max(values.max(), values.min() + 1), 40)
+            )
             ax.hist(values, bins=edges, color="lightgrey", label="all cells")
-            ax.hist(values[mine["qc_pass"].to_numpy(dtype=bool)], bins=edges,
-                    color="tab:blue", alpha=0.7, label="kept")
+            ax.hist(
+                values[mine["qc_pass"].to_numpy(dtype=bool)],
+                bins=edges,
+                color="tab:blue",
+                alpha=0.7,
+                label="kept",
+            )
             sel = (thresholds["sample"].astype(str) == sample) & (thresholds["metric"] == metric)
             _draw_bounds(ax, thresholds[sel])
             ax.set(xscale="log" if log_axis else "linear", xlabel=metric)
@@ -122,16 +138,22 @@ def qc_threshold_plot(
 
 def composition_bars(composition: pd.DataFrame, *, level: str = "cell_type") -> plt.Figure:
     """Stacked bars: fraction of each sample's cells per ``level`` (cell_type or lineage)."""
-    table = composition.pivot_table(index="sample", columns=level, values="n_cells",
-                                    aggfunc="sum", fill_value=0)
+    table = composition.pivot_table(
+        index="sample", columns=level, values="n_cells", aggfunc="sum", fill_value=0
+    )
     table = table.div(table.sum(axis=1), axis=0)
     table = table[table.sum().sort_values(ascending=False).index]
     cmap = plt.get_cmap("tab20")
     fig, ax = plt.subplots(figsize=(4 + 0.5 * len(table), 4))
     bottom = np.zeros(len(table))
     for i, column in enumerate(table.columns):
-        ax.bar(table.index.astype(str), table[column], bottom=bottom, color=cmap(i % 20),
-               label=str(column))
+        ax.bar(
+            table.index.astype(str),
+            table[column],
+            bottom=bottom,
+            color=cmap(i % 20),
+            label=str(column),
+        )
         bottom += table[column].to_numpy()
     ax.set(ylabel="fraction of cells", ylim=(0, 1), title=f"{level} per sample")
     ax.tick_params(axis="x", rotation=45)
@@ -141,14 +163,15 @@ def composition_bars(composition: pd.DataFrame, *, level: str = "cell_type") -> 
 
 def confusion_heatmap(confusion: pd.DataFrame) -> plt.Figure:
     """Author labels (rows) x our cell types (columns), as the fraction of each row."""
-    counts = confusion.drop(columns=["author_lineage", "author_cell_type", "n_cells"],
-                            errors="ignore")
+    counts = confusion.drop(
+        columns=["author_lineage", "author_cell_type", "n_cells"], errors="ignore"
+    )
     fractions = counts.div(counts.sum(axis=1).replace(0, 1), axis=0)
     fig, ax = plt.subplots(figsize=(2.5 + 0.35 * counts.shape[1], 1.8 + 0.25 * counts.shape[0]))
-    image = ax.imshow(fractions.to_numpy(dtype=float), aspect="auto", cmap="Blues", vmin=0,
-                      vmax=1)
-    ax.set_xticks(range(counts.shape[1]), counts.columns.astype(str), rotation=60, ha="right",
-                  fontsize=7)
+    image = ax.imshow(fractions.to_numpy(dtype=float), aspect="auto", cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(
+        range(counts.shape[1]), counts.columns.astype(str), rotation=60, ha="right", fontsize=7
+    )
     ax.set_yticks(range(counts.shape[0]), counts.index.astype(str), fontsize=7)
     ax.set(xlabel="our cell_type", ylabel="author label")
     fig.colorbar(image, ax=ax, shrink=0.7, label="fraction of the author label's cells")
@@ -158,12 +181,15 @@ def confusion_heatmap(confusion: pd.DataFrame) -> plt.Figure:
 def score_heatmap(means: pd.DataFrame, *, title: str) -> plt.Figure:
     """Heatmap of mean scores (rows groups, columns sets), z-scored per set across groups."""
     z = (means - means.mean()) / means.std(ddof=0).replace(0, 1)
-    fig, ax = plt.subplots(
-        figsize=(1.2 + 0.45 * means.shape[1], 1.5 + 0.28 * means.shape[0])
-    )
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * means.shape[1], 1.5 + 0.28 * means.shape[0]))
     image = ax.imshow(z.to_numpy(), aspect="auto", cmap="RdBu_r", vmin=-2.5, vmax=2.5)
-    ax.set_xticks(range(means.shape[1]), [c.removeprefix("score_") for c in means.columns],
-                  rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(
+        range(means.shape[1]),
+        [c.removeprefix("score_") for c in means.columns],
+        rotation=60,
+        ha="right",
+        fontsize=7,
+    )
     ax.set_yticks(range(means.shape[0]), means.index.astype(str), fontsize=7)
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.7, label="z of group mean")
@@ -173,20 +199,31 @@ def score_heatmap(means: pd.DataFrame, *, title: str) -> plt.Figure:
 def stability_plot(table: pd.DataFrame, *, chosen: float) -> plt.Figure:
     """Mean ARI (± sd) of subsample clusterings and cluster count per Leiden resolution."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    ax.errorbar(table["resolution"], table["mean_ari"], yerr=table["sd_ari"], marker="o",
-                capsize=3, label="mean ARI, 80% subsamples")
+    ax.errorbar(
+        table["resolution"],
+        table["mean_ari"],
+        yerr=table["sd_ari"],
+        marker="o",
+        capsize=3,
+        label="mean ARI, 80% subsamples",
+    )
     ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen: {chosen:g}")
     ax.set(xlabel="Leiden resolution", ylabel="ARI vs full data", ylim=(0, 1.05))
     twin = ax.twinx()
-    twin.plot(table["resolution"], table["n_clusters"], color="tab:orange", marker="s",
-              label="clusters")
+    twin.plot(
+        table["resolution"], table["n_clusters"], color="tab:orange", marker="s", label="clusters"
+    )
     twin.set_ylabel("clusters", color="tab:orange")
     ax.legend(loc="lower left", fontsize=7)
     return fig
 
 
-STATE_COLORS = {"M1-like": "tab:red", "M2-like": "tab:blue", "mixed": "tab:purple",
-                "unpolarized": "lightgrey"}
+STATE_COLORS = {
+    "M1-like": "tab:red",
+    "M2-like": "tab:blue",
+    "mixed": "tab:purple",
+    "unpolarized": "lightgrey",
+}
 
 
 def state_map(obs: pd.DataFrame, *, m1: str, m2: str) -> plt.Figure:
@@ -195,11 +232,11 @@ def state_map(obs: pd.DataFrame, *, m1: str, m2: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for state, color in STATE_COLORS.items():
         part = gated[gated["polarization_state"] == state]
-        ax.scatter(part[f"z_{m1}"], part[f"z_{m2}"], s=8, color=color,
-                   label=f"{state} ({len(part)})")
+        ax.scatter(
+            part[f"z_{m1}"], part[f"z_{m2}"], s=8, color=color, label=f"{state} ({len(part)})"
+        )
     ax.axline((0, 0), slope=1, color="grey", linestyle=":", linewidth=0.8)
-    ax.set(xlabel=f"z {m1}", ylabel=f"z {m2}",
-           title=f"M1/M2 states of {len(gated)} gated cells")
+    ax.set(xlabel=f"z {m1}", ylabel=f"z {m2}", title=f"M1/M2 states of {len(gated)} gated cells")
     ax.legend(fontsize=7, loc="best")
     return fig
 
@@ -212,8 +249,13 @@ def dot_plot(table: pd.DataFrame, *, group_col: str, title: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(1.5 + 0.4 * len(genes), 1.2 + 0.3 * len(groups)))
     x = present["gene"].map({g: i for i, g in enumerate(genes)})
     y = present[group_col].astype(str).map({g: i for i, g in enumerate(groups)})
-    points = ax.scatter(x, y, s=10 + 190 * present["fraction"].to_numpy(dtype=float),
-                        c=present["mean"].to_numpy(dtype=float), cmap="Reds")
+    points = ax.scatter(
+        x,
+        y,
+        s=10 + 190 * present["fraction"].to_numpy(dtype=float),
+        c=present["mean"].to_numpy(dtype=float),
+        cmap="Reds",
+    )
     ax.set_xticks(range(len(genes)), genes, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(groups)), groups, fontsize=7)
     ax.set_title(title, fontsize=9)
@@ -224,8 +266,10 @@ def dot_plot(table: pd.DataFrame, *, group_col: str, title: str) -> plt.Figure:
 def pair_heatmap(pairs: pd.DataFrame, *, n: int = 25) -> plt.Figure:
     """The strongest ligand-receptor interactions: pair (rows) x sender -> receiver."""
     top = pairs[pairs["present"].astype(bool)].nlargest(n, "score")
-    top = top.assign(pair=top["ligand"] + " -> " + top["receptor"],
-                     route=top["sender"].astype(str) + " -> " + top["receiver"].astype(str))
+    top = top.assign(
+        pair=top["ligand"] + " -> " + top["receptor"],
+        route=top["sender"].astype(str) + " -> " + top["receiver"].astype(str),
+    )
     grid = top.pivot_table(index="pair", columns="route", values="score", aggfunc="max")
     fig, ax = plt.subplots(figsize=(2.5 + 0.35 * grid.shape[1], 1.5 + 0.3 * grid.shape[0]))
     image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis")
@@ -237,7 +281,10 @@ def pair_heatmap(pairs: pd.DataFrame, *, n: int = 25) -> plt.Figure:
 
 
 def donor_comparison_plot(
-    plot_data: pd.DataFrame, comparison: pd.DataFrame, *, group_key: str = "cell_type",
+    plot_data: pd.DataFrame,
+    comparison: pd.DataFrame,
+    *,
+    group_key: str = "cell_type",
     n: int = 6,
 ) -> plt.Figure:
     """Donor values per condition (one dot per donor) of the ``n`` largest effects.
@@ -245,17 +292,23 @@ def donor_comparison_plot(
     Variables are ranked by FDR when tested, else by the absolute difference of the
     condition means; each panel title carries the test result or "descriptive".
     """
-    ranked = comparison.assign(
-        _order=comparison["fdr"].fillna(2.0),
-        _size=-comparison["difference"].abs().fillna(0),
-    ).sort_values(["_order", "_size"], kind="stable").head(n)
-    fig, axes = plt.subplots(1, max(len(ranked), 1), figsize=(2.6 * max(len(ranked), 1), 3.2),
-                             squeeze=False)
+    ranked = (
+        comparison.assign(
+            _order=comparison["fdr"].fillna(2.0),
+            _size=-comparison["difference"].abs().fillna(0),
+        )
+        .sort_values(["_order", "_size"], kind="stable")
+        .head(n)
+    )
+    fig, axes = plt.subplots(
+        1, max(len(ranked), 1), figsize=(2.6 * max(len(ranked), 1), 3.2), squeeze=False
+    )
     conditions = [str(c) for c in plot_data["condition"].astype("category").cat.categories]
     for ax, row in zip(axes[0], ranked.itertuples(), strict=False):
         group, variable = getattr(row, group_key), row.variable
-        values = plot_data[(plot_data[group_key].astype(str) == str(group))
-                           & (plot_data["variable"] == variable)]
+        values = plot_data[
+            (plot_data[group_key].astype(str) == str(group)) & (plot_data["variable"] == variable)
+        ]
         for i, condition in enumerate(conditions):
             donors = values[values["condition"].astype(str) == condition]
             if donors.empty:  # no donor of this condition has a value (too few cells)
@@ -273,7 +326,10 @@ def donor_comparison_plot(
 
 
 def top_terms_plot(
-    prerank: pd.DataFrame, *, group_col: str = "cell_type", n_terms: int = 15,
+    prerank: pd.DataFrame,
+    *,
+    group_col: str = "cell_type",
+    n_terms: int = 15,
     max_fdr: float = 0.25,
 ) -> plt.Figure:
     """Prerank GSEA: NES of the most significant terms (rows) per group (columns).
@@ -282,19 +338,25 @@ def top_terms_plot(
     ``max_fdr`` are drawn pale, missing (not testable) cells blank.
     """
     best = prerank.groupby("term")["fdr"].min().sort_values(kind="stable").head(n_terms)
-    grid = prerank[prerank["term"].isin(best.index)].pivot_table(
-        index="term", columns=group_col, values="nes", aggfunc="first").reindex(best.index)
-    fdr = prerank[prerank["term"].isin(best.index)].pivot_table(
-        index="term", columns=group_col, values="fdr", aggfunc="first").reindex(
-        index=grid.index, columns=grid.columns)
+    grid = (
+        prerank[prerank["term"].isin(best.index)]
+        .pivot_table(index="term", columns=group_col, values="nes", aggfunc="first")
+        .reindex(best.index)
+    )
+    fdr = (
+        prerank[prerank["term"].isin(best.index)]
+        .pivot_table(index="term", columns=group_col, values="fdr", aggfunc="first")
+        .reindex(index=grid.index, columns=grid.columns)
+    )
     values = grid.to_numpy(dtype=float)
     limit = max(np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0, 1.0)
     fig, ax = plt.subplots(figsize=(3 + 0.4 * grid.shape[1], 1.5 + 0.3 * grid.shape[0]))
     image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
     weak = np.ma.masked_where(~(fdr.to_numpy(dtype=float) > max_fdr), np.ones_like(values))
     ax.imshow(weak, aspect="auto", cmap="Greys", vmin=0, vmax=4, alpha=0.6)
-    ax.set_xticks(range(grid.shape[1]), grid.columns.astype(str), rotation=60, ha="right",
-                  fontsize=7)
+    ax.set_xticks(
+        range(grid.shape[1]), grid.columns.astype(str), rotation=60, ha="right", fontsize=7
+    )
     ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
     ax.set_title(f"Prerank GSEA, top {len(grid)} terms (pale: FDR > {max_fdr:g})", fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.7, label="NES")

@@ -326,9 +326,7 @@ def scrublet_sparse(
     # scanpy's filter_genes(min_cells=3), then filter_cells(min_genes=3), read off the
     # sparsity pattern; one copy of the kept counts is made, for normalize_total
     positive = counts.data > 0
-    genes = np.flatnonzero(
-        np.bincount(counts.indices[positive], minlength=counts.shape[1]) >= 3
-    )
+    genes = np.flatnonzero(np.bincount(counts.indices[positive], minlength=counts.shape[1]) >= 3)
     in_genes = np.zeros(counts.shape[1], dtype=bool)
     in_genes[genes] = True
     detected = np.r_[positive & in_genes[counts.indices], False]
@@ -351,8 +349,7 @@ def scrublet_sparse(
     x_obs.data *= inverse_sd[x_obs.indices]  # unit variance, in place: X @ diag(1 / sd)
     # scanpy's classifier holds a RandomState of the seed and passes it to PCA, whose ARPACK
     # start vector draws from it: the same here
-    pca = PCA(n_components=n_prin_comps, random_state=check_random_state(seed),
-              svd_solver="arpack")
+    pca = PCA(n_components=n_prin_comps, random_state=check_random_state(seed), svd_solver="arpack")
     pca.fit(x_obs)
     manifold_obs = pca.transform(x_obs)
     del x_obs
@@ -367,7 +364,8 @@ def scrublet_sparse(
 
         scrub = Scrublet(
             sparse.csc_matrix((len(manifold_obs), 1), dtype=np.float32),  # counts: unused
-            n_neighbors=n_neighbors, expected_doublet_rate=expected_doublet_rate,
+            n_neighbors=n_neighbors,
+            expected_doublet_rate=expected_doublet_rate,
             random_state=seed,
         )
         scrub.set_manifold(manifold_obs, manifold_sim)
@@ -376,7 +374,9 @@ def scrublet_sparse(
         scored, sim_scores = scrub.doublet_scores_obs_, np.asarray(scrub.doublet_scores_sim_)
     else:
         scored = _neighbour_doublet_scores(
-            manifold_obs, manifold_sim, n_neighbors=n_neighbors,
+            manifold_obs,
+            manifold_sim,
+            n_neighbors=n_neighbors,
             expected_rate=expected_doublet_rate,
         )
     scores = np.full(counts.shape[0], np.nan)
@@ -412,9 +412,7 @@ def _simulated_manifold(
     n_sim = int(n_obs * sim_doublet_ratio)
     pairs = np.vstack(
         np.unravel_index(
-            sample_without_replacement(
-                n_obs * n_obs, n_sim, random_state=check_random_state(seed)
-            ),
+            sample_without_replacement(n_obs * n_obs, n_sim, random_state=check_random_state(seed)),
             (n_obs, n_obs),
         )
     ).T
@@ -454,11 +452,14 @@ def _neighbour_doublet_scores(
     points = np.vstack([manifold_obs, manifold_sim])
     is_sim = np.arange(len(points)) >= n_obs
     index = NearestNeighbors(n_neighbors=k_adj, algorithm="brute").fit(points)
-    n_sim_neighbours = np.concatenate([
-        is_sim[index.kneighbors(points[i : min(i + chunk, n_obs)], return_distance=False)]
-        .sum(axis=1)
-        for i in range(0, n_obs, chunk)
-    ])
+    n_sim_neighbours = np.concatenate(
+        [
+            is_sim[index.kneighbors(points[i : min(i + chunk, n_obs)], return_distance=False)].sum(
+                axis=1
+            )
+            for i in range(0, n_obs, chunk)
+        ]
+    )
     ratio, rho = n_sim / n_obs, expected_rate
     q = (n_sim_neighbours + 1) / (k_adj + 2)
     return q * rho / ratio / (1 - rho - q * (1 - rho - rho / ratio))
@@ -478,9 +479,7 @@ def _scrublet_sample(
 ) -> tuple:
     """Scrublet on one sample's counts; returns (scores, calls, threshold used or None)."""
     if mean_center:  # scrublet's default, computed sparse
-        scores, sim_scores = scrublet_sparse(
-            counts, seed=seed, score_simulated=threshold == "auto"
-        )
+        scores, sim_scores = scrublet_sparse(counts, seed=seed, score_simulated=threshold == "auto")
         if threshold == "auto":
             threshold = doublet_threshold(sim_scores)
         calls = scores > threshold if threshold is not None else np.zeros(len(scores), bool)

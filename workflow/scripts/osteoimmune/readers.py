@@ -42,8 +42,17 @@ ORIENTATIONS = ("genes_x_cells", "cells_x_genes")
 METADATA_KEYS = ("sample", "donor", "condition")
 
 # Start bytes of the R serialisation formats and of the compressions R uses for them.
-_R_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"RDX2\n", b"RDX3\n", b"RDA2\n", b"RDA3\n",
-            b"X\n", b"A\n")
+_R_MAGIC = (
+    b"\x1f\x8b",
+    b"BZh",
+    b"\xfd7zXZ\x00",
+    b"RDX2\n",
+    b"RDX3\n",
+    b"RDA2\n",
+    b"RDA3\n",
+    b"X\n",
+    b"A\n",
+)
 _ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{6,}")
 _PLAIN_SYMBOL = re.compile(r"^[A-Za-z][A-Za-z0-9]+$")
 # Fewer recognisable symbols than this and the case rule has too little to go on.
@@ -95,8 +104,11 @@ def read_dataset(entry: dict, paths: dict[str, Path], *, dataset: str) -> ad.Ann
     _check_values(source.X, value_type=entry["values"], where=where)
     var = _gene_table(source.var, spec, where=where)
     check_species_symbols(
-        var["original_symbol"], entry["species"], dataset=dataset,
-        gene_symbol_case=entry.get("gene_symbol_case", "as_is"), filename=spec["filename"],
+        var["original_symbol"],
+        entry["species"],
+        dataset=dataset,
+        gene_symbol_case=entry.get("gene_symbol_case", "as_is"),
+        filename=spec["filename"],
     )
     obs = _cell_table(source.obs, entry, paths, dataset=dataset, where=where)
     adata = ad.AnnData(X=source.X, obs=obs, var=var)
@@ -105,8 +117,9 @@ def read_dataset(entry: dict, paths: dict[str, Path], *, dataset: str) -> ad.Ann
         adata.layers["counts"] = adata.X.copy()
     protein = _file_with_role(entry, "protein", dataset=dataset, required=False)
     if protein is not None:
-        frame = _read_protein(protein, _local_path(protein, paths, dataset=dataset),
-                              source.obs_names, dataset=dataset)
+        frame = _read_protein(
+            protein, _local_path(protein, paths, dataset=dataset), source.obs_names, dataset=dataset
+        )
         adata.obsm["protein"] = frame.set_axis(adata.obs_names, axis=0)
     adata.uns["osteoimmune"] = {
         "dataset": dataset,
@@ -200,8 +213,9 @@ def read_matrix_file(spec: dict, path: Path, *, dataset: str) -> ad.AnnData:
         adata = _read_table(path, sep="," if fmt == "csv" else "\t", spec=spec, where=where)
     elif fmt in ("rda", "rds"):
         obj, _ = read_r_object(path, fmt=fmt, name=spec.get("object"), where=where)
-        adata = matrix_from_r(obj, orientation=spec.get("orientation"), dataset=dataset,
-                              filename=spec["filename"])
+        adata = matrix_from_r(
+            obj, orientation=spec.get("orientation"), dataset=dataset, filename=spec["filename"]
+        )
     else:
         msg = f"{where}: format {fmt!r} is not supported; see config/schemas for the formats."
         raise ReaderError(msg)
@@ -238,8 +252,9 @@ def _read_h5ad(path: Path, *, layer: str | None, where: str) -> ad.AnnData:
             raise ReaderError(msg)
         if isinstance(handle["obs"], h5py.Dataset):  # written before anndata 0.7
             legacy = ad.read_h5ad(path)
-            return ad.AnnData(X=legacy.layers[layer] if layer else legacy.X,
-                              obs=legacy.obs, var=legacy.var)
+            return ad.AnnData(
+                X=legacy.layers[layer] if layer else legacy.X, obs=legacy.obs, var=legacy.var
+            )
         with warnings.catch_warnings():
             # Files from older anndata lack encoding metadata; they read correctly anyway.
             warnings.simplefilter("ignore", ad.OldFormatWarning)
@@ -267,7 +282,8 @@ def _read_10x_mtx(path: Path, *, where: str) -> ad.AnnData:
 
 def _find_mtx_folder(root: Path, *, where: str) -> Path:
     found = sorted(
-        p for p in root.rglob("*matrix.mtx*")
+        p
+        for p in root.rglob("*matrix.mtx*")
         if p.name.endswith(("matrix.mtx", "matrix.mtx.gz")) and not p.name.startswith("._")
     )
     if len(found) != 1:
@@ -284,8 +300,11 @@ def _read_mtx_folder(matrix: Path, *, where: str) -> ad.AnnData:
     folder = matrix.parent
     prefix = matrix.name[: matrix.name.index("matrix.mtx")]
     legacy = (folder / f"{prefix}genes.tsv").is_file()
-    expected = ["matrix.mtx", "genes.tsv", "barcodes.tsv"] if legacy else [
-        "matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz"]
+    expected = (
+        ["matrix.mtx", "genes.tsv", "barcodes.tsv"]
+        if legacy
+        else ["matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz"]
+    )
     missing = [name for name in expected if not (folder / f"{prefix}{name}").is_file()]
     if missing:
         present = ", ".join(sorted(p.name for p in folder.iterdir()))
@@ -295,8 +314,9 @@ def _read_mtx_folder(matrix: Path, *, where: str) -> ad.AnnData:
         )
         raise ReaderError(msg)
     try:
-        return sc.read_10x_mtx(folder, var_names="gene_symbols", make_unique=False,
-                               prefix=prefix, gex_only=True)
+        return sc.read_10x_mtx(
+            folder, var_names="gene_symbols", make_unique=False, prefix=prefix, gex_only=True
+        )
     except (ValueError, KeyError, IndexError, OSError, pd.errors.ParserError) as err:
         msg = f"{where}: the 10x matrix could not be read ({err}); check the files are intact."
         raise ReaderError(msg) from err
@@ -318,8 +338,7 @@ def _read_table(path: Path, *, sep: str, spec: dict, where: str) -> ad.AnnData:
     with path.open("rb") as handle:
         gzipped = handle.read(2) == b"\x1f\x8b"
     try:
-        table = pd.read_csv(path, sep=sep, index_col=0,
-                            compression="gzip" if gzipped else None)
+        table = pd.read_csv(path, sep=sep, index_col=0, compression="gzip" if gzipped else None)
     except (ValueError, UnicodeDecodeError, EOFError, OSError) as err:
         msg = f"{where}: could not be read as a {spec['format'].upper()} table ({err})."
         raise ReaderError(msg) from err
@@ -332,8 +351,9 @@ def _read_table(path: Path, *, sep: str, spec: dict, where: str) -> ad.AnnData:
         raise ReaderError(msg)
     # Converted to sparse once; the dense table is dropped when this function returns.
     matrix = sparse.csr_matrix(table.to_numpy())
-    return _oriented(matrix, table.index, table.columns,
-                     orientation=spec.get("orientation"), where=where)
+    return _oriented(
+        matrix, table.index, table.columns, orientation=spec.get("orientation"), where=where
+    )
 
 
 # --------------------------------------------------------------------------- R data
@@ -565,8 +585,7 @@ def labels_from_r(
 def _read_labels(spec: dict, path: Path, *, dataset: str) -> tuple[pd.Series, bool]:
     where = _where(dataset, spec["filename"])
     if spec["format"] in ("rda", "rds"):
-        obj, names = read_r_object(path, fmt=spec["format"], name=spec.get("object"),
-                                   where=where)
+        obj, names = read_r_object(path, fmt=spec["format"], name=spec.get("object"), where=where)
         labels = labels_from_r(obj, names=names, dataset=dataset, filename=spec["filename"])
         return labels, names is not None
     if spec["format"] in ("csv", "tsv"):
@@ -618,8 +637,11 @@ def _read_protein(spec: dict, path: Path, cells: pd.Index, *, dataset: str) -> p
     if not np.all(np.isfinite(matrix)):
         msg = f"{where}: the protein matrix holds NaN or infinite values; point `layer:` elsewhere."
         raise ReaderError(msg)
-    frame = pd.DataFrame(matrix.astype(np.float32), index=source.obs_names.astype(str),
-                         columns=source.var_names.astype(str))
+    frame = pd.DataFrame(
+        matrix.astype(np.float32),
+        index=source.obs_names.astype(str),
+        columns=source.var_names.astype(str),
+    )
     position = _positions(frame.index, cells, what="protein", where=where)
     if np.any(position < 0):
         msg = (
@@ -641,23 +663,25 @@ def _cell_table(
     obs = pd.DataFrame(index=make_index_unique(cells))
     obs["dataset"] = pd.Categorical([dataset] * len(cells))
     for key in METADATA_KEYS:
-        obs[key] = pd.Categorical(_metadata_values(entry["metadata"][key], source_obs,
-                                                   key=key, where=where))
+        obs[key] = pd.Categorical(
+            _metadata_values(entry["metadata"][key], source_obs, key=key, where=where)
+        )
     label = entry.get("author_label")
     if label and "column" in label:
         values = _obs_column(source_obs, label["column"], key="author_label", where=where)
         obs["author_cell_type"] = pd.Categorical(values)
     elif label and label.get("file") == "labels":
         spec = _file_with_role(entry, "labels", dataset=dataset)
-        labels, by_name = _read_labels(spec, _local_path(spec, paths, dataset=dataset),
-                                       dataset=dataset)
+        labels, by_name = _read_labels(
+            spec, _local_path(spec, paths, dataset=dataset), dataset=dataset
+        )
         values = _align_labels(labels, by_name, cells, where=_where(dataset, spec["filename"]))
         obs["author_cell_type"] = pd.Categorical(values)
     return obs
 
 
 def _metadata_values(source: dict, obs: pd.DataFrame, *, key: str, where: str) -> np.ndarray:
-    (kind, value), = source.items()
+    ((kind, value),) = source.items()
     if kind == "constant":
         return np.full(len(obs), str(value), dtype=object)
     if kind == "column":

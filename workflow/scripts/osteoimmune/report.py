@@ -23,8 +23,19 @@ from osteoimmune.signatures import load_library
 from osteoimmune.states import top_interactions
 
 TEMPLATES = Path(__file__).parent / "templates"
-PACKAGES = ("osteoimmune", "scanpy", "anndata", "numpy", "scipy", "pandas", "leidenalg",
-            "harmonypy", "pooch", "rdata", "snakemake")
+PACKAGES = (
+    "osteoimmune",
+    "scanpy",
+    "anndata",
+    "numpy",
+    "scipy",
+    "pandas",
+    "leidenalg",
+    "harmonypy",
+    "pooch",
+    "rdata",
+    "snakemake",
+)
 
 
 @dataclass
@@ -70,7 +81,11 @@ def software_versions() -> dict[str, str]:
 def table_html(df: pd.DataFrame, *, index: bool = True, float_format: str = "{:.3g}") -> str:
     """A DataFrame as an HTML table (pandas escapes cell text)."""
     return df.to_html(
-        index=index, escape=True, border=0, classes="table", na_rep="",
+        index=index,
+        escape=True,
+        border=0,
+        classes="table",
+        na_rep="",
         float_format=float_format.format,
     )
 
@@ -100,103 +115,184 @@ def dataset_figures(
     def make(name: str, caption: str, fig) -> Figure:
         return Figure(caption, f"{name}.png", figures.save(fig, fig_dir / f"{name}.png"))
 
-    out = {"qc": [
-        make("qc_thresholds", "QC metrics of every cell before QC (grey) and of the cells kept "
-             "(blue), per sample; dashed: the sample's thresholds, dotted: thresholds within "
-             "its coarse clusters (lineage-aware mode)",
-             figures.qc_threshold_plot(qc_cells, qc_thresholds)),
-        make("qc_metrics", "QC metrics of the cells kept, per sample",
-             figures.qc_histograms(adata.obs)),
-    ]}
+    out = {
+        "qc": [
+            make(
+                "qc_thresholds",
+                "QC metrics of every cell before QC (grey) and of the cells kept "
+                "(blue), per sample; dashed: the sample's thresholds, dotted: thresholds within "
+                "its coarse clusters (lineage-aware mode)",
+                figures.qc_threshold_plot(qc_cells, qc_thresholds),
+            ),
+            make(
+                "qc_metrics",
+                "QC metrics of the cells kept, per sample",
+                figures.qc_histograms(adata.obs),
+            ),
+        ]
+    }
     chosen = adata.uns["osteoimmune"]["clustering"]["resolution"]
     out["clusters"] = [
-        make("cluster_stability", "Clustering stability per Leiden resolution",
-             figures.stability_plot(stability, chosen=chosen)),
-        make("umap_leiden", "UMAP by Leiden cluster",
-             figures.umap_categorical(adata, "leiden", title=f"Leiden, resolution {chosen:g}")),
+        make(
+            "cluster_stability",
+            "Clustering stability per Leiden resolution",
+            figures.stability_plot(stability, chosen=chosen),
+        ),
+        make(
+            "umap_leiden",
+            "UMAP by Leiden cluster",
+            figures.umap_categorical(adata, "leiden", title=f"Leiden, resolution {chosen:g}"),
+        ),
     ]
     for key in ("author_cell_type", "sample", "condition"):
         if key in adata.obs and (key == "author_cell_type" or adata.obs[key].nunique() > 1):
-            out["clusters"].append(make(f"umap_{key}", f"UMAP by {key}",
-                                        figures.umap_categorical(adata, key, title=key)))
+            out["clusters"].append(
+                make(
+                    f"umap_{key}", f"UMAP by {key}", figures.umap_categorical(adata, key, title=key)
+                )
+            )
     out["annotation"] = [
-        make(f"umap_{key}", f"UMAP by {key} (marker panels; author labels not used)",
-             figures.umap_categorical(adata, key, title=key))
-        for key in ("cell_lineage", "cell_type") if key in adata.obs
+        make(
+            f"umap_{key}",
+            f"UMAP by {key} (marker panels; author labels not used)",
+            figures.umap_categorical(adata, key, title=key),
+        )
+        for key in ("cell_lineage", "cell_type")
+        if key in adata.obs
     ]
     if not composition.empty:
-        out["annotation"].append(make("composition", "Cell types per sample (fractions)",
-                                      figures.composition_bars(composition)))
+        out["annotation"].append(
+            make(
+                "composition",
+                "Cell types per sample (fractions)",
+                figures.composition_bars(composition),
+            )
+        )
     if not confusion.empty:
-        out["annotation"].append(make(
-            "annotation_confusion", "Author labels (rows) vs our cell types (columns)",
-            figures.confusion_heatmap(confusion)))
-    out["scores"] = signature_figures(adata, make=make, by_group=by_group, pairs=pairs,
-                                      genes=genes, polarization=polarization)
+        out["annotation"].append(
+            make(
+                "annotation_confusion",
+                "Author labels (rows) vs our cell types (columns)",
+                figures.confusion_heatmap(confusion),
+            )
+        )
+    out["scores"] = signature_figures(
+        adata, make=make, by_group=by_group, pairs=pairs, genes=genes, polarization=polarization
+    )
     out["comparison"] = []
     if comparison is not None and not comparison.empty:
-        out["comparison"].append(make(
-            "donor_comparison", "Donor values per condition of the largest differences (one "
-            "dot per donor, bar = mean); tests across donors only",
-            figures.donor_comparison_plot(
-                comparison_plot_data(aggregates, group_key=group_key), comparison,
-                group_key=group_key)))
+        out["comparison"].append(
+            make(
+                "donor_comparison",
+                "Donor values per condition of the largest differences (one "
+                "dot per donor, bar = mean); tests across donors only",
+                figures.donor_comparison_plot(
+                    comparison_plot_data(aggregates, group_key=group_key),
+                    comparison,
+                    group_key=group_key,
+                ),
+            )
+        )
     out["enrichment"] = []
     if prerank is not None and not prerank.empty:
-        out["enrichment"].append(make(
-            "enrichment_top_terms", "Prerank GSEA per cell type against the signature "
-            "library: normalised enrichment score of the top terms",
-            figures.top_terms_plot(prerank, group_col=enrichment_key)))
+        out["enrichment"].append(
+            make(
+                "enrichment_top_terms",
+                "Prerank GSEA per cell type against the signature "
+                "library: normalised enrichment score of the top terms",
+                figures.top_terms_plot(prerank, group_col=enrichment_key),
+            )
+        )
     return out
 
 
 KEY_SETS = (
-    "macrophage_M1_classical_core", "macrophage_M2a_alternative_core",
-    "trained_immunity_core6_zhang2022", "osteoclast_differentiation_core",
-    "osteoblast_lineage_core", "bm_stromal_LEPR_CAR_niche",
+    "macrophage_M1_classical_core",
+    "macrophage_M2a_alternative_core",
+    "trained_immunity_core6_zhang2022",
+    "osteoclast_differentiation_core",
+    "osteoblast_lineage_core",
+    "bm_stromal_LEPR_CAR_niche",
 )
 PROGRAM_CATEGORIES = ("bone_cells", "neutrophil", "nk_cell", "dendritic_cell", "complement")
 
 
 def _mean_z(by_group: pd.DataFrame, grouping: str) -> pd.DataFrame:
     rows = by_group[(by_group["grouping"] == grouping) & (by_group["value"] == "z")]
-    return rows.drop(columns=["grouping", "value", "n_cells"]).set_index("group").dropna(
-        axis=1, how="all")
+    return (
+        rows.drop(columns=["grouping", "value", "n_cells"])
+        .set_index("group")
+        .dropna(axis=1, how="all")
+    )
 
 
 def signature_figures(adata, *, make, by_group, pairs, genes, polarization) -> list:
     """Figures of the signatures section: heatmaps, key-score UMAPs, states, genes, pairs."""
     library = load_library()
     by_type, by_lineage = _mean_z(by_group, "cell_type"), _mean_z(by_group, "cell_lineage")
-    category = {name: library.sets[name]["category"] for name in by_type.columns
-                if name in library.sets}
+    category = {
+        name: library.sets[name]["category"] for name in by_type.columns if name in library.sets
+    }
     out = []
     if not by_type.empty:
-        out.append(make("signatures_by_cell_type", "Mean calibrated z per cell type and set",
-                        figures.score_heatmap(by_type, title="Cell type x signature (mean z)")))
+        out.append(
+            make(
+                "signatures_by_cell_type",
+                "Mean calibrated z per cell type and set",
+                figures.score_heatmap(by_type, title="Cell type x signature (mean z)"),
+            )
+        )
     trained = [n for n, c in category.items() if c.startswith("trained_immunity")]
     if trained and not by_lineage.empty:
-        out.append(make("trained_immunity_by_lineage", "Trained-immunity sets by lineage "
-                        "(mean z); in unstimulated cells: inflammatory priming, not training",
-                        figures.score_heatmap(by_lineage[trained], title="Trained immunity")))
+        out.append(
+            make(
+                "trained_immunity_by_lineage",
+                "Trained-immunity sets by lineage "
+                "(mean z); in unstimulated cells: inflammatory priming, not training",
+                figures.score_heatmap(by_lineage[trained], title="Trained immunity"),
+            )
+        )
     programs = [n for n, c in category.items() if c in PROGRAM_CATEGORIES]
     if programs and not by_type.empty:
-        out.append(make("osteoimmune_programs", "Osteoimmune programs by cell type (mean z)",
-                        figures.score_heatmap(by_type[programs], title="Programs")))
+        out.append(
+            make(
+                "osteoimmune_programs",
+                "Osteoimmune programs by cell type (mean z)",
+                figures.score_heatmap(by_type[programs], title="Programs"),
+            )
+        )
     if "polarization_state" in adata.obs and adata.obs["polarization_state"].notna().any():
-        out.append(make("m1_m2_state_map", "M1/M2 state map of the gated cells",
-                        figures.state_map(adata.obs, m1=polarization["m1"],
-                                          m2=polarization["m2"])))
+        out.append(
+            make(
+                "m1_m2_state_map",
+                "M1/M2 state map of the gated cells",
+                figures.state_map(adata.obs, m1=polarization["m1"], m2=polarization["m2"]),
+            )
+        )
     for name in (n for n in KEY_SETS if f"score_{n}" in adata.obs):
-        out.append(make(f"umap_score_{name}", f"UMAP by score_{name}",
-                        figures.umap_continuous(adata, f"score_{name}", title=name)))
+        out.append(
+            make(
+                f"umap_score_{name}",
+                f"UMAP by score_{name}",
+                figures.umap_continuous(adata, f"score_{name}", title=name),
+            )
+        )
     if not genes.empty and genes["present"].astype(bool).any():
-        out.append(make("rankl_opg_cytokines", "RANKL/OPG axis and cytokines per cell type",
-                        figures.dot_plot(genes, group_col="cell_type",
-                                         title="RANKL/OPG and cytokines")))
+        out.append(
+            make(
+                "rankl_opg_cytokines",
+                "RANKL/OPG axis and cytokines per cell type",
+                figures.dot_plot(genes, group_col="cell_type", title="RANKL/OPG and cytokines"),
+            )
+        )
     if not pairs.empty and pairs["present"].astype(bool).any():
-        out.append(make("ligand_receptor", "Immune-to-bone ligand-receptor panel",
-                        figures.pair_heatmap(pairs)))
+        out.append(
+            make(
+                "ligand_receptor",
+                "Immune-to-bone ligand-receptor panel",
+                figures.pair_heatmap(pairs),
+            )
+        )
     return out
 
 
@@ -222,20 +318,33 @@ def dataset_report(
     group_key = config.get("compare", {}).get("group_key", "cell_type")
     comparison, prerank, ora = tables["comparison"], tables["prerank"], tables["ora"]
     figs = dataset_figures(
-        adata, fig_dir=fig_dir, stability=tables["stability"],
-        qc_cells=tables["qc_cells"], qc_thresholds=tables["qc_thresholds"],
-        composition=tables["composition"], confusion=tables["confusion"], by_group=by_group,
-        pairs=tables["pairs"], genes=tables["genes"],
-        polarization=meta.get("polarization", {}), aggregates=tables["aggregates"],
-        comparison=comparison, prerank=prerank,
+        adata,
+        fig_dir=fig_dir,
+        stability=tables["stability"],
+        qc_cells=tables["qc_cells"],
+        qc_thresholds=tables["qc_thresholds"],
+        composition=tables["composition"],
+        confusion=tables["confusion"],
+        by_group=by_group,
+        pairs=tables["pairs"],
+        genes=tables["genes"],
+        polarization=meta.get("polarization", {}),
+        aggregates=tables["aggregates"],
+        comparison=comparison,
+        prerank=prerank,
         group_key=group_key,
         enrichment_key=config.get("enrichment", {}).get("group_key", "cell_type"),
     )
     return render(
         "report.html",
-        dataset=meta["dataset"], entry=entry, meta=meta, manifest=manifest,
-        n_cells=adata.n_obs, n_genes=adata.n_vars,
-        n_clusters=adata.obs["leiden"].nunique(), figures=figs,
+        dataset=meta["dataset"],
+        entry=entry,
+        meta=meta,
+        manifest=manifest,
+        n_cells=adata.n_obs,
+        n_genes=adata.n_vars,
+        n_clusters=adata.obs["leiden"].nunique(),
+        figures=figs,
         qc_table=table_html(tables["qc"]),
         lineage_table=table_html(tables["lineage"], index=False),
         stability_table=table_html(tables["stability"], index=False),
@@ -247,12 +356,16 @@ def dataset_report(
         composition_table=table_html(composition_wide(tables["composition"])),
         cluster_lineage_table=table_html(cluster_lineages(adata), index=False),
         progenitor_sort=adata.uns.get("annotation", {}).get("progenitor_sort", ""),
-        panel_table=table_html(tables["panel_coverage"].reindex(
-            columns=[c for c in PANEL_COLUMNS if c in tables["panel_coverage"]])),
+        panel_table=table_html(
+            tables["panel_coverage"].reindex(
+                columns=[c for c in PANEL_COLUMNS if c in tables["panel_coverage"]]
+            )
+        ),
         method_table=table_html(tables["method_agreement"]),
         states_table=table_html(tables["states"], index=False),
         polarization_gate=meta.get("polarization", {}).get(
-            "gate", "annotated monocytes and macrophages"),
+            "gate", "annotated monocytes and macrophages"
+        ),
         pairs_table=table_html(top_pairs(tables["pairs"]), index=False),
         score_tables={
             key: table_html(group.drop(columns=["grouping", "value"]).set_index("group"))
@@ -285,16 +398,30 @@ def cluster_lineages(adata: ad.AnnData) -> pd.DataFrame:
     )
 
 
-PANEL_COLUMNS = ["lineage", "cell_type", "n_genes", "n_present", "proteins", "used", "complete",
-                 "reason", "sources"]
+PANEL_COLUMNS = [
+    "lineage",
+    "cell_type",
+    "n_genes",
+    "n_present",
+    "proteins",
+    "used",
+    "complete",
+    "reason",
+    "sources",
+]
 
 
 def composition_wide(composition: pd.DataFrame) -> pd.DataFrame:
     """Cells per cell type (rows, with lineage) and sample (columns)."""
     if composition.empty:
         return composition
-    return composition.pivot_table(index=["cell_lineage", "cell_type"], columns="sample",
-                                   values="n_cells", aggfunc="sum", fill_value=0)
+    return composition.pivot_table(
+        index=["cell_lineage", "cell_type"],
+        columns="sample",
+        values="n_cells",
+        aggfunc="sum",
+        fill_value=0,
+    )
 
 
 def top_pairs(pairs: pd.DataFrame, *, n: int = 20) -> pd.DataFrame:
@@ -307,8 +434,11 @@ def top_pairs(pairs: pd.DataFrame, *, n: int = 20) -> pd.DataFrame:
 def top_markers(markers: pd.DataFrame, *, n: int = 8) -> pd.DataFrame:
     """The first ``n`` marker genes of each cluster, one row per cluster."""
     top = markers[markers["rank"] <= n]  # ranks start at 1
-    return top.groupby("cluster", sort=False)["gene"].agg(", ".join).reset_index(
-        name=f"top {n} markers (Wilcoxon)")
+    return (
+        top.groupby("cluster", sort=False)["gene"]
+        .agg(", ".join)
+        .reset_index(name=f"top {n} markers (Wilcoxon)")
+    )
 
 
 def index_row(adata: ad.AnnData, *, entry: dict) -> dict:
@@ -316,26 +446,44 @@ def index_row(adata: ad.AnnData, *, entry: dict) -> dict:
     meta = adata.uns["osteoimmune"]
     scores = [c for c in adata.obs.columns if c.startswith("score_")]
     return {
-        "dataset": meta["dataset"], "title": entry["title"], "species": entry["species"],
-        "value_type": meta["value_type"], "cells": adata.n_obs, "genes": adata.n_vars,
-        "clusters": adata.obs["leiden"].nunique(), "scored_sets": len(scores),
+        "dataset": meta["dataset"],
+        "title": entry["title"],
+        "species": entry["species"],
+        "value_type": meta["value_type"],
+        "cells": adata.n_obs,
+        "genes": adata.n_vars,
+        "clusters": adata.obs["leiden"].nunique(),
+        "scored_sets": len(scores),
         "author_labels": int(adata.obs["author_cell_type"].nunique())
-        if "author_cell_type" in adata.obs else 0,
+        if "author_cell_type" in adata.obs
+        else 0,
         "means": {c.removeprefix("score_"): float(adata.obs[c].mean()) for c in scores},
     }
 
 
-COMPARISON_SHOWN = ["variable", "condition_a", "condition_b", "n_donors_a", "n_donors_b",
-                    "mean_a", "mean_b", "difference", "effect_size", "p_value", "fdr",
-                    "descriptive_only"]
+COMPARISON_SHOWN = [
+    "variable",
+    "condition_a",
+    "condition_b",
+    "n_donors_a",
+    "n_donors_b",
+    "mean_a",
+    "mean_b",
+    "difference",
+    "effect_size",
+    "p_value",
+    "fdr",
+    "descriptive_only",
+]
 
 
 def top_comparisons(comparison: pd.DataFrame, *, n: int = 25) -> pd.DataFrame:
     """The ``n`` rows with the smallest FDR, then the largest absolute difference."""
     if comparison.empty:
         return comparison
-    ranked = comparison.assign(_fdr=comparison["fdr"].fillna(2.0),
-                               _size=-comparison["difference"].abs().fillna(0))
+    ranked = comparison.assign(
+        _fdr=comparison["fdr"].fillna(2.0), _size=-comparison["difference"].abs().fillna(0)
+    )
     ranked = ranked.sort_values(["_fdr", "_size"], kind="stable").head(n)
     group = [c for c in comparison.columns if c not in COMPARISON_COLUMNS][:1]
     shown = [c for c in COMPARISON_SHOWN if ranked[c].notna().any()]
@@ -348,8 +496,13 @@ def donor_proportions(aggregates: pd.DataFrame, group_key: str) -> pd.DataFrame:
     """Cell-type proportions: groups (rows) x condition and donor (columns)."""
     if aggregates.empty:
         return aggregates
-    return aggregates.pivot_table(index=group_key, columns=["condition", "donor"],
-                                  values="proportion", aggfunc="first", observed=True)
+    return aggregates.pivot_table(
+        index=group_key,
+        columns=["condition", "donor"],
+        values="proportion",
+        aggfunc="first",
+        observed=True,
+    )
 
 
 def top_terms(table: pd.DataFrame, effect: str, *, n: int = 25) -> pd.DataFrame:
@@ -362,9 +515,11 @@ def top_terms(table: pd.DataFrame, effect: str, *, n: int = 25) -> pd.DataFrame:
 
 
 KEY_LABELS = {
-    "macrophage_M1_classical_core": "M1", "macrophage_M2a_alternative_core": "M2a",
+    "macrophage_M1_classical_core": "M1",
+    "macrophage_M2a_alternative_core": "M2a",
     "trained_immunity_core6_zhang2022": "trained (core 6)",
-    "osteoclast_differentiation_core": "osteoclast", "osteoblast_lineage_core": "osteoblast",
+    "osteoclast_differentiation_core": "osteoclast",
+    "osteoblast_lineage_core": "osteoblast",
     "bm_stromal_LEPR_CAR_niche": "LEPR+ niche",
 }
 
@@ -389,13 +544,15 @@ def key_signature_block(by_group: pd.DataFrame, *, sets=KEY_SETS, limit: float =
             fade = 255 - round(170 * abs(t))  # light enough for black text
             colour = f"rgb(255,{fade},{fade})" if t > 0 else f"rgb({fade},{fade},255)"
             cells.append((f"{value:.2f}", colour))
-        rows.append({"cell_type": str(record["group"]), "n_cells": int(record["n_cells"]),
-                     "cells": cells})
+        rows.append(
+            {"cell_type": str(record["group"]), "n_cells": int(record["n_cells"]), "cells": cells}
+        )
     return {"sets": [KEY_LABELS.get(name, name) for name in sets], "rows": rows}
 
 
-def missing_score_views(adata: ad.AnnData, *, genes: pd.DataFrame, pairs: pd.DataFrame
-                        ) -> list[str]:
+def missing_score_views(
+    adata: ad.AnnData, *, genes: pd.DataFrame, pairs: pd.DataFrame
+) -> list[str]:
     """Why a view of the signatures section is absent from a dataset's report, one line each."""
     library = load_library()
     scored = [c.removeprefix("score_") for c in adata.obs if c.startswith("score_")]
@@ -403,13 +560,17 @@ def missing_score_views(adata: ad.AnnData, *, genes: pd.DataFrame, pairs: pd.Dat
     missing = []
     polarization = adata.uns["osteoimmune"].get("polarization")
     if not scored:
-        missing.append("No signature set reached the coverage threshold in this dataset (see "
-                       "the coverage table), so there are no scores, states or score figures.")
+        missing.append(
+            "No signature set reached the coverage threshold in this dataset (see "
+            "the coverage table), so there are no scores, states or score figures."
+        )
     elif not polarization:
         missing.append("M1/M2 state map: no M1 and M2 set both reached the coverage threshold.")
     elif not polarization.get("gated_cells"):
-        missing.append("M1/M2 state map: no cell was annotated as a monocyte or macrophage "
-                       "(the cell types the states are defined in).")
+        missing.append(
+            "M1/M2 state map: no cell was annotated as a monocyte or macrophage "
+            "(the cell types the states are defined in)."
+        )
     if scored and not any(c.startswith("trained_immunity") for c in category.values()):
         missing.append("Trained immunity by lineage: no trained-immunity set was scored.")
     if scored and not any(c in PROGRAM_CATEGORIES for c in category.values()):

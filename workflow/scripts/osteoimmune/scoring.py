@@ -60,9 +60,7 @@ def _resolve_sets(
     return names
 
 
-def match_symbols(
-    genes, universe, *, case_insensitive: bool = False
-) -> list[str | None]:
+def match_symbols(genes, universe, *, case_insensitive: bool = False) -> list[str | None]:
     """Each gene as spelled in ``universe`` (None when absent), in the order of ``genes``.
 
     ``case_insensitive`` matches on upper case; when two names of ``universe`` differ only by
@@ -328,8 +326,9 @@ def calibrated_scores(
         Per set: Spearman correlation of the primary score with UCell (method agreement).
     """
     sets = {
-        name: gene_coverage(adata, library.genes(name, species),
-                            case_insensitive=case_insensitive)[0]
+        name: gene_coverage(adata, library.genes(name, species), case_insensitive=case_insensitive)[
+            0
+        ]
         for name in coverage.index[coverage["scored"].astype(bool)]
     }
     for column in [c for c in adata.obs.columns if str(c).startswith(Z_PREFIX)]:
@@ -337,8 +336,9 @@ def calibrated_scores(
     if not sets:
         return pd.DataFrame(columns=["spearman", "n_cells"]).rename_axis("set")
     n_bins, ctrl_size = _control_params(adata.n_vars, n_bins=n_bins, ctrl_size=ctrl_size)
-    mean = calibrate(adata, sets, method="mean", n_null=n_null, n_bins=n_bins,
-                     ctrl_size=ctrl_size, seed=seed)
+    mean = calibrate(
+        adata, sets, method="mean", n_null=n_null, n_bins=n_bins, ctrl_size=ctrl_size, seed=seed
+    )
     ucell = calibrate(adata, sets, method="ucell", n_null=n_null, n_bins=n_bins, seed=seed)
     for name in sets:
         adata.obs[f"{Z_PREFIX}{name}"] = mean.z[name].to_numpy()
@@ -350,9 +350,7 @@ def calibrated_scores(
     return method_agreement(primary, ucell.score)
 
 
-def scores_by_group(
-    adata: AnnData, *, groupby: str, prefix: str = SCORE_PREFIX
-) -> pd.DataFrame:
+def scores_by_group(adata: AnnData, *, groupby: str, prefix: str = SCORE_PREFIX) -> pd.DataFrame:
     """Mean of every ``<prefix>*`` column of ``adata.obs`` per group.
 
     Parameters
@@ -389,8 +387,11 @@ def add_user_sets(library: SignatureLibrary, user_sets: list[dict], *, species: 
 
     Returns the added names that have genes for ``species`` (scored with the defaults).
     """
-    added = [name for extra in user_sets
-             for name in library.add_sets(Path(extra["path"]), species=extra.get("species"))]
+    added = [
+        name
+        for extra in user_sets
+        for name in library.add_sets(Path(extra["path"]), species=extra.get("species"))
+    ]
     return [name for name in added if library.sets[name]["genes"].get(species)]
 
 
@@ -400,9 +401,12 @@ def group_means(adata: AnnData, *, groupings=GROUPINGS) -> pd.DataFrame:
     Columns: group, n_cells, one per set, grouping, value (``score`` or ``z``).
     """
     tables = [
-        scores_by_group(adata, groupby=key, prefix=prefix).rename_axis("group").reset_index()
+        scores_by_group(adata, groupby=key, prefix=prefix)
+        .rename_axis("group")
+        .reset_index()
         .assign(grouping=key, value=value)
-        for key in groupings if key in adata.obs
+        for key in groupings
+        if key in adata.obs
         for prefix, value in ((SCORE_PREFIX, "score"), (Z_PREFIX, "z"))
     ]
     return pd.concat(tables, ignore_index=True)

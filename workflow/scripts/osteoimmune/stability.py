@@ -69,19 +69,23 @@ def stability_table(
     for r in range(repeats):
         cells = np.sort(rng.choice(adata.n_obs, size=n_sub, replace=False))
         # the subsample keeps its cells' edges of the full graph: no new kNN search
-        sub = ad.AnnData(obs=pd.DataFrame(index=adata.obs_names[cells]),
-                         obsp={"connectivities": graph[cells][:, cells]})
+        sub = ad.AnnData(
+            obs=pd.DataFrame(index=adata.obs_names[cells]),
+            obsp={"connectivities": graph[cells][:, cells]},
+        )
         sub.uns["neighbors"] = {"connectivities_key": "connectivities", "params": {}}
         for i, resolution in enumerate(resolutions):
             leiden(sub, resolution=resolution, seed=seed + r)
             full = adata.obs[resolution_key(resolution)].to_numpy()[cells]
             ari[i, r] = adjusted_rand_score(full, sub.obs["leiden"].to_numpy())
-    return pd.DataFrame({
-        "resolution": np.asarray(resolutions, dtype=float),
-        "n_clusters": [adata.obs[resolution_key(res)].nunique() for res in resolutions],
-        "mean_ari": ari.mean(axis=1),
-        "sd_ari": ari.std(axis=1, ddof=1) if repeats > 1 else np.zeros(len(resolutions)),
-    })
+    return pd.DataFrame(
+        {
+            "resolution": np.asarray(resolutions, dtype=float),
+            "n_clusters": [adata.obs[resolution_key(res)].nunique() for res in resolutions],
+            "mean_ari": ari.mean(axis=1),
+            "sd_ari": ari.std(axis=1, ddof=1) if repeats > 1 else np.zeros(len(resolutions)),
+        }
+    )
 
 
 def choose_resolution(table: pd.DataFrame, *, tolerance: float = 0.02) -> tuple[float, str]:
@@ -138,10 +142,15 @@ def cluster_over_resolutions(
     adata.uns["leiden"] = adata.uns[key]
     row = table[table["chosen"]].iloc[0]
     adata.uns.setdefault("osteoimmune", {})["clustering"] = {
-        "resolution": chosen, "n_clusters": int(row["n_clusters"]),
-        "mean_ari": float(row["mean_ari"]), "sd_ari": float(row["sd_ari"]), "reason": reason,
-        "column": key, "resolutions": ", ".join(f"{res:g}" for res in resolutions),
-        "stability_repeats": int(repeats), "stability_fraction": float(fraction),
+        "resolution": chosen,
+        "n_clusters": int(row["n_clusters"]),
+        "mean_ari": float(row["mean_ari"]),
+        "sd_ari": float(row["sd_ari"]),
+        "reason": reason,
+        "column": key,
+        "resolutions": ", ".join(f"{res:g}" for res in resolutions),
+        "stability_repeats": int(repeats),
+        "stability_fraction": float(fraction),
         "tolerance": float(tolerance),
     }
     adata.uns["osteoimmune"]["cluster_stability"] = {
