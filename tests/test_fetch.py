@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from osteoimmune.checksums import read_lock
 from osteoimmune.errors import FetchError
 from osteoimmune.fetch import (
     FetchedFiles,
@@ -336,6 +337,11 @@ def test_fetch_dataset_and_manifest_record_sources(server, tmp_path):
         "own.csv": own,
     }
     assert paths.sources == {"counts.rda": "download", "labels.rda": "mirror", "own.csv": "local"}
+    assert paths.checksums == {
+        "counts.rda": "registry",
+        "labels.rda": "registry",
+        "own.csv": "computed",
+    }
 
     out = dest / "fetch_manifest.json"
     write_manifest(paths, entry, dataset="ds", out=out)
@@ -352,10 +358,13 @@ def test_fetch_dataset_and_manifest_record_sources(server, tmp_path):
         "role": "protein",
         "path": str(own),
         "url": None,
+        "sample": None,
         "sha256": sha(OTHER),
         "bytes": len(OTHER),
         "source": "local",
+        "checksum": "computed",
     }
+    assert rows["counts.rda"]["checksum"] == rows["labels.rda"]["checksum"] == "registry"
     assert sorted(p.name for p in dest.iterdir()) == [
         "counts.rda",
         "fetch_manifest.json",
@@ -399,3 +408,220 @@ def test_real_registry_entry_through_the_mirror(tmp_path, mirror):
         assert path == tmp_path / spec["filename"]
         assert sha256sum(path) == spec["sha256"]
         assert paths.sources[spec["filename"]] == "mirror"
+        assert paths.checksums[spec["filename"]] == "registry"
+
+
+# --- Files whose checksum the registry does not know: the checksum lock -------------------------
+
+
+def unpinned(url: str, *, filename: str = "counts.rda", **extra) -> dict:
+    return {**spec_for(url, filename=filename), "sha256": None, **extra}
+
+
+def manifest_rows(paths: FetchedFiles, entry: dict, out: Path) -> dict[str, dict]:
+    write_manifest(paths, entry, dataset="ds", out=out)
+    return {row["filename"]: row for row in json.loads(out.read_text())["files"]}
+
+
+def test_first_download_records_later_fetches_verify_against_the_lock(server, tmp_path):
+    url = server.serve("/raw/counts.rda", Reply())
+    entry = {"files": [unpinned(url)]}
+    lock = tmp_path / "config" / "checksums.lock.tsv"
+    lock.parent.mkdir()
+
+    first = fetch_dataset(
+        entry, dataset="ds", dest_dir=tmp_path / "a", lock=lock, progressbar=False
+    )
+    assert first.sources == {"counts.rda": "download"}
+    assert first.checksums == {"counts.rda": "recorded"}
+    assert first["counts.rda"].read_bytes() == DATA
+    assert leftovers(tmp_path / "a") == [first["counts.rda"]]
+    assert lock.read_text() == f"url\tsha256\tbytes\n{url}\t{sha(DATA)}\t{len(DATA)}\n"
+    row = manifest_rows(first, entry, tmp_path / "a.json")["counts.rda"]
+    assert (row["checksum"], row["sha256"]) == ("recorded", sha(DATA))
+
+    second = fetch_dataset(
+        entry, dataset="ds", dest_dir=tmp_path / "b", lock=lock, progressbar=False
+    )
+    assert second.sources == {"counts.rda": "download"}
+    assert second.checksums == {"counts.rda": "lock"}
+    assert manifest_rows(second, entry, tmp_path / "b.json")["counts.rda"]["checksum"] == "lock"
+    cached = fetch_dataset(entry, dataset="ds", dest_dir=tmp_path / "b", lock=lock)
+    assert (cached.sources, cached.checksums) == ({"counts.rda": "cache"}, {"counts.rda": "lock"})
+    assert server.requests == ["/raw/counts.rda"] * 2
+
+
+def test_file_changed_since_recorded_is_refused_and_nothing_is_kept(server, tmp_path):
+    url = server.serve("/raw/counts.rda", Reply())
+    spec = unpinned(url)
+    lock = tmp_path / "checksums.lock.tsv"
+    fetch_file(spec, dataset="ds", dest_dir=tmp_path / "a", lock=lock, progressbar=False)
+    recorded = lock.read_bytes()
+    server.serve("/raw/counts.rda", Reply(body=OTHER))
+    dest = tmp_path / "b"
+
+    with pytest.raises(FetchError, match="changed since its checksum was recorded") as info:
+        fetch_file(spec, dataset="paul_test", dest_dir=dest, lock=lock, progressbar=False)
+
+    msg = str(info.value)
+    assert "paul_test" in msg and "counts.rda" in msg and url in msg and str(lock) in msg
+    assert sha(OTHER) in msg and sha(DATA) in msg and "delete the line" in msg
+    assert leftovers(dest) == []
+    assert lock.read_bytes() == recorded
+
+    # A stale cached file is not trusted either: it is removed, and the refetch refused.
+    dest.mkdir(exist_ok=True)
+    (dest / "counts.rda").write_bytes(OTHER)
+    with pytest.raises(FetchError, match="changed since its checksum was recorded"):
+        fetch_file(spec, dataset="ds", dest_dir=dest, lock=lock, progressbar=False)
+    assert leftovers(dest) == []
+    assert lock.read_bytes() == recorded
+
+
+def test_strict_refuses_unpinned_files_and_fetches_nothing(server, tmp_path):
+    pinned_url = server.serve("/counts.rda", Reply())
+    raw_url = server.serve("/raw/S1.rda", Reply())
+    entry = {
+        "files": [spec_for(pinned_url), unpinned(raw_url, filename="S1.rda", sample="S1", row=2)]
+    }
+    lock = tmp_path / "checksums.lock.tsv"
+    dest = tmp_path / "dest"
+
+    with pytest.raises(FetchError, match="strict") as info:
+        fetch_dataset(entry, dataset="ds", dest_dir=dest, lock=lock, strict=True)
+
+    msg = str(info.value)
+    assert "Dataset 'ds'" in msg and "sample 'S1' (samplesheet row 2), file 'S1.rda'" in msg
+    assert raw_url in msg and "`sha256:`" in msg and "without `strict_checksums`" in msg
+    assert pinned_url not in msg
+    assert server.requests == []
+    assert leftovers(dest) == [] and not lock.exists()
+    with pytest.raises(FetchError, match="sample 'S1', file 'S1.rda': "):
+        fetch_file(
+            {**entry["files"][1], "row": None},
+            dataset="ds",
+            dest_dir=dest,
+            lock=lock,
+            strict=True,
+        )
+    assert server.requests == []
+
+    # Once recorded (a run without strict), strict accepts the file and verifies it.
+    fetch_dataset(entry, dataset="ds", dest_dir=tmp_path / "a", lock=lock, progressbar=False)
+    again = fetch_dataset(
+        entry, dataset="ds", dest_dir=dest, lock=lock, strict=True, progressbar=False
+    )
+    assert again.checksums == {"counts.rda": "registry", "S1.rda": "lock"}
+
+
+def test_mirror_file_with_unknown_checksum_is_recorded_then_verified(server, tmp_path):
+    url = server.base + "/raw/counts.rda"
+    spec = unpinned(url)
+    mirror = tmp_path / "mirror"
+    mirrored = mirror / "ds" / "counts.rda"
+    mirrored.parent.mkdir(parents=True)
+    mirrored.write_bytes(DATA)
+    lock = tmp_path / "checksums.lock.tsv"
+
+    paths = fetch_dataset(
+        {"files": [spec]}, dataset="ds", dest_dir=tmp_path / "a", mirror=mirror, lock=lock
+    )
+
+    assert (paths.sources, paths.checksums) == (
+        {"counts.rda": "mirror"},
+        {"counts.rda": "recorded"},
+    )
+    assert read_lock(lock) == {url: (sha(DATA), len(DATA))}
+    mirrored.write_bytes(OTHER)
+    before, recorded = snapshot(mirrored), lock.read_bytes()
+    dest = tmp_path / "b"
+
+    with pytest.raises(FetchError, match="changed since its checksum was recorded") as info:
+        fetch_file(spec, dataset="ds", dest_dir=dest, mirror=mirror, lock=lock, offline=True)
+
+    msg = str(info.value)
+    assert str(mirrored) in msg and str(lock) in msg and sha(OTHER) in msg and sha(DATA) in msg
+    assert "remove it from the mirror" in msg
+    assert leftovers(dest) == []
+    assert snapshot(mirrored) == before and lock.read_bytes() == recorded
+    assert server.requests == []
+
+
+def test_registry_sha256_wins_over_a_conflicting_lock_line(server, tmp_path):
+    url = server.serve("/counts.rda", Reply())
+    lock = tmp_path / "checksums.lock.tsv"
+    lock.write_text(f"url\tsha256\tbytes\n{url}\t{sha(OTHER)}\t{len(OTHER)}\n")
+    recorded = lock.read_bytes()
+
+    paths = fetch_dataset(
+        {"files": [spec_for(url)]}, dataset="ds", dest_dir=tmp_path, lock=lock, progressbar=False
+    )
+
+    assert paths["counts.rda"].read_bytes() == DATA
+    assert paths.checksums == {"counts.rda": "registry"}
+    assert lock.read_bytes() == recorded
+
+
+def test_unknown_checksum_without_a_lock_is_only_computed(server, tmp_path):
+    spec = unpinned(server.serve("/raw/counts.rda", Reply()))
+
+    paths = fetch_dataset({"files": [spec]}, dataset="ds", dest_dir=tmp_path, progressbar=False)
+
+    assert paths["counts.rda"].read_bytes() == DATA
+    assert paths.checksums == {"counts.rda": "computed"}
+    assert leftovers(tmp_path) == [paths["counts.rda"]]
+
+
+def test_html_page_with_unknown_checksum_is_refused_and_not_recorded(server, tmp_path):
+    spec = unpinned(server.serve("/raw/counts.rda", Reply(body=HTML)))
+    lock = tmp_path / "checksums.lock.tsv"
+    dest = tmp_path / "dest"
+
+    with pytest.raises(FetchError, match="HTML page instead of data") as info:
+        fetch_file(spec, dataset="ds", dest_dir=dest, lock=lock, progressbar=False)
+
+    assert spec["url"] in str(info.value)
+    assert leftovers(dest) == [] and not lock.exists()
+
+
+def test_sample_files_are_named_in_errors_and_the_manifest(server, tmp_path):
+    # A study's samples are fetched one at a time, each as {"files": [...]} of its own.
+    gone = {**spec_for(server.base + "/gone.rda", filename="S2.rda"), "sample": "S2", "row": 2}
+
+    with pytest.raises(FetchError, match="HTTP 404") as info:
+        fetch_dataset({"files": [gone]}, dataset="ds", dest_dir=tmp_path, retries=0)
+    assert "Dataset 'ds', sample 'S2' (samplesheet row 2), file 'S2.rda'" in str(info.value)
+    with pytest.raises(FetchError, match="offline") as info:
+        fetch_dataset({"files": [gone]}, dataset="ds", dest_dir=tmp_path, offline=True)
+    assert "sample 'S2' (samplesheet row 2), file 'S2.rda'" in str(info.value)
+
+    sample = {"files": [{**spec_for(server.serve("/S1.rda", Reply())), "sample": "S1", "row": 1}]}
+    paths = fetch_dataset(sample, dataset="ds", dest_dir=tmp_path, progressbar=False)
+    assert manifest_rows(paths, sample, tmp_path / "m.json")["counts.rda"]["sample"] == "S1"
+    assert leftovers(tmp_path) == [tmp_path / "counts.rda", tmp_path / "m.json"]
+
+
+def test_parallel_first_downloads_of_different_urls_all_end_up_in_the_lock(server, tmp_path):
+    specs = [
+        unpinned(server.serve(f"/raw/{i}.bin", Reply(body=DATA + bytes([i]))), filename=f"{i}.bin")
+        for i in range(6)
+    ]
+    lock = tmp_path / "checksums.lock.tsv"
+    errors = []
+
+    def fetch(spec):
+        try:
+            fetch_file(spec, dataset="ds", dest_dir=tmp_path / "dest", lock=lock, progressbar=False)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=fetch, args=(spec,)) for spec in specs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert read_lock(lock) == {
+        spec["url"]: (sha(DATA + bytes([i])), len(DATA) + 1) for i, spec in enumerate(specs)
+    }

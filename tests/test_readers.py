@@ -25,7 +25,7 @@ from osteoimmune.readers import (
     matrix_from_r,
     read_dataset,
 )
-from osteoimmune.registry import load_registry
+from osteoimmune.registry import load_registry, select_datasets
 
 DATASET = "synthetic_ds"
 N_CELLS, N_GENES = 20, 30
@@ -243,7 +243,41 @@ def test_h5ad_layer_counts(tmp_path, counts):
         "value_type": "counts",
         "gene_symbol_case": "as_is",
         "source_files": ["a.h5ad"],
+        "covariates": [],
     }
+
+
+def test_h5ad_raw_x_and_obs_covariates(tmp_path, counts):
+    # CELLxGENE-style: normalised X, raw counts in raw.X, donor metadata in obs
+    normalised = counts / counts.sum(axis=1, keepdims=True) * 1e4
+    obs = pd.DataFrame(
+        {"donor_id": ["d1"] * 10 + ["d2"] * 10, "age": [30.0] * 10 + [61.0] * 10,
+         "sex": ["F"] * 10 + ["M"] * 10},
+        index=CELLS,
+    )  # fmt: skip
+    source = ad.AnnData(X=sparse.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=GENES))
+    source.raw = source
+    source.X = sparse.csr_matrix(normalised)
+    source.write_h5ad(tmp_path / "a.h5ad")
+    entry = make_entry(
+        [{"role": "counts", "format": "h5ad", "filename": "a.h5ad", "layer": "raw.X"}],
+        metadata={
+            "sample": {"column": "donor_id"},
+            "donor": {"column": "donor_id"},
+            "condition": {"cell_name": "^(ctrl|stim)_"},
+            "covariates": ["age", "sex"],
+        },
+    )
+    adata = read_one(entry, tmp_path)
+    assert_standard(adata, counts)
+    assert adata.obs["age"].dtype == np.float64 and list(adata.obs["age"].unique()) == [30, 61]
+    assert isinstance(adata.obs["sex"].dtype, pd.CategoricalDtype)
+    assert adata.uns["osteoimmune"]["covariates"] == ["age", "sex"]
+    entry["files"][0]["layer"] = "raw.X"
+    del source.raw
+    source.write_h5ad(tmp_path / "a.h5ad")
+    with pytest.raises(ReaderError, match="`layer: raw.X` but the file has no raw.X"):
+        read_one(entry, tmp_path)
 
 
 def test_h5ad_x_normalized_has_no_counts_layer(tmp_path, counts):
@@ -621,7 +655,8 @@ REAL_SHAPES = MANIFEST_SHAPES
 def real_datasets(mirror) -> dict:
     registry = load_registry(REPO / "config" / "datasets.yaml")
     out = {}
-    for name, entry in registry.items():
+    for name in select_datasets(registry, "default"):
+        entry = registry[name]
         paths = {f["filename"]: mirror / name / f["filename"] for f in entry["files"]}
         out[name] = (entry, read_dataset(entry, paths, dataset=name))
     return out

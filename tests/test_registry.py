@@ -7,14 +7,17 @@ import yaml
 from conftest import REPO
 
 from osteoimmune.errors import RegistryError
-from osteoimmune.registry import load_registry, select_datasets, validate
+from osteoimmune.registry import all_files, load_registry, select_datasets, validate
 
 REGISTRY = REPO / "config" / "datasets.yaml"
 
 
 @pytest.fixture
 def registry_data():
-    return yaml.safe_load(REGISTRY.read_text())
+    """The shipped registry's default (mirrored) entries, as YAML data."""
+    data = yaml.safe_load(REGISTRY.read_text())
+    data["datasets"] = {k: v for k, v in data["datasets"].items() if v.get("default", True)}
+    return data
 
 
 def write(tmp_path, data):
@@ -29,8 +32,28 @@ def test_the_shipped_registry_names_the_six_mirrored_datasets(mirror):
         (row.split("\t")[0], row.split("\t")[1]): row.split("\t")[3]
         for row in (mirror / "MANIFEST.tsv").read_text().splitlines()[1:]
     }
-    files = {(name, f["filename"]): f["sha256"] for name, e in registry.items() for f in e["files"]}
+    default = select_datasets(registry, "default")
+    files = {
+        (name, f["filename"]): f["sha256"] for name in default for f in registry[name]["files"]
+    }
     assert files == manifest
+
+
+def test_public_studies_are_traceable_and_not_in_the_default_run():
+    registry = load_registry(REGISTRY)
+    studies = [name for name, entry in registry.items() if not entry["default"]]
+    assert len(studies) >= 6
+    assert {registry[name]["species"] for name in studies} == {"human", "mouse"}
+    for name in studies:
+        entry = registry[name]
+        assert entry["records"], name  # the public records the entry was checked against
+        assert "unverified" in entry, name  # and what they did not confirm
+        assert entry["paper"] and entry["license"] and "doi" in entry, name
+        files = all_files(entry)
+        assert files and all(f["url"].startswith(("https://", "http://")) for f in files), name
+        if entry["samples"]:
+            conditions = {s["condition"] for s in entry["samples"]}
+            assert entry.get("reference_condition", next(iter(conditions))) in conditions, name
 
 
 def test_unknown_key_is_an_error_naming_entry_and_field(tmp_path, registry_data):
@@ -44,7 +67,7 @@ def test_unknown_key_is_an_error_naming_entry_and_field(tmp_path, registry_data)
     [
         ("species", "zebrafish", r"paul2015_bm_myeloid/species.*zebrafish"),
         ("values", "counts-ish", r"paul2015_bm_myeloid/values"),
-        ("files", [], r"paul2015_bm_myeloid/files"),
+        ("files", [], r"paul2015_bm_myeloid.*files.*role .counts."),
         # a polarization gate must say why every cell belongs in it
         ("polarization_gate", {"cells": "all"}, r"paul2015_bm_myeloid/polarization_gate.*reason"),
         (

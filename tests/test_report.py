@@ -86,6 +86,16 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
         }
     )
     tables = {
+        "design": pd.DataFrame(
+            {
+                "sample": ["s1"],
+                "donor": ["d1"],
+                "condition": ["c"],
+                "age": [61.0],
+                "cells_read": [70],
+                "cells_after_qc": [60],
+            }
+        ),  # fmt: skip
         "qc": pd.DataFrame({"cells_in": [60]}),
         "lineage": pd.DataFrame({"sample": ["s1"], "qc_group": ["0"], "cells": [60]}),
         "stability": pd.DataFrame(

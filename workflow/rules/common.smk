@@ -5,7 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from osteoimmune.registry import load_registry, select_datasets  # noqa: E402
+from osteoimmune.registry import is_study, load_registry, select_datasets  # noqa: E402
+from osteoimmune.samplesheet import design_rows, study_covariates  # noqa: E402
 
 
 def _repo_path(path):
@@ -21,22 +22,88 @@ REGISTRY = load_registry(REGISTRY_PATH)
 DATASETS = select_datasets(REGISTRY, config["datasets"])
 
 
+CHECKSUM_LOCK = _repo_path(config.get("checksum_lock", "config/checksums.lock.tsv"))
+
+
+def study_sample(wildcards):
+    """The samplesheet record of one sample of a study."""
+    samples = REGISTRY[wildcards.dataset]["samples"] or []
+    found = [s for s in samples if s["sample"] == wildcards.sample]
+    if not found:
+        raise ValueError(f"{wildcards.dataset} has no sample {wildcards.sample}")
+    return found[0]
+
+
+def sample_reading(wildcards):
+    """What read_sample needs of a sample: its files and reader options, not its design (a
+    changed condition or covariate re-joins the samples, it does not re-read them)."""
+    design = ("donor", "condition", "covariates")
+    return {k: v for k, v in study_sample(wildcards).items() if k not in design}
+
+
+def read_settings(wildcards):
+    """The registry fields a sample's reader uses (editing others does not re-read it)."""
+    entry = REGISTRY[wildcards.dataset]
+    archive = [f["filename"] for f in entry["files"] if f["role"] == "archive"]
+    keys = ("species", "values", "gene_symbol_case", "author_label")
+    return {k: entry[k] for k in keys} | {"archive": archive[0] if archive else None}
+
+
+def sample_manifest(wildcards):
+    """A study sample's fetch manifest: its own files, or the dataset's archive."""
+    if study_sample(wildcards)["member"]:
+        return f"resources/{wildcards.dataset}/fetch_manifest.json"
+    return f"resources/{wildcards.dataset}/samples/{wildcards.sample}/fetch_manifest.json"
+
+
+def fetch_manifests(wildcards):
+    """Every fetch manifest of a dataset: its own, then its samples' (studies)."""
+    samples = REGISTRY[wildcards.dataset]["samples"] or []
+    return [f"resources/{wildcards.dataset}/fetch_manifest.json"] + [
+        f"resources/{wildcards.dataset}/samples/{s['sample']}/fetch_manifest.json"
+        for s in samples
+        if not s["member"]
+    ]
+
+
+def qc_sample_input(wildcards):
+    """A sample's cells before QC: read from its own files (studies) or split by read_dataset."""
+    if is_study(REGISTRY[wildcards.dataset]):
+        return f"results/{wildcards.dataset}/intermediate/sample_reads/{wildcards.sample}.h5ad"
+    return f"results/{wildcards.dataset}/intermediate/samples/{wildcards.sample}.h5ad"
+
+
+def study_design(wildcards):
+    """A study's samples with donor, condition and covariates (None for one-file datasets)."""
+    entry = REGISTRY[wildcards.dataset]
+    return design_rows(entry["samples"]) if is_study(entry) else None
+
+
+def study_covariate_types(wildcards):
+    entry = REGISTRY[wildcards.dataset]
+    return study_covariates(entry["samples"]) if is_study(entry) else None
+
+
 def qc_sample_files(wildcards):
-    """The per-sample QC outputs of a dataset, once read_dataset has split it."""
-    folder = checkpoints.read_dataset.get(dataset=wildcards.dataset).output.samples
-    slugs = glob_wildcards(f"{folder}/{{sample}}.h5ad").sample
+    """The per-sample QC outputs of a dataset (studies: its samplesheet's samples; else the
+    samples read_dataset split it into)."""
+    entry = REGISTRY[wildcards.dataset]
+    if is_study(entry):  # in the samplesheet's order
+        slugs = [s["sample"] for s in entry["samples"]]
+    else:
+        folder = checkpoints.read_dataset.get(dataset=wildcards.dataset).output.samples
+        slugs = sorted(glob_wildcards(f"{folder}/{{sample}}.h5ad").sample)
     return {
         "h5ads": expand(
             "results/{dataset}/intermediate/qc_samples/{sample}.h5ad",
             dataset=wildcards.dataset,
-            sample=sorted(slugs),
+            sample=slugs,
         ),
         "thresholds": expand(
             "results/{dataset}/intermediate/qc_samples/{sample}_thresholds.tsv",
             dataset=wildcards.dataset,
-            sample=sorted(slugs),
+            sample=slugs,
         ),
-        "samples": f"{folder}/samples.tsv",
     }
 
 

@@ -4,15 +4,18 @@
 
 localrules:
     fetch_dataset,
+    fetch_sample,
 
 
 rule fetch_dataset:
     output:
         manifest="resources/{dataset}/fetch_manifest.json",
     params:
-        registry=REGISTRY_PATH,
+        files=lambda wildcards: REGISTRY[wildcards.dataset]["files"],
         mirror=config["mirror"],
         offline=config["offline"],
+        lock=CHECKSUM_LOCK,
+        strict=config.get("strict_checksums", False),
     log:
         "logs/fetch_dataset/{dataset}.log",
     benchmark:
@@ -44,3 +47,46 @@ checkpoint read_dataset:
         "../../envs/analysis.yaml"
     script:
         "../scripts/read_dataset.py"
+
+
+# Studies (a samplesheet): each sample's files are fetched and read by jobs of their own, in
+# parallel or one job per sample on a cluster; a sample inside the dataset's archive (a GEO
+# RAW.tar) is read from the archive fetch_dataset brought.
+rule fetch_sample:
+    output:
+        manifest="resources/{dataset}/samples/{sample}/fetch_manifest.json",
+    params:
+        files=lambda wildcards: study_sample(wildcards)["files"],
+        mirror=config["mirror"],
+        offline=config["offline"],
+        lock=CHECKSUM_LOCK,
+        strict=config.get("strict_checksums", False),
+    log:
+        "logs/fetch_sample/{dataset}/{sample}.log",
+    benchmark:
+        "benchmarks/fetch_sample/{dataset}/{sample}.tsv"
+    conda:
+        "../../envs/fetch.yaml"
+    script:
+        "../scripts/fetch_dataset.py"
+
+
+rule read_sample:
+    input:
+        manifest=sample_manifest,
+    output:
+        h5ad="results/{dataset}/intermediate/sample_reads/{sample}.h5ad",
+    params:
+        sample=sample_reading,
+        settings=read_settings,
+        compression=INTERMEDIATE_COMPRESSION,
+    log:
+        "logs/read_sample/{dataset}/{sample}.log",
+    benchmark:
+        "benchmarks/read_sample/{dataset}/{sample}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/read_sample.py"

@@ -4,7 +4,7 @@
 
 rule qc_sample:
     input:
-        h5ad="results/{dataset}/intermediate/samples/{sample}.h5ad",
+        h5ad=qc_sample_input,
     output:
         h5ad="results/{dataset}/intermediate/qc_samples/{sample}.h5ad",
         thresholds="results/{dataset}/intermediate/qc_samples/{sample}_thresholds.tsv",
@@ -38,8 +38,11 @@ rule filter_cells:
         lineage="results/{dataset}/tables/qc_lineage_losses.tsv",
         thresholds="results/{dataset}/tables/qc_thresholds.tsv",
         cells="results/{dataset}/tables/qc_cells.tsv.gz",
+        design="results/{dataset}/tables/design.tsv",
     params:
         qc=config["qc"],
+        design=study_design,
+        covariates=study_covariate_types,
         compression=INTERMEDIATE_COMPRESSION,
     log:
         "logs/filter_cells/{dataset}.log",

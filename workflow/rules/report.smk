@@ -4,7 +4,8 @@
 rule report_dataset:
     input:
         h5ad=rules.score_signatures.output.h5ad,
-        manifest=rules.fetch_dataset.output.manifest,
+        manifests=fetch_manifests,
+        design=rules.filter_cells.output.design,
         qc=rules.filter_cells.output.summary,
         lineage=rules.filter_cells.output.lineage,
         qc_cells=rules.filter_cells.output.cells,

@@ -1,20 +1,21 @@
-"""Snakemake rule fetch_dataset: fetch and verify every file of one registry entry."""
+"""Rules fetch_dataset and fetch_sample: fetch and verify a dataset's or sample's files."""
 
 from pathlib import Path
 
 from osteoimmune.fetch import fetch_dataset, resolve_mirror, write_manifest
-from osteoimmune.registry import load_registry
 from osteoimmune.runlog import logged
 
 
-def main(*, registry, dataset, manifest, mirror, offline):
-    entry = load_registry(registry)[dataset]
+def main(*, files, dataset, manifest, mirror, offline, lock, strict):
+    entry = {"files": files}
     fetched = fetch_dataset(
         entry,
         dataset=dataset,
         dest_dir=Path(manifest).parent,
         mirror=resolve_mirror(mirror),
         offline=offline,
+        lock=Path(lock),
+        strict=strict,
         progressbar=False,
     )
     write_manifest(fetched, entry, dataset=dataset, out=Path(manifest))
@@ -23,9 +24,11 @@ def main(*, registry, dataset, manifest, mirror, offline):
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
         main(
-            registry=snakemake.params.registry,
+            files=snakemake.params.files,
             dataset=snakemake.wildcards.dataset,
             manifest=snakemake.output.manifest,
             mirror=snakemake.params.mirror,
             offline=snakemake.params.offline,
+            lock=snakemake.params.lock,
+            strict=snakemake.params.strict,
         )

@@ -7,12 +7,12 @@ import pandas as pd
 
 from osteoimmune.qc import finish_qc, qc_cells_table
 from osteoimmune.runlog import logged
-from osteoimmune.samples import concat_samples, share_counts
+from osteoimmune.samples import apply_design, concat_samples, design_table, share_counts
 
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, h5ads, thresholds, qc, out, tables, compression="gzip"):
+def main(*, h5ads, thresholds, qc, out, tables, design=None, covariates=None, compression="gzip"):
     parts = [ad.read_h5ad(path) for path in h5ads]
     # raw counts in X and layers['counts'] alike: join and filter one copy, share it after
     shared = all([share_counts(part) for part in parts])
@@ -22,6 +22,8 @@ def main(*, h5ads, thresholds, qc, out, tables, compression="gzip"):
     notes = [str(n) for part in parts for n in part.uns.pop("qc_notes")]
     notes = [notes[0], *dict.fromkeys(n for n in notes if n != notes[0])]
     adata = concat_samples(parts)
+    if design is not None:  # a study: donor, condition and covariates from its samplesheet
+        apply_design(adata, design, covariates=covariates)
     qc_cells_table(adata.obs).to_csv(tables["cells"], sep="\t")
     filtered, summary, losses = finish_qc(
         adata,
@@ -37,6 +39,11 @@ def main(*, h5ads, thresholds, qc, out, tables, compression="gzip"):
         filtered.layers["counts"] = filtered.X
     filtered.uns["osteoimmune"]["qc_note"] = "; ".join(notes)
     log.info("%s; %d of %d cells kept", notes[0], filtered.n_obs, adata.n_obs)
+    design_table(
+        adata.obs,
+        filtered.obs_names,
+        covariates=list(adata.uns["osteoimmune"].get("covariates", [])),
+    ).to_csv(tables["design"], sep="\t", index=False)
     summary.to_csv(tables["summary"], sep="\t")
     losses.to_csv(tables["lineage"], sep="\t")
     pd.concat([pd.read_csv(p, sep="\t") for p in thresholds]).to_csv(
@@ -52,6 +59,11 @@ if __name__ == "__main__":
             thresholds=snakemake.input.thresholds,
             qc=snakemake.params.qc,
             out=snakemake.output.h5ad,
-            tables={k: snakemake.output[k] for k in ("summary", "lineage", "thresholds", "cells")},
+            tables={
+                k: snakemake.output[k]
+                for k in ("summary", "lineage", "thresholds", "cells", "design")
+            },
+            design=snakemake.params.design,
+            covariates=snakemake.params.covariates,
             compression=snakemake.params.compression,
         )

@@ -11,6 +11,7 @@ from osteoimmune.report import dataset_report
 from osteoimmune.runlog import logged
 
 TABLES = (
+    "design",
     "qc",
     "lineage",
     "qc_cells",
@@ -47,7 +48,12 @@ def read_tsv_or_empty(path, **kwargs):
         return pd.DataFrame()
 
 
-def main(*, h5ad, manifest, tables, registry, config, html, fig_dir):
+def read_manifests(paths):
+    """The files of every fetch manifest of a dataset (its own, then its samples')."""
+    return {"files": [row for path in paths for row in json.loads(Path(path).read_text())["files"]]}
+
+
+def main(*, h5ad, manifests, tables, registry, config, html, fig_dir):
     adata = ad.read_h5ad(h5ad)
     dataset = adata.uns["osteoimmune"]["dataset"]
     # group and condition labels stay text (e.g. Leiden "0", conditions "2", "4", "6")
@@ -56,8 +62,9 @@ def main(*, h5ad, manifest, tables, registry, config, html, fig_dir):
     page = dataset_report(
         adata,
         entry=load_registry(registry)[dataset],
-        manifest=json.loads(Path(manifest).read_text()),
+        manifest=read_manifests(manifests),
         tables={
+            "design": read_tsv(tables["design"], dtype=text | {"sample": str}),
             "qc": read_tsv(tables["qc"], index_col=0),
             "lineage": read_tsv(tables["lineage"]),
             "qc_cells": read_tsv(tables["qc_cells"], index_col=0, dtype={"sample": str}),
@@ -90,7 +97,7 @@ if __name__ == "__main__":
     with logged(snakemake.log[0]):
         main(
             h5ad=snakemake.input.h5ad,
-            manifest=snakemake.input.manifest,
+            manifests=snakemake.input.manifests,
             tables={key: snakemake.input[key] for key in TABLES},
             registry=snakemake.params.registry,
             config=dict(snakemake.config),

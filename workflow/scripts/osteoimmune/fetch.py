@@ -1,8 +1,11 @@
 """Fetch the files of a registry entry: from the local cache, a mirror folder or the network.
 
-Every file is verified by sha256 before it is used. A failed fetch leaves nothing under the
-destination folder: downloads and mirror copies go to a temporary name next to the target and are
-moved into place only after the hash matched.
+Every file is verified by sha256 before it is used: against the registry's ``sha256``, or, for a
+public file whose checksum the registry does not know (``sha256: null``), against the checksum
+recorded in the checksum lock (:mod:`osteoimmune.checksums`) at its first download. A failed fetch
+leaves nothing under the destination folder: downloads and mirror copies go to a temporary name
+next to the target and are moved into place only after the hash matched (or was recorded). Raw
+downloads are never modified.
 """
 
 from __future__ import annotations
@@ -16,17 +19,22 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import pooch
 import requests
 
+from osteoimmune.checksums import lookup_checksum, record_checksum
 from osteoimmune.errors import FetchError
 
 logger = logging.getLogger(__name__)
 
 Source = Literal["cache", "mirror", "download", "local"]
+# What a file was verified against: the registry's sha256, the lock's (recorded at an earlier first
+# download), recorded now (first download), or only computed (no checksum known, no lock).
+Checksum = Literal["registry", "lock", "recorded", "computed"]
 
 MIRROR_ENV = "OSTEOIMMUNE_MIRROR"
 _CHUNK = 1 << 20
@@ -37,6 +45,10 @@ _MIRROR_HINT = (
     "set `mirror:` in config/config.yaml (or the environment variable OSTEOIMMUNE_MIRROR) to a "
     "folder holding the file"
 )
+_DOWNLOAD_REMEDY = (
+    "run again (the transfer may have been cut short); if it persists, check the URL in the "
+    "dataset registry"
+)
 
 
 class FetchedFiles(dict[str, Path]):
@@ -46,11 +58,25 @@ class FetchedFiles(dict[str, Path]):
     ----------
     sources
         Filename -> ``"cache"``, ``"mirror"``, ``"download"`` or ``"local"``.
+    checksums
+        Filename -> what the file was verified against: ``"registry"``, ``"lock"`` (a checksum
+        recorded at an earlier first download), ``"recorded"`` (recorded now) or ``"computed"``
+        (nothing to verify against: a local file without ``sha256``, or no lock given).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.sources: dict[str, Source] = {}
+        self.checksums: dict[str, Checksum] = {}
+
+
+@dataclass(frozen=True)
+class _Known:
+    """The sha256 a file must have, where it comes from, and the lock to record an unknown one."""
+
+    sha256: str | None
+    kind: Literal["registry", "lock"] | None
+    lock: Path | None
 
 
 def sha256sum(path: str | os.PathLike) -> str:
@@ -112,6 +138,30 @@ def resolve_mirror(
     return mirror
 
 
+def find_in_mirror(mirror: Path, *, name: str, dataset: str) -> Path | None:
+    """Return a dataset file of the mirror folder, searched by file name, or ``None``.
+
+    Parameters
+    ----------
+    mirror
+        The mirror folder.
+    name
+        The file name (the registry file's ``filename``).
+    dataset
+        The dataset id: ``mirror/<name>`` is tried first, then ``mirror/<dataset>/<name>``,
+        then the first match anywhere below ``mirror`` (in sorted order).
+
+    Returns
+    -------
+    Path or None
+        The mirror file, or ``None`` when there is none.
+    """
+    for candidate in (mirror / name, mirror / dataset / name):
+        if candidate.is_file():
+            return candidate
+    return next((p for p in sorted(mirror.rglob(name)) if p.is_file()), None)
+
+
 def fetch_file(
     spec: dict,
     *,
@@ -121,6 +171,8 @@ def fetch_file(
     offline: bool = False,
     retries: int = 3,
     progressbar: bool = True,
+    lock: Path | None = None,
+    strict: bool = False,
 ) -> Path:
     """Return a verified local copy of one registry file, fetching it if needed.
 
@@ -128,11 +180,16 @@ def fetch_file(
     ``dest_dir / spec["filename"]``, the mirror folder (copied into ``dest_dir``), the network
     (with pooch, retried on transient errors). A cached file with the wrong sha256 is replaced.
 
+    The file is verified against the spec's ``sha256``, else against the checksum recorded for
+    its URL in ``lock``. When neither is known, the file is fetched and its checksum recorded in
+    ``lock`` (unless ``strict``, which refuses such files).
+
     Parameters
     ----------
     spec
-        One file dict of a registry entry: ``url``, ``sha256`` and ``filename``, or ``path``
-        (with optional ``sha256``).
+        One file dict of a registry entry: ``url``, ``sha256`` (may be ``None``) and
+        ``filename``, or ``path`` (with optional ``sha256``); optional ``sample`` and ``row``
+        name the samplesheet row in messages.
     dataset
         The dataset id, used in messages.
     dest_dir
@@ -146,6 +203,11 @@ def fetch_file(
         How many times a transient network failure (connection, 5xx, broken transfer) is retried.
     progressbar
         Show a download progress bar (only when stderr is a terminal).
+    lock
+        The checksum lock (``config/checksums.lock.tsv``); ``None`` records nothing.
+    strict
+        Refuse, before fetching anything, a file whose checksum is known neither from the
+        registry nor from the lock.
 
     Returns
     -------
@@ -155,7 +217,8 @@ def fetch_file(
     Raises
     ------
     FetchError
-        If the file cannot be found or fetched, or fails its sha256; nothing is left behind.
+        If the file cannot be found or fetched, fails its sha256, or (``strict``) has no known
+        checksum; nothing is left behind.
     """
     return _fetch(
         spec,
@@ -165,6 +228,8 @@ def fetch_file(
         offline=offline,
         retries=retries,
         progressbar=progressbar,
+        lock=lock,
+        strict=strict,
     )[0]
 
 
@@ -177,39 +242,53 @@ def fetch_dataset(
     offline: bool = False,
     retries: int = 3,
     progressbar: bool = True,
+    lock: Path | None = None,
+    strict: bool = False,
 ) -> FetchedFiles:
     """Fetch every file of a registry entry (see :func:`fetch_file`).
 
     Parameters
     ----------
     entry
-        A registry entry as returned by :func:`osteoimmune.registry.load_registry`.
+        A registry entry as returned by :func:`osteoimmune.registry.load_registry`, or
+        ``{"files": [...]}`` with the file specs of one sample of a study.
     dataset
         The dataset id.
     dest_dir
         Folder of the cached files.
-    mirror, offline, retries, progressbar
-        As in :func:`fetch_file`. Offline, the error lists every missing file, not only the first.
+    mirror, offline, retries, progressbar, lock, strict
+        As in :func:`fetch_file`. Offline, the error lists every missing file, not only the
+        first; strict, every file without a known checksum, and nothing is fetched.
 
     Returns
     -------
     FetchedFiles
-        Filename -> path (a dict), with ``.sources`` recording where each file came from.
+        Filename -> path (a dict), with ``.sources`` recording where each file came from and
+        ``.checksums`` what it was verified against.
     """
     dest_dir = Path(dest_dir)
+    specs = entry["files"]
+    _check_pinned(specs, dataset=dataset, lock=lock, strict=strict)
     fetched = FetchedFiles()
     missing = []
-    for spec in entry["files"]:
-        found = _locate(spec, dataset=dataset, dest_dir=dest_dir, mirror=mirror)
+    for spec in specs:
+        known = _known(spec, lock=lock)
+        found = _locate(spec, dataset=dataset, dest_dir=dest_dir, mirror=mirror, known=known)
         if found is None and offline:
             missing.append(spec)
             continue
         if found is None:
             target = dest_dir / spec["filename"]
             found = _download(
-                spec, dataset=dataset, target=target, retries=retries, progressbar=progressbar
+                spec,
+                dataset=dataset,
+                target=target,
+                retries=retries,
+                progressbar=progressbar,
+                known=known,
             )
-        fetched[spec["filename"]], fetched.sources[spec["filename"]] = found
+        name = spec["filename"]
+        fetched[name], fetched.sources[name], fetched.checksums[name] = found
     if missing:
         raise FetchError(_offline_message(missing, dataset=dataset, mirror=mirror))
     return fetched
@@ -222,6 +301,7 @@ def write_manifest(
     dataset: str,
     out: Path,
     sources: Mapping[str, Source] | None = None,
+    checksums: Mapping[str, Checksum] | None = None,
 ) -> None:
     """Write a JSON manifest of the fetched files of a dataset, atomically.
 
@@ -238,25 +318,34 @@ def write_manifest(
     sources
         Filename -> source; defaults to ``paths.sources`` for a :class:`FetchedFiles`.
         A source that is not known is written as ``null``.
+    checksums
+        Filename -> what the file was verified against (``registry``, ``lock``, ``recorded``,
+        ``computed``); defaults to ``paths.checksums`` for a :class:`FetchedFiles`. A local
+        file's is ``registry`` with a ``sha256``, else ``computed``; unknown ones are ``null``.
     """
     if sources is None:
         sources = paths.sources if isinstance(paths, FetchedFiles) else {}
+    if checksums is None:
+        checksums = paths.checksums if isinstance(paths, FetchedFiles) else {}
     files = []
     for spec in entry["files"]:
         name = spec["filename"]
         if name not in paths:
-            msg = f"Dataset '{dataset}': file '{name}' was not fetched; run fetch_dataset first."
+            msg = f"{_label(spec, dataset)} was not fetched; run fetch_dataset first."
             raise FetchError(msg)
         path = Path(paths[name])
+        local = "path" in spec
         files.append(
             {
                 "filename": name,
                 "role": spec.get("role"),
+                "sample": spec.get("sample"),
                 "path": str(path),
                 "url": spec.get("url"),
                 "sha256": spec.get("sha256") or sha256sum(path),
                 "bytes": path.stat().st_size,
-                "source": "local" if "path" in spec else sources.get(name),
+                "source": "local" if local else sources.get(name),
+                "checksum": _local_checksum(spec) if local else checksums.get(name),
             }
         )
     text = json.dumps({"dataset": dataset, "files": files}, indent=2) + "\n"
@@ -311,91 +400,223 @@ def _fetch(
     offline: bool,
     retries: int,
     progressbar: bool,
-) -> tuple[Path, Source]:
-    found = _locate(spec, dataset=dataset, dest_dir=dest_dir, mirror=mirror)
+    lock: Path | None,
+    strict: bool,
+) -> tuple[Path, Source, Checksum]:
+    _check_pinned([spec], dataset=dataset, lock=lock, strict=strict)
+    known = _known(spec, lock=lock)
+    found = _locate(spec, dataset=dataset, dest_dir=dest_dir, mirror=mirror, known=known)
     if found is not None:
         return found
     if offline:
         raise FetchError(_offline_message([spec], dataset=dataset, mirror=mirror))
     target = dest_dir / spec["filename"]
-    return _download(spec, dataset=dataset, target=target, retries=retries, progressbar=progressbar)
+    return _download(
+        spec, dataset=dataset, target=target, retries=retries, progressbar=progressbar, known=known
+    )
+
+
+def _what(spec: dict) -> str:
+    """Name a file in messages: ``sample 'S1' (samplesheet row 3), file 'f'`` or ``file 'f'``."""
+    name = spec.get("filename") or Path(spec.get("path", "")).name
+    if spec.get("sample") is None:
+        return f"file '{name}'"
+    row = f" (samplesheet row {spec['row']})" if spec.get("row") is not None else ""
+    return f"sample '{spec['sample']}'{row}, file '{name}'"
+
+
+def _label(spec: dict, dataset: str) -> str:
+    return f"Dataset '{dataset}', {_what(spec)}"
+
+
+def _local_checksum(spec: dict) -> Checksum:
+    return "registry" if spec.get("sha256") else "computed"
+
+
+def _known(spec: dict, *, lock: Path | None) -> _Known:
+    """The checksum to verify a file against: the registry's wins over the lock's."""
+    lock = Path(lock) if lock is not None else None
+    if spec.get("sha256"):
+        return _Known(spec["sha256"].lower(), "registry", lock)
+    if lock is not None and "url" in spec:
+        recorded = lookup_checksum(lock, spec["url"])
+        if recorded is not None:
+            return _Known(recorded.sha256, "lock", lock)
+    return _Known(None, None, lock)
+
+
+def _check_pinned(specs: list[dict], *, dataset: str, lock: Path | None, strict: bool) -> None:
+    """With strict checksums, refuse files whose checksum is known from neither source."""
+    if not strict:
+        return
+    unpinned = [s for s in specs if "path" not in s and _known(s, lock=lock).sha256 is None]
+    if not unpinned:
+        return
+    lines = [f"  - {_what(spec)}: {spec['url']}" for spec in unpinned]
+    lock_name = f"the checksum lock {lock}" if lock is not None else "a checksum lock (none given)"
+    msg = (
+        f"Dataset '{dataset}': strict checksums are on, and {len(unpinned)} file(s) have no "
+        f"known sha256, neither in the dataset registry nor in {lock_name}:\n"
+        + "\n".join(lines)
+        + "\nPut each file's `sha256:` in the dataset registry, or run once without "
+        "`strict_checksums` to download the files and record their checksums in the lock. "
+        "Nothing was fetched."
+    )
+    raise FetchError(msg)
 
 
 def _locate(
-    spec: dict, *, dataset: str, dest_dir: Path, mirror: Path | None
-) -> tuple[Path, Source] | None:
+    spec: dict, *, dataset: str, dest_dir: Path, mirror: Path | None, known: _Known
+) -> tuple[Path, Source, Checksum] | None:
     """Return a verified file without the network: local path, cache or mirror; else None."""
     if "path" in spec:
-        return _check_local(spec, dataset=dataset), "local"
+        return _check_local(spec, dataset=dataset), "local", _local_checksum(spec)
     name = spec["filename"]
     if Path(name).name != name or name in ("", ".", ".."):
-        msg = f"Dataset '{dataset}': file name '{name}' must be a plain name, not a path."
+        msg = f"{_label(spec, dataset)}: the file name must be a plain name, not a path."
         raise FetchError(msg)
     target = dest_dir / name
     if target.is_file():
-        if sha256sum(target) == spec["sha256"].lower():
-            logger.info("Dataset '%s': using cached %s", dataset, target)
-            return target, "cache"
-        logger.warning("Dataset '%s': cached %s has the wrong sha256; re-fetching", dataset, target)
-        target.unlink()
+        cached = _from_cache(spec, dataset=dataset, target=target, known=known)
+        if cached is not None:
+            return cached
     if mirror is None:
         return None
-    source = _find_in_mirror(Path(mirror), name=name, dataset=dataset)
+    source = find_in_mirror(Path(mirror), name=name, dataset=dataset)
     if source is None:
         return None
-    _copy_from_mirror(source, target, spec=spec, dataset=dataset)
-    logger.info("Dataset '%s': copied %s from the mirror %s", dataset, name, source)
-    return target, "mirror"
+    checksum = _copy_from_mirror(source, target, spec=spec, dataset=dataset, known=known)
+    logger.info("%s: copied from the mirror %s", _label(spec, dataset), source)
+    return target, "mirror", checksum
+
+
+def _from_cache(
+    spec: dict, *, dataset: str, target: Path, known: _Known
+) -> tuple[Path, Source, Checksum] | None:
+    """Return the cached file when it passes; a stale one is removed (None: fetch it anew)."""
+    actual = sha256sum(target)
+    if known.sha256 is not None and actual != known.sha256:
+        logger.warning(
+            "%s: cached %s has the wrong sha256; re-fetching", _label(spec, dataset), target
+        )
+        target.unlink()
+        return None
+    try:
+        checksum = _settle(
+            spec,
+            dataset=dataset,
+            actual=actual,
+            size=target.stat().st_size,
+            known=known,
+            origin=f"the cached file {target}",
+            remedy="run again to fetch it anew",
+        )
+    except FetchError:
+        # Another job recorded a different checksum meanwhile: the cached file is not kept.
+        target.unlink()
+        raise
+    logger.info("%s: using cached %s", _label(spec, dataset), target)
+    return target, "cache", checksum
+
+
+def _settle(
+    spec: dict,
+    *,
+    dataset: str,
+    actual: str,
+    size: int,
+    known: _Known,
+    origin: str,
+    remedy: str,
+) -> Checksum:
+    """Check a file's sha256 against the known one, or record it in the lock; say which."""
+    if known.sha256 is None:
+        if known.lock is None:
+            return "computed"
+        recorded = record_checksum(known.lock, url=spec["url"], sha256=actual, size=size)
+        if recorded.sha256 == actual:
+            logger.info(
+                "%s: recorded sha256 %s in the checksum lock %s (first download)",
+                _label(spec, dataset),
+                actual,
+                known.lock,
+            )
+            return "recorded"
+        # Another job recorded this URL meanwhile, with other bytes.
+        known = _Known(recorded.sha256, "lock", known.lock)
+    if actual != known.sha256:
+        msg = _mismatch_message(
+            spec, dataset=dataset, actual=actual, known=known, origin=origin, remedy=remedy
+        )
+        raise FetchError(msg)
+    return known.kind
+
+
+def _mismatch_message(
+    spec: dict, *, dataset: str, actual: str, known: _Known, origin: str, remedy: str
+) -> str:
+    if known.kind == "lock":
+        return (
+            f"{_label(spec, dataset)}: {origin} has sha256 {actual}, but {known.sha256} was "
+            f"recorded for {spec['url']} at its first download (checksum lock {known.lock}). "
+            "The file changed since its checksum was recorded; nothing was kept. If the new file "
+            f"is the right one, delete the line of this URL from {known.lock} to accept it (its "
+            f"checksum is then recorded again); otherwise {remedy}."
+        )
+    return (
+        f"{_label(spec, dataset)}: {origin} has sha256 {actual}, but the registry expects "
+        f"{known.sha256}. {remedy[:1].upper()}{remedy[1:]}."
+    )
 
 
 def _check_local(spec: dict, *, dataset: str) -> Path:
     path = Path(spec["path"])
     if not path.is_file():
         msg = (
-            f"Dataset '{dataset}', file '{spec.get('filename', path.name)}': the local file "
-            f"{path} does not exist. Fix its `path:` in the dataset registry."
+            f"{_label(spec, dataset)}: the local file {path} does not exist. Fix its `path:` in "
+            "the dataset registry."
         )
         raise FetchError(msg)
     expected = spec.get("sha256")
     if expected and (actual := sha256sum(path)) != expected.lower():
         msg = (
-            f"Dataset '{dataset}', file '{spec.get('filename', path.name)}': the local file "
-            f"{path} has sha256 {actual}, but the registry expects {expected}. Check that it is "
-            "the right file, or update its `sha256:` in the dataset registry."
+            f"{_label(spec, dataset)}: the local file {path} has sha256 {actual}, but the "
+            f"registry expects {expected}. Check that it is the right file, or update its "
+            "`sha256:` in the dataset registry."
         )
         raise FetchError(msg)
     return path
 
 
-def _find_in_mirror(mirror: Path, *, name: str, dataset: str) -> Path | None:
-    for candidate in (mirror / name, mirror / dataset / name):
-        if candidate.is_file():
-            return candidate
-    return next((p for p in sorted(mirror.rglob(name)) if p.is_file()), None)
-
-
-def _copy_from_mirror(source: Path, target: Path, *, spec: dict, dataset: str) -> None:
+def _copy_from_mirror(
+    source: Path, target: Path, *, spec: dict, dataset: str, known: _Known
+) -> Checksum:
     target.parent.mkdir(parents=True, exist_ok=True)
-    expected = spec["sha256"].lower()
     with _temporary(target.parent, target.name) as tmp:
         digest = hashlib.sha256()
         with open(source, "rb") as src, open(tmp, "wb") as dst:
             for chunk in iter(lambda: src.read(_CHUNK), b""):
                 digest.update(chunk)
                 dst.write(chunk)
-        if digest.hexdigest() != expected:
-            msg = (
-                f"Dataset '{dataset}', file '{spec['filename']}': the mirror file {source} has "
-                f"sha256 {digest.hexdigest()}, but the registry expects {expected}. Replace it "
-                f"with a good copy of {spec['url']}, or remove it from the mirror to download it."
-            )
-            raise FetchError(msg)
+        checksum = _settle(
+            spec,
+            dataset=dataset,
+            actual=digest.hexdigest(),
+            size=tmp.stat().st_size,
+            known=known,
+            origin=f"the mirror file {source}",
+            remedy=(
+                f"replace it with a good copy of {spec.get('url')}, or remove it from the mirror "
+                "to download it"
+            ),
+        )
         os.replace(tmp, target)
+    return checksum
 
 
 def _offline_message(missing: list[dict], *, dataset: str, mirror: Path | None) -> str:
     where = f"the mirror {mirror}" if mirror is not None else "a mirror (none is set)"
-    lines = [f"  - {spec['filename']}: {spec['url']}" for spec in missing]
+    lines = [f"  - {_what(spec)}: {spec['url']}" for spec in missing]
     return (
         f"Dataset '{dataset}': offline mode, and {len(missing)} file(s) are neither cached nor "
         f"in {where}:\n" + "\n".join(lines) + "\nPut them in a mirror folder and "
@@ -437,29 +658,52 @@ class _HashingWriter:
 
 
 def _download(
-    spec: dict, *, dataset: str, target: Path, retries: int, progressbar: bool
-) -> tuple[Path, Source]:
-    url, expected = spec["url"], spec["sha256"].lower()
+    spec: dict, *, dataset: str, target: Path, retries: int, progressbar: bool, known: _Known
+) -> tuple[Path, Source, Checksum]:
     target.parent.mkdir(parents=True, exist_ok=True)
+    with _temporary(target.parent, target.name) as tmp:
+        tmp.unlink()  # pooch does not download to a name that exists
+        sniffer = _retrieve(
+            spec, dataset=dataset, tmp=tmp, retries=retries, progressbar=progressbar, known=known
+        )
+        if known.sha256 is None and _is_html(sniffer.head):
+            raise FetchError(_html_message(spec, dataset=dataset))
+        checksum = _settle(
+            spec,
+            dataset=dataset,
+            actual=sniffer.sha256,
+            size=tmp.stat().st_size,
+            known=known,
+            origin="the download",
+            remedy=_DOWNLOAD_REMEDY,
+        )
+        os.replace(tmp, target)
+    return target, "download", checksum
+
+
+def _retrieve(
+    spec: dict, *, dataset: str, tmp: Path, retries: int, progressbar: bool, known: _Known
+) -> _SniffingDownloader:
+    """Download to ``tmp`` with pooch, verified when the checksum is known; retry transients."""
+    url = spec["url"]
+    known_hash = f"sha256:{known.sha256}" if known.sha256 is not None else None
     for attempt in range(retries + 1):
         sniffer = _SniffingDownloader(
             pooch.HTTPDownloader(progressbar=_use_progressbar(progressbar))
         )
         try:
-            # pooch streams to a temporary file next to the target, checks the hash and only
-            # then moves it into place; on failure it deletes the temporary file.
+            # pooch streams to a temporary file of its own, checks the hash (when one is known)
+            # and only then moves it to tmp; on failure it deletes its temporary file.
             pooch.retrieve(
-                url,
-                known_hash=f"sha256:{expected}",
-                fname=target.name,
-                path=target.parent,
-                downloader=sniffer,
+                url, known_hash=known_hash, fname=tmp.name, path=tmp.parent, downloader=sniffer
             )
-            return target, "download"
+            return sniffer
         except ValueError as err:
-            if sniffer.sha256 is None or sniffer.sha256 == expected:
+            if known.sha256 is None or sniffer.sha256 in (None, known.sha256):
                 raise FetchError(_prefix(spec, dataset) + f"{err}") from err
-            msg = _hash_message(spec, dataset=dataset, actual=sniffer.sha256, head=sniffer.head)
+            msg = _hash_message(
+                spec, dataset=dataset, actual=sniffer.sha256, head=sniffer.head, known=known
+            )
             raise FetchError(msg) from err
         except requests.RequestException as err:
             if attempt == retries or not _transient(err):
@@ -491,19 +735,35 @@ def _transient(err: requests.RequestException) -> bool:
 
 
 def _prefix(spec: dict, dataset: str) -> str:
-    return f"Dataset '{dataset}', file '{spec['filename']}' from {spec['url']}: "
+    return f"{_label(spec, dataset)} from {spec['url']}: "
 
 
-def _hash_message(spec: dict, *, dataset: str, actual: str, head: bytes) -> str:
-    start = head.lstrip().lower()
-    if start.startswith((b"<!doctype html", b"<html")):
-        return _prefix(spec, dataset) + (
-            "the server returned an HTML page instead of data; the URL may be wrong or need a "
-            "login. Check the URL in the dataset registry, or download the file by hand and "
-            f"{_MIRROR_HINT}."
+def _is_html(head: bytes) -> bool:
+    return head.lstrip().lower().startswith((b"<!doctype html", b"<html"))
+
+
+def _html_message(spec: dict, *, dataset: str) -> str:
+    return _prefix(spec, dataset) + (
+        "the server returned an HTML page instead of data; the URL may be wrong or need a "
+        "login; nothing was kept. Check the URL in the dataset registry, or download the file "
+        f"by hand and {_MIRROR_HINT}."
+    )
+
+
+def _hash_message(spec: dict, *, dataset: str, actual: str, head: bytes, known: _Known) -> str:
+    if _is_html(head):
+        return _html_message(spec, dataset=dataset)
+    if known.kind == "lock":
+        return _mismatch_message(
+            spec,
+            dataset=dataset,
+            actual=actual,
+            known=known,
+            origin="the download",
+            remedy=_DOWNLOAD_REMEDY,
         )
     return _prefix(spec, dataset) + (
-        f"sha256 mismatch: expected {spec['sha256']}, got {actual}. The download may be "
+        f"sha256 mismatch: expected {known.sha256}, got {actual}. The download may be "
         "truncated or the file changed upstream; nothing was kept. Run again; if it persists, "
         f"check the URL and sha256 in the dataset registry, or {_MIRROR_HINT}."
     )

@@ -127,8 +127,97 @@ def read_dataset(entry: dict, paths: dict[str, Path], *, dataset: str) -> ad.Ann
         "value_type": entry["values"],
         "gene_symbol_case": entry.get("gene_symbol_case", "as_is"),
         "source_files": _used_files(entry),
+        "covariates": list(entry["metadata"].get("covariates", [])),
     }
     return adata
+
+
+def read_study_sample(
+    sample: dict, paths: dict[str, Path], *, dataset: str, settings: dict
+) -> ad.AnnData:
+    """Read one sample of a study (a samplesheet row) into the standard AnnData.
+
+    Parameters
+    ----------
+    sample
+        The sample record of :func:`osteoimmune.samplesheet.parse_samples`: ``sample``,
+        ``row``, ``files`` (or ``member`` of the dataset's archive), ``format`` and the
+        reader options (``layer``, ``gene_column``, ``orientation``, ``object``).
+    paths
+        Each fetched file's ``filename`` -> its local path (the sample's files, or the
+        dataset's archive for a ``member``).
+    dataset
+        The dataset id.
+    settings
+        The registry entry's ``species``, ``values``, ``gene_symbol_case``, ``author_label``
+        and, for a member, ``archive`` (the archive's file name).
+
+    Returns
+    -------
+    anndata.AnnData
+        The sample's cells in the standard form, ``obs`` with ``dataset`` and ``sample`` (donor,
+        condition and covariates are joined from the samplesheet after QC); cell names are
+        ``<barcode>-<sample>``, unique across the study.
+    """
+    _check_entry(settings, dataset=dataset)
+    name = sample["sample"]
+    source, spec = _read_sample_matrix(sample, paths, dataset=dataset, settings=settings)
+    where = f"Dataset '{dataset}', sample '{name}' (samplesheet row {sample['row']})"
+    where += f", file '{spec['filename']}'"
+    _check_values(source.X, value_type=settings["values"], where=where)
+    var = _gene_table(source.var, spec, where=where)
+    check_species_symbols(
+        var["original_symbol"], settings["species"], dataset=dataset,
+        gene_symbol_case=settings.get("gene_symbol_case", "as_is"), filename=spec["filename"],
+    )  # fmt: skip
+    cells = pd.Index(source.obs_names.astype(str) + f"-{name}")
+    obs = pd.DataFrame(index=make_index_unique(cells))
+    obs["dataset"] = pd.Categorical([dataset] * len(cells))
+    obs["sample"] = pd.Categorical([name] * len(cells))
+    label = settings.get("author_label") or {}
+    if "column" in label:
+        values = _obs_column(source.obs, label["column"], key="author_label", where=where)
+        obs["author_cell_type"] = pd.Categorical(values)
+    adata = ad.AnnData(X=source.X, obs=obs, var=var)
+    if settings["values"] == "counts":
+        adata.layers["counts"] = adata.X.copy()
+    adata.uns["osteoimmune"] = {
+        "dataset": dataset,
+        "species": settings["species"],
+        "value_type": settings["values"],
+        "gene_symbol_case": settings.get("gene_symbol_case", "as_is"),
+        "source_files": [f["filename"] for f in sample["files"]] or [settings.get("archive")],
+    }
+    return adata
+
+
+def _read_sample_matrix(
+    sample: dict, paths: dict[str, Path], *, dataset: str, settings: dict
+) -> tuple[ad.AnnData, dict]:
+    """The sample's matrix as found in its file(s), and the spec it was read with."""
+    # archives reads its members with this module's readers, so it is imported here
+    from osteoimmune.archives import read_archive_sample, read_triplet_files
+
+    options = {
+        k: sample[k] for k in ("layer", "gene_column", "orientation", "object") if k in sample
+    }
+    if sample.get("member"):
+        archive = settings["archive"]
+        spec = {"format": sample.get("format"), "filename": archive, **options}
+        path = _local_path({"filename": archive}, paths, dataset=dataset)
+        source = read_archive_sample(
+            path, member=sample["member"], spec=spec, dataset=dataset, sample=sample["sample"]
+        )
+        return source, spec
+    files = sample["files"]
+    spec = {**files[0], **options}
+    if len(files) == 1:
+        return read_matrix_file(
+            spec, _local_path(spec, paths, dataset=dataset), dataset=dataset
+        ), spec
+    local = [_local_path(f, paths, dataset=dataset) for f in files]
+    where = f"Dataset '{dataset}', sample '{sample['sample']}' (samplesheet row {sample['row']})"
+    return read_triplet_files(local, spec=spec, dataset=dataset, where=where), spec
 
 
 def _check_entry(entry: dict, *, dataset: str) -> None:
@@ -234,34 +323,49 @@ def _require_hdf5(path: Path, *, fmt: str, where: str) -> None:
 
 
 def _read_h5ad(path: Path, *, layer: str | None, where: str) -> ad.AnnData:
+    """X, a layer, or with ``layer='raw.X'`` the raw matrix (CELLxGENE keeps counts there)."""
     _require_hdf5(path, fmt="h5ad", where=where)
     with h5py.File(path, "r") as handle:
         missing = [key for key in ("obs", "var") if key not in handle]
         if missing:
             msg = f"{where}: HDF5 file without AnnData groups {missing}; it is not an h5ad file."
             raise ReaderError(msg)
-        layers = list(handle["layers"]) if "layers" in handle else []
-        if layer is not None and layer not in layers:
-            msg = (
-                f"{where}: layer '{layer}' is not in the file (layers: "
-                f"{', '.join(layers) or 'none'}); fix `layer:` or remove it to read X."
-            )
-            raise ReaderError(msg)
-        if layer is None and "X" not in handle:
-            msg = f"{where}: the h5ad file has no X; set `layer:` to one of {layers}."
-            raise ReaderError(msg)
+        key = _h5ad_matrix_key(handle, layer=layer, where=where)
         if isinstance(handle["obs"], h5py.Dataset):  # written before anndata 0.7
             legacy = ad.read_h5ad(path)
-            return ad.AnnData(
-                X=legacy.layers[layer] if layer else legacy.X, obs=legacy.obs, var=legacy.var
-            )
+            raw = legacy.raw
+            matrix = raw.X if key == "raw/X" else legacy.layers[layer] if layer else legacy.X
+            var = raw.var if key == "raw/X" else legacy.var
+            return ad.AnnData(X=matrix, obs=legacy.obs, var=var)
         with warnings.catch_warnings():
             # Files from older anndata lack encoding metadata; they read correctly anyway.
             warnings.simplefilter("ignore", ad.OldFormatWarning)
             # Read only the matrix that is used, not every layer and embedding of the file.
-            matrix = read_elem(handle[f"layers/{layer}"] if layer else handle["X"])
-            obs, var = read_elem(handle["obs"]), read_elem(handle["var"])
+            matrix = read_elem(handle[key])
+            obs = read_elem(handle["obs"])
+            var = read_elem(handle["raw/var" if key == "raw/X" else "var"])
     return ad.AnnData(X=matrix, obs=obs, var=var)
+
+
+def _h5ad_matrix_key(handle: h5py.File, *, layer: str | None, where: str) -> str:
+    layers = list(handle["layers"]) if "layers" in handle else []
+    has_raw = "raw" in handle and "X" in handle["raw"]
+    if layer == "raw.X":
+        if not has_raw:
+            msg = f"{where}: `layer: raw.X` but the file has no raw.X; fix or remove `layer:`."
+            raise ReaderError(msg)
+        return "raw/X"
+    if layer is not None and layer not in layers:
+        msg = (
+            f"{where}: layer '{layer}' is not in the file (layers: "
+            f"{', '.join(layers + ['raw.X'] * has_raw) or 'none'}); fix `layer:` or remove it "
+            "to read X."
+        )
+        raise ReaderError(msg)
+    if layer is None and "X" not in handle:
+        msg = f"{where}: the h5ad file has no X; set `layer:` to one of {layers}."
+        raise ReaderError(msg)
+    return f"layers/{layer}" if layer else "X"
 
 
 def _read_10x_mtx(path: Path, *, where: str) -> ad.AnnData:
@@ -666,6 +770,8 @@ def _cell_table(
         obs[key] = pd.Categorical(
             _metadata_values(entry["metadata"][key], source_obs, key=key, where=where)
         )
+    for name in entry["metadata"].get("covariates", []):
+        obs[name] = covariate_values(source_obs, name, where=where)
     label = entry.get("author_label")
     if label and "column" in label:
         values = _obs_column(source_obs, label["column"], key="author_label", where=where)
@@ -690,6 +796,14 @@ def _metadata_values(source: dict, obs: pd.DataFrame, *, key: str, where: str) -
         return _from_cell_names(obs.index.astype(str), value, key=key, where=where)
     msg = f"{where}: `{key}` has unknown source {kind!r}; use constant, column or cell_name."
     raise ReaderError(msg)
+
+
+def covariate_values(obs: pd.DataFrame, column: str, *, where: str) -> pd.Series | pd.Categorical:
+    """An obs column kept as a covariate: float when numeric, else categorical text."""
+    values = _obs_column(obs, column, key="covariates", where=where)
+    if pd.api.types.is_numeric_dtype(obs[column]) and not pd.api.types.is_bool_dtype(obs[column]):
+        return obs[column].to_numpy(dtype=np.float64)
+    return pd.Categorical(values)
 
 
 def _obs_column(obs: pd.DataFrame, column: str, *, key: str, where: str) -> np.ndarray:

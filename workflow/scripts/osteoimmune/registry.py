@@ -10,6 +10,7 @@ import jsonschema
 import yaml
 
 from osteoimmune.errors import RegistryError
+from osteoimmune.samplesheet import check_covariate_name, parse_samples, read_samplesheet
 
 SCHEMA_DIR = Path(__file__).resolve().parents[3] / "config" / "schemas"
 
@@ -53,7 +54,9 @@ def load_registry(path: str | os.PathLike, *, schema_path: Path | None = None) -
     -------
     dict
         Dataset id -> entry, with defaults filled in (``gene_symbol_case``, ``author_label``,
-        each file's ``filename``).
+        ``default``, ``paired``, each file's ``filename``) and, for a study with a samplesheet
+        (``samplesheet:`` or ``samples:``), ``samples``: the validated sample records of
+        :func:`osteoimmune.samplesheet.parse_samples`.
     """
     path = Path(path)
     if not path.is_file():
@@ -70,8 +73,11 @@ def load_registry(path: str | os.PathLike, *, schema_path: Path | None = None) -
         entry = dict(entry)
         entry.setdefault("gene_symbol_case", "as_is")
         entry.setdefault("author_label", None)
-        entry["files"] = [_complete_file(name, f, base=path.parent) for f in entry["files"]]
+        entry.setdefault("default", True)
+        entry.setdefault("paired", False)
+        entry["files"] = [_complete_file(name, f, base=path.parent) for f in entry.get("files", [])]
         _check_entry(name, entry)
+        entry["samples"] = _samples(name, entry, base=path.parent)
         datasets[name] = entry
     return datasets
 
@@ -93,14 +99,43 @@ def _complete_file(name: str, spec: dict, *, base: Path) -> dict:
     return spec
 
 
+def _samples(name: str, entry: dict, *, base: Path) -> list[dict] | None:
+    if "samplesheet" in entry:
+        sheet = Path(entry["samplesheet"])
+        sheet = sheet if sheet.is_absolute() else (base / sheet).resolve()
+        rows, source, base = read_samplesheet(sheet), str(sheet), sheet.parent
+    elif "samples" in entry:
+        rows, source = entry["samples"], "`samples:` of the registry"
+    else:
+        return None
+    archive = next((f["filename"] for f in entry["files"] if f["role"] == "archive"), None)
+    return parse_samples(
+        rows, dataset=name, source=source, base=base, paired=entry["paired"], archive=archive
+    )
+
+
+def is_study(entry: dict) -> bool:
+    """Whether a registry entry lists its samples (a samplesheet) instead of one counts file."""
+    return bool(entry.get("samples"))
+
+
+def all_files(entry: dict) -> list[dict]:
+    """Every file spec of an entry: the dataset's files, then each sample's, in order."""
+    return [*entry["files"], *(f for s in entry.get("samples") or [] for f in s["files"])]
+
+
 def _check_entry(name: str, entry: dict) -> None:
     roles = [f["role"] for f in entry["files"]]
-    if roles.count("counts") != 1:
+    if "samplesheet" in entry or "samples" in entry:
+        _check_study_files(name, entry, roles)
+    elif roles.count("counts") != 1:
         msg = (
             f"Dataset registry entry '{name}', field 'files': exactly one file must have "
             f"role 'counts' (found {roles.count('counts')})."
         )
         raise RegistryError(msg)
+    for column in entry.get("metadata", {}).get("covariates", []):
+        check_covariate_name(column, where=f"Dataset registry entry '{name}', metadata")
     label = entry["author_label"]
     if label and label.get("file") == "labels" and "labels" not in roles:
         msg = (
@@ -114,16 +149,37 @@ def _check_entry(name: str, entry: dict) -> None:
         raise RegistryError(msg)
 
 
+def _check_study_files(name: str, entry: dict, roles: list[str]) -> None:
+    where = f"Dataset registry entry '{name}'"
+    if "counts" in roles or roles.count("archive") > 1:
+        msg = (
+            f"{where}, field 'files': a study with a samplesheet takes its counts from the "
+            "samples' files (or one file with role 'archive'), not from a file with role "
+            "'counts'; move the file into the samplesheet."
+        )
+        raise RegistryError(msg)
+    if "metadata" in entry or (entry["author_label"] or {}).get("file"):
+        msg = (
+            f"{where}: a study with a samplesheet takes sample, donor and condition from the "
+            "samplesheet; remove `metadata:` (and a labels file for `author_label`)."
+        )
+        raise RegistryError(msg)
+
+
 def counts_file(entry: dict) -> dict:
     """Return the file spec with role ``counts`` of a registry entry."""
     return next(f for f in entry["files"] if f["role"] == "counts")
 
 
 def select_datasets(registry: dict, selection: str | list[str]) -> list[str]:
-    """Return the dataset ids to run: every registry entry for ``"all"``, else the given list.
+    """Return the dataset ids to run.
 
-    An id that is not in the registry is an error that lists the known ids.
+    ``"default"``: the entries of the default run (``default: true``, the registry's default);
+    ``"all"``: every entry; else the given list. An id that is not in the registry is an error
+    that lists the known ids.
     """
+    if selection == "default":
+        return [name for name, entry in registry.items() if entry["default"]]
     if selection == "all":
         return list(registry)
     unknown = [name for name in selection if name not in registry]

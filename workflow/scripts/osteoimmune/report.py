@@ -341,10 +341,13 @@ def dataset_report(
         entry=entry,
         meta=meta,
         manifest=manifest,
+        file_samples=any(f.get("sample") for f in manifest["files"]),
         n_cells=adata.n_obs,
         n_genes=adata.n_vars,
         n_clusters=adata.obs["leiden"].nunique(),
         figures=figs,
+        design=design_summary(tables["design"], covariates=list(meta.get("covariates", []))),
+        design_table=table_html(tables["design"], index=False),
         qc_table=table_html(tables["qc"]),
         lineage_table=table_html(tables["lineage"], index=False),
         stability_table=table_html(tables["stability"], index=False),
@@ -384,6 +387,22 @@ def dataset_report(
         versions=software_versions(),
         config_yaml=yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False),
     )
+
+
+def design_summary(design: pd.DataFrame, *, covariates: list[str]) -> str:
+    """One line on a dataset's design: samples x donors x conditions, and its covariates."""
+    if design.empty:
+        return ""
+    counts = [design[key].nunique() for key in ("sample", "donor", "condition")]
+    line = "{} sample(s) x {} donor(s) x {} condition(s)".format(*counts)
+    if covariates:
+        kinds = [
+            f"{c} ({'numeric' if pd.api.types.is_numeric_dtype(design[c]) else 'categorical'})"
+            for c in covariates
+            if c in design
+        ]
+        line += "; covariates: " + ", ".join(kinds)
+    return line + "."
 
 
 def cluster_lineages(adata: ad.AnnData) -> pd.DataFrame:

@@ -102,3 +102,53 @@ def share_counts(adata: ad.AnnData) -> bool:
     if same:
         adata.layers["counts"] = x
     return same
+
+
+def apply_design(adata: ad.AnnData, design: list[dict], *, covariates: dict[str, str]) -> None:
+    """Give every cell its sample's donor, condition and covariates, from a samplesheet.
+
+    Parameters
+    ----------
+    adata
+        Cells with a ``sample`` obs column (the joined samples of a study).
+    design
+        One dict per sample: ``sample``, ``donor``, ``condition`` and a value per covariate
+        (None when unknown), in the samplesheet's order.
+    covariates
+        Covariate name -> ``"numeric"`` (obs column of floats, NaN when unknown) or
+        ``"categorical"`` (categories in the samplesheet's order).
+
+    Sets ``uns['osteoimmune']['covariates']`` to the covariate names.
+    """
+    table = pd.DataFrame(design).set_index("sample")
+    samples = adata.obs["sample"].astype(str)
+    missing = sorted(set(samples) - set(table.index))
+    if missing:
+        msg = (
+            f"Dataset {adata.uns['osteoimmune']['dataset']}: samples {missing} are not in the "
+            "samplesheet's design; run the workflow again so that the samples are re-read."
+        )
+        raise QCError(msg)
+    for column in ("donor", "condition", *covariates):
+        values = table[column].reindex(samples.to_numpy()).to_numpy()
+        if covariates.get(column) == "numeric":
+            adata.obs[column] = pd.to_numeric(values).astype(np.float64)
+        else:
+            order = list(dict.fromkeys(v for v in table[column] if v is not None))
+            adata.obs[column] = pd.Categorical(values, categories=order)
+    adata.uns["osteoimmune"]["covariates"] = list(covariates)
+
+
+def design_table(obs: pd.DataFrame, kept: pd.Index, *, covariates: list[str]) -> pd.DataFrame:
+    """Samples, their donor, condition and covariates, cells read and cells after QC.
+
+    One row per sample, donor and condition present (a dataset whose condition varies
+    within a sample has a row per condition), in the order of the samples.
+    """
+    keys = ["sample", "donor", "condition"]
+    frame = obs[keys + covariates].copy()
+    frame["cells_read"] = 1
+    frame["cells_after_qc"] = obs.index.isin(kept).astype(int)
+    agg = {c: "first" for c in covariates} | {"cells_read": "sum", "cells_after_qc": "sum"}
+    table = frame.groupby(keys, observed=True, sort=False).agg(agg).reset_index()
+    return table[keys + covariates + ["cells_read", "cells_after_qc"]]
