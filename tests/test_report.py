@@ -17,6 +17,7 @@ from osteoimmune.compare import (
     donor_aggregates,
 )
 from osteoimmune.report import dataset_report, index_row, key_signature_block, render
+from osteoimmune.report_conditions import top_changes
 
 
 @pytest.fixture
@@ -190,6 +191,10 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
             }
         ),
     }
+    for key in ("de_results", "de_summary", "de_genes", "de_enrichment", "composition_props",
+                "composition_test", "communication", "communication_axes",
+                "communication_comparison"):  # fmt: skip
+        tables[key] = pd.DataFrame()  # no case-control result: sections say so
     aggregates = donor_aggregates(scored.obs, score_columns=["z_M1"], min_cells=3)
     tables["aggregates"] = aggregates
     tables["comparison"] = compare_conditions(aggregates)
@@ -276,7 +281,25 @@ def test_index_row_and_page(scored):
     assert first["cells"][1][0] == "n.s."  # M2a not scored
     assert row["key"]["rows"][1]["cells"][0][0] == "n.s."  # osteoclast: no M1 value
     assert row["key"]["rows"][2]["cells"][0] == ("-1.00", "rgb(170,170,255)")
+    row["changes"] = top_changes(
+        de_summary=pd.DataFrame(
+            {"group": ["NK", "B"], "contrast": "op vs ctrl", "tested": [True, False],
+             "n_significant": [3, 0], "reason": ["", "1 sample in op: no test"]}
+        ),
+        de_top=pd.DataFrame(
+            {"group": ["NK"], "contrast": ["op vs ctrl"], "gene": ["TNFSF11"],
+             "log2fc_shrunk": [1.5], "padj": [0.001]}
+        ),
+        composition=pd.DataFrame({"cell_type": ["NK", "B"], "fdr": [0.01, 0.5]}),
+        communication=pd.DataFrame(),
+    )  # fmt: skip
+    assert row["changes"] == [
+        "DE: 3 gene(s) at FDR < 0.05 in 1 of 1 cell type x contrast tests; top: TNFSF11 in NK "
+        "(op vs ctrl, shrunken log2FC 1.50)",
+        "composition: 1 change(s) at FDR < 0.05; top: NK",
+    ]
     html = render("index.html", rows=[row], signatures=["M1"], versions={"osteoimmune": "0"})
+    assert "top: TNFSF11 in NK" in html
     assert "&lt;i&gt;B&lt;/i&gt;" in html and "background: rgb(255,85,85)" in html
     assert 'href="toy/report.html"' in html and "<td>tpm</td>" in html
 

@@ -11,7 +11,7 @@ from tenx import write_10x_mtx
 from osteoimmune.errors import ReaderError, RegistryError
 from osteoimmune.readers import read_study_sample
 from osteoimmune.registry import all_files, is_study, load_registry, select_datasets
-from osteoimmune.samples import apply_design, design_table
+from osteoimmune.samples import apply_design, comparison_unit, design_table
 from osteoimmune.samplesheet import parse_samples, study_covariates
 
 HEADER = ["sample", "donor", "condition", "file", "format", "sex", "age"]
@@ -251,3 +251,13 @@ def test_a_10x_triplet_given_file_by_file_is_read_as_one_sample(tmp_path):
     assert (adata.X != counts.X).nnz == 0
     assert list(adata.var_names) == list(counts.var_names)
     assert list(adata.obs_names) == [f"{c}-std1" for c in counts.obs_names]
+
+
+def test_comparison_unit_splits_samples_that_span_conditions():
+    obs = pd.DataFrame(
+        {"sample": ["a", "a", "b"], "donor": ["d", "d", "e"], "condition": ["x", "x", "y"]}
+    )
+    assert comparison_unit(obs) == "sample" and "sample_condition" not in obs
+    obs["condition"] = ["x", "y", "y"]  # sample a spans two conditions (e.g. time points)
+    assert comparison_unit(obs) == "sample_condition"
+    assert list(obs["sample_condition"]) == ["a_x", "a_y", "b_y"]

@@ -200,7 +200,23 @@ def test_geo_series_study_runs_from_url_to_report(cite, tmp_path, http_folder):
     assert not comparison["descriptive_only"].any()  # three donors per condition: tested
     assert set(comparison["n_donors_a"]) == {3}
 
+    # the case-control comparisons across the 3 + 3 donors
+    de = pd.read_csv(results / "tables" / "pseudobulk_summary.tsv", sep="\t")
+    assert de["tested"].any() and (de["n_samples_ref"] >= 2).all()
+    assert set(de["contrast"]) == {"osteoporosis vs control"}
+    assert de["design"].str.contains("condition").all()
+    composition = pd.read_csv(results / "tables" / "composition_test.tsv", sep="\t")
+    assert composition["tested"].any() and set(composition["reference"]) == {"control"}
+    assert (results / "tables" / "communication_comparison.tsv").is_file()
+
     page = re.sub(r"\s+", " ", (results / "report.html").read_text())
+    for section in (
+        "Differential expression between conditions (pseudobulk)",
+        "Composition across conditions",
+        "Immune-to-bone communication",
+    ):
+        assert f"<h2>{section}</h2>" in page
+    assert "Top changes between conditions" in (workdir / "results" / "index.html").read_text()
     assert "6 sample(s) x 6 donor(s) x 2 condition(s); covariates: age (numeric), sex" in page
     assert "checksum recorded at first download" in page
     design_html = page[page.index("<h2>Design</h2>") : page.index("<h2>Quality control")]

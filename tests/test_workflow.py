@@ -257,6 +257,23 @@ def test_conditions_are_compared_across_donors_not_cells(run):
     assert "Comparison of conditions" in html and "donor_comparison.png" in html
 
 
+def test_shalek_case_control_comparisons_stay_descriptive_saying_why(run):
+    # one pool of mice in two conditions, TPM values: no pseudobulk DE, no composition test
+    tables = run / "results" / "shalek2014_bmdc_lps" / "tables"
+    de = pd.read_csv(tables / "pseudobulk_summary.tsv", sep="\t")
+    assert not de["tested"].any() and de["reason"].str.contains("not raw counts").all()
+    composition = pd.read_csv(tables / "composition_test.tsv", sep="\t")
+    assert not composition.empty and not composition["tested"].any()
+    assert composition["reason"].str.len().gt(0).all()
+    communication = pd.read_csv(tables / "communication_comparison.tsv", sep="\t")
+    assert communication.empty or communication["descriptive_only"].all()
+    # Luecken CITE: two donors of one condition; DE needs two conditions
+    cite = pd.read_csv(
+        run / "results" / "luecken2021_bmmc_cite" / "tables" / "pseudobulk_summary.tsv", sep="\t"
+    )
+    assert not cite["tested"].any()
+
+
 def test_enrichment_runs_offline_per_cell_type(run):
     tables = run / "results" / "weinreb2020_larry_bm_culture" / "tables"
     prerank = pd.read_csv(tables / "enrichment_prerank.tsv", sep="\t")

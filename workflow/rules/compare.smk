@@ -71,3 +71,81 @@ rule enrichment:
         "../../envs/analysis.yaml"
     script:
         "../scripts/enrich_cell_types.py"
+
+
+# Case-control comparisons across donors: pseudobulk differential expression (PyDESeq2),
+# cell-type composition, and immune-to-bone communication (LIANA+), per dataset.
+rule compare_expression:
+    input:
+        h5ad=rules.score_signatures.output.h5ad,
+    output:
+        results="results/{dataset}/tables/pseudobulk_de.tsv.gz",
+        summary="results/{dataset}/tables/pseudobulk_summary.tsv",
+        samples="results/{dataset}/tables/pseudobulk_samples.tsv",
+        genes="results/{dataset}/tables/pseudobulk_osteoimmune_genes.tsv",
+        enrichment="results/{dataset}/tables/pseudobulk_enrichment.tsv",
+        pseudobulk="results/{dataset}/intermediate/pseudobulk.h5ad",
+    params:
+        pseudobulk=config["pseudobulk"],
+        enrichment=config["enrichment"],
+        reference=lambda wildcards: REGISTRY[wildcards.dataset].get("reference_condition"),
+        paired=lambda wildcards: REGISTRY[wildcards.dataset]["paired"],
+        seed=config["seed"],
+    threads: 1
+    log:
+        "logs/compare_expression/{dataset}.log",
+    benchmark:
+        "benchmarks/compare_expression/{dataset}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/compare_expression.py"
+
+
+rule compare_composition:
+    input:
+        h5ad=rules.score_signatures.output.h5ad,
+    output:
+        proportions="results/{dataset}/tables/composition_proportions.tsv",
+        test="results/{dataset}/tables/composition_test.tsv",
+    params:
+        composition=config["composition"],
+        reference=lambda wildcards: REGISTRY[wildcards.dataset].get("reference_condition"),
+        paired=lambda wildcards: REGISTRY[wildcards.dataset]["paired"],
+    log:
+        "logs/compare_composition/{dataset}.log",
+    benchmark:
+        "benchmarks/compare_composition/{dataset}.tsv"
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/compare_composition.py"
+
+
+rule infer_communication:
+    input:
+        h5ad=rules.score_signatures.output.h5ad,
+    output:
+        results="results/{dataset}/tables/communication.tsv.gz",
+        axes="results/{dataset}/tables/communication_axes.tsv",
+        comparison="results/{dataset}/tables/communication_comparison.tsv",
+    params:
+        communication=config["communication"],
+        min_donors=config["compare"]["min_donors"],
+        reference=lambda wildcards: REGISTRY[wildcards.dataset].get("reference_condition"),
+        seed=config["seed"],
+    threads: 1
+    log:
+        "logs/infer_communication/{dataset}.log",
+    benchmark:
+        "benchmarks/infer_communication/{dataset}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/infer_communication.py"

@@ -27,6 +27,16 @@ rule report_dataset:
         note=rules.compare_conditions.output.note,
         prerank=rules.enrichment.output.prerank,
         ora=rules.enrichment.output.ora,
+        de_results=rules.compare_expression.output.results,
+        de_summary=rules.compare_expression.output.summary,
+        de_genes=rules.compare_expression.output.genes,
+        de_enrichment=rules.compare_expression.output.enrichment,
+        pseudobulk=rules.compare_expression.output.pseudobulk,
+        composition_props=rules.compare_composition.output.proportions,
+        composition_test=rules.compare_composition.output.test,
+        communication=rules.infer_communication.output.results,
+        communication_axes=rules.infer_communication.output.axes,
+        communication_comparison=rules.infer_communication.output.comparison,
     output:
         html=report(
             "results/{dataset}/report.html",
@@ -62,6 +72,12 @@ rule report_index:
         h5ads=expand("results/{dataset}/{dataset}.h5ad", dataset=DATASETS),
         reports=expand("results/{dataset}/report.html", dataset=DATASETS),
         by_groups=expand("results/{dataset}/tables/scores_by_group.tsv", dataset=DATASETS),
+        de_summaries=expand("results/{dataset}/tables/pseudobulk_summary.tsv", dataset=DATASETS),
+        de_results=expand("results/{dataset}/tables/pseudobulk_de.tsv.gz", dataset=DATASETS),
+        composition=expand("results/{dataset}/tables/composition_test.tsv", dataset=DATASETS),
+        communication=expand(
+            "results/{dataset}/tables/communication_comparison.tsv", dataset=DATASETS
+        ),
     output:
         html=report(
             "results/index.html",

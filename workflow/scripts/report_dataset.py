@@ -33,6 +33,15 @@ TABLES = (
     "note",
     "prerank",
     "ora",
+    "de_results",
+    "de_summary",
+    "de_genes",
+    "de_enrichment",
+    "composition_props",
+    "composition_test",
+    "communication",
+    "communication_axes",
+    "communication_comparison",
 )
 
 
@@ -53,7 +62,7 @@ def read_manifests(paths):
     return {"files": [row for path in paths for row in json.loads(Path(path).read_text())["files"]]}
 
 
-def main(*, h5ad, manifests, tables, registry, config, html, fig_dir):
+def main(*, h5ad, manifests, tables, pseudobulk, registry, config, html, fig_dir):
     adata = ad.read_h5ad(h5ad)
     dataset = adata.uns["osteoimmune"]["dataset"]
     # group and condition labels stay text (e.g. Leiden "0", conditions "2", "4", "6")
@@ -85,10 +94,15 @@ def main(*, h5ad, manifests, tables, registry, config, html, fig_dir):
             "comparison": read_tsv_or_empty(tables["comparison"], dtype=text),
             "prerank": read_tsv_or_empty(tables["prerank"], dtype=text),
             "ora": read_tsv_or_empty(tables["ora"], dtype={"leiden": str}),
+            **{
+                key: read_tsv_or_empty(tables[key], dtype=text | {"group": str, "sample": str})
+                for key in TABLES[TABLES.index("de_results") :]
+            },
         },
         config=config,
         fig_dir=Path(fig_dir),
         design_note=Path(tables["note"]).read_text(encoding="utf-8").strip(),
+        pseudobulk=ad.read_h5ad(pseudobulk),
     )
     Path(html).write_text(page, encoding="utf-8")
 
@@ -98,6 +112,7 @@ if __name__ == "__main__":
         main(
             h5ad=snakemake.input.h5ad,
             manifests=snakemake.input.manifests,
+            pseudobulk=snakemake.input.pseudobulk,
             tables={key: snakemake.input[key] for key in TABLES},
             registry=snakemake.params.registry,
             config=dict(snakemake.config),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import importlib.metadata
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import jinja2
 import pandas as pd
 import yaml
 
-from osteoimmune import figures
+from osteoimmune import figures, report_conditions
 from osteoimmune.annotate import CLUSTER_COLUMNS
+from osteoimmune.communication import RESOURCE_NOTES, RESOURCES, receivers
 from osteoimmune.compare import COMPARISON_COLUMNS, comparison_plot_data
 from osteoimmune.signatures import load_library
 from osteoimmune.states import top_interactions
@@ -90,6 +92,16 @@ def table_html(df: pd.DataFrame, *, index: bool = True, float_format: str = "{:.
     )
 
 
+def figure_maker(fig_dir: Path) -> Callable:
+    """``make(name, caption, fig)``: save a figure as PNG and SVG in ``fig_dir`` for the report."""
+    fig_dir.mkdir(parents=True, exist_ok=True)
+
+    def make(name: str, caption: str, fig) -> Figure:
+        return Figure(caption, f"{name}.png", figures.save(fig, fig_dir / f"{name}.png"))
+
+    return make
+
+
 def dataset_figures(
     adata: ad.AnnData,
     *,
@@ -110,10 +122,7 @@ def dataset_figures(
     enrichment_key: str = "cell_type",
 ) -> dict:
     """Make every figure of a dataset report into ``fig_dir``; returns section -> [Figure]."""
-    fig_dir.mkdir(parents=True, exist_ok=True)
-
-    def make(name: str, caption: str, fig) -> Figure:
-        return Figure(caption, f"{name}.png", figures.save(fig, fig_dir / f"{name}.png"))
+    make = figure_maker(fig_dir)
 
     out = {
         "qc": [
@@ -305,13 +314,17 @@ def dataset_report(
     config: dict,
     fig_dir: Path,
     design_note: str = "",
+    pseudobulk: ad.AnnData | None = None,
 ) -> str:
     """Render the HTML report of one dataset and write its figures to ``fig_dir``.
 
     ``tables`` holds the rule outputs: qc, lineage, qc_cells, qc_thresholds, stability,
     markers, agreement, confusion, composition, panel_coverage, coverage, method_agreement,
-    by_group, states, genes, pairs, aggregates, comparison, prerank, ora; ``design_note`` the
-    sentence on conditions and donors.
+    by_group, states, genes, pairs, aggregates, comparison, prerank, ora, design, and the
+    case-control tables de_results, de_summary, de_genes, de_enrichment, composition_props,
+    composition_test, communication, communication_axes, communication_comparison;
+    ``design_note`` the sentence on conditions and donors; ``pseudobulk`` the summed counts per
+    sample and cell type.
     """
     meta = adata.uns["osteoimmune"]
     by_group = tables["by_group"]
@@ -335,9 +348,21 @@ def dataset_report(
         group_key=group_key,
         enrichment_key=config.get("enrichment", {}).get("group_key", "cell_type"),
     )
+    figs |= case_control_figures(
+        tables, fig_dir=fig_dir, pseudobulk=pseudobulk, config=config,
+        reference=entry.get("reference_condition"),
+    )  # fmt: skip
     return render(
         "report.html",
         dataset=meta["dataset"],
+        **case_control_context(tables),
+        pb=config.get("pseudobulk", {}),
+        communication_resources="; ".join(
+            RESOURCE_NOTES[name] for name in RESOURCES[meta["species"]]
+        ),
+        bone_receivers=", ".join(
+            receivers(adata, groupby=config.get("communication", {}).get("group_key", "cell_type"))
+        ),
         entry=entry,
         meta=meta,
         manifest=manifest,
@@ -387,6 +412,58 @@ def dataset_report(
         versions=software_versions(),
         config_yaml=yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False),
     )
+
+
+def case_control_figures(
+    tables: dict, *, fig_dir: Path, pseudobulk: ad.AnnData | None, config: dict,
+    reference: str | None,
+) -> dict:  # fmt: skip
+    """The figures of the pseudobulk DE, composition and communication sections."""
+    make = figure_maker(fig_dir)
+    return {
+        "expression": report_conditions.expression_figures(
+            make=make, results=tables["de_results"], summary=tables["de_summary"],
+            genes=tables["de_genes"], pseudobulk=pseudobulk,
+            n_top=config.get("pseudobulk", {}).get("n_top", 30),
+        ),
+        "composition_test": report_conditions.composition_figures(
+            make=make, proportions=tables["composition_props"],
+            test=tables["composition_test"], reference=reference,
+            group_key=config.get("composition", {}).get("group_key", "cell_type"),
+        ),
+        "communication": report_conditions.communication_figures(
+            make=make, axes=tables["communication_axes"]
+        ),
+    }  # fmt: skip
+
+
+def case_control_context(tables: dict) -> dict:
+    """Template values of the case-control sections (trimmed tables; full ones in tables/)."""
+    rc = report_conditions
+    test, comparison = tables["composition_test"], tables["communication_comparison"]
+    return {
+        "de_summary_table": table_html(rc.summary_table(tables["de_summary"]), index=False),
+        "de_tested": len(rc.tested_pairs(tables["de_summary"])),
+        "de_top_table": table_html(rc.top_genes(tables["de_results"]), index=False),
+        "de_genes_table": table_html(
+            rc.top_rows(tables["de_genes"], by=["gene", "group"], n=60), index=False
+        ),
+        "de_enrichment_table": table_html(
+            rc.top_rows(tables["de_enrichment"], by=["fdr", "p_value"]), index=False
+        ),
+        "composition_test_rows": len(test),
+        "composition_test_table": table_html(rc.top_rows(test, by=["fdr", "p_value"]), index=False),
+        "interactions_table": table_html(
+            rc.top_interactions_by_condition(tables["communication"]), index=False
+        ),
+        "axes_rows": len(tables["communication_axes"]),
+        "axes_table": table_html(
+            rc.top_rows(tables["communication_axes"], by=["magnitude_rank"]), index=False
+        ),
+        "communication_table": table_html(
+            rc.top_rows(comparison, by=["fdr", "p_value"]), index=False
+        ),
+    }
 
 
 def design_summary(design: pd.DataFrame, *, covariates: list[str]) -> str:

@@ -152,3 +152,22 @@ def design_table(obs: pd.DataFrame, kept: pd.Index, *, covariates: list[str]) ->
     agg = {c: "first" for c in covariates} | {"cells_read": "sum", "cells_after_qc": "sum"}
     table = frame.groupby(keys, observed=True, sort=False).agg(agg).reset_index()
     return table[keys + covariates + ["cells_read", "cells_after_qc"]]
+
+
+def comparison_unit(obs: pd.DataFrame) -> str:
+    """The obs column whose values are the replicates of a comparison across conditions.
+
+    ``sample`` when every sample holds cells of one donor and one condition; otherwise (a
+    sample spanning conditions, e.g. time points of one culture) a column
+    ``sample_condition`` (``<sample>_<condition>``, one value per sample and condition and
+    donor) is added to ``obs`` and its name returned.
+    """
+    per_sample = obs.groupby("sample", observed=True)[["donor", "condition"]].nunique()
+    if (per_sample <= 1).all(axis=None):
+        return "sample"
+    parts = [obs[key].astype(str) for key in ("sample", "condition", "donor")]
+    unit = parts[0] + "_" + parts[1]
+    if (per_sample["donor"] > 1).any():
+        unit = unit + "_" + parts[2]
+    obs["sample_condition"] = pd.Categorical(unit, categories=list(dict.fromkeys(unit)))
+    return "sample_condition"
