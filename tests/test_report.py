@@ -126,17 +126,6 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
                 "present": [True],
             }
         ),
-        "pairs": pd.DataFrame(
-            {
-                "ligand": ["Tnfsf11"],
-                "receptor": ["Tnfrsf11a"],
-                "kind": "signalling",
-                "sender": ["classical monocyte"],
-                "receiver": ["x"],
-                "score": [0.2],
-                "present": [True],
-            }
-        ),
         "qc_cells": scored.obs.assign(qc_pass=True),
         "agreement": pd.DataFrame(
             {
@@ -240,9 +229,9 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
     sources = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
     files = re.findall(r'data-file="figures/([^"]+)"', html)
     # qc thresholds, qc, stability, leiden, labels, condition, lineage, type, composition,
-    # confusion, cell type x signature heatmap, RANKL/OPG dot plot, pairs, donor comparison,
-    # enrichment top terms
-    assert len(sources) == len(files) == 15
+    # confusion, cell type x signature heatmap, RANKL/OPG dot plot, donor comparison,
+    # enrichment top terms (no case-control table: no figure of those sections)
+    assert len(sources) == len(files) == 14
     assert {"donor_comparison.png", "enrichment_top_terms.png"} <= set(files)
     assert "2 conditions: a (4 donors), b (4 donors)." in html and "&lt;b&gt;x" in html
     assert "Welch" not in html  # the shown columns; the test name is in the TSV
@@ -250,7 +239,8 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
     # views that cannot be drawn say why
     assert "M1/M2 state map: no M1 and M2 set both reached the coverage threshold" in html
     assert "Trained immunity by lineage: no trained-immunity set was scored." in html
-    assert "Ligand-receptor panel:" not in html  # drawn: one pair is present
+    assert "One condition only: no composition test." in html
+    assert "No osteoimmune axis between the cell types of this dataset." in html
     assert "&lt;i&gt;authors&lt;/i&gt;" in html
     assert "Lyz2, Cd14" in html
     for data, name in zip(sources, files, strict=True):

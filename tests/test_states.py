@@ -8,19 +8,15 @@ from osteoimmune.errors import OsteoimmuneError
 from osteoimmune.signatures import load_library
 from osteoimmune.states import (
     GATE_TYPES,
-    LR_COLUMNS,
-    LR_PAIRS,
     LR_SOURCE_SETS,
     SPEC_SOURCE,
     STATES,
     StateError,
     gate_mask,
     gene_table,
-    ligand_receptor_panel,
     lr_pairs,
     polarization,
     state_table,
-    top_interactions,
 )
 
 M1, M2 = "macrophage_M1_classical_core", "macrophage_M2a_alternative_core"
@@ -265,80 +261,13 @@ def test_sparse_matrix_is_never_densified(monkeypatch):
         for name in ("toarray", "todense"):
             monkeypatch.setattr(cls, name, guard(getattr(cls, name)))
     table = gene_table(adata, ["TNFSF11", "CSF1R"])
-    panel = ligand_receptor_panel(adata, species="human")
     assert adata.X is matrix and sparse.isspmatrix_csr(adata.X)
     col = matrix[:, [0]].tocoo()
     macrophage = col.data[col.row % 2 == 0].sum() / (n_cells // 2)
     assert table["mean"].iloc[0] == pytest.approx(macrophage)
-    assert panel["present"].any()
 
 
 # --- ligand-receptor panel --------------------------------------------------------------------
-
-
-def _lr_adata(**genes) -> ad.AnnData:
-    types = ["osteoblast lineage"] * 3 + ["macrophage"] * 3 + ["cDC2"] * 3
-    base = {
-        "TNFSF11": [2, 2, 2, 0, 0, 0, 0, 0, 1],
-        "TNFRSF11A": [0, 0, 0, 3, 3, 0, 1, 0, 0],
-        "TNFRSF11B": [4, 4, 4, 0, 0, 0, 0, 0, 0],
-        "CSF1": [1, 0, 0, 0, 0, 0, 0, 0, 0],
-    }
-    return _adata({**base, **genes}, types)
-
-
-def test_lr_panel_scores_by_hand():
-    panel = ligand_receptor_panel(_lr_adata(), species="human", min_cells=3)
-    assert list(panel.columns) == list(LR_COLUMNS)
-    rank = panel[(panel["ligand"] == "TNFSF11") & (panel["receptor"] == "TNFRSF11A")]
-    assert len(rank) == 9  # 3 senders x 3 receivers
-    top = rank.loc[rank["score"].idxmax()]
-    assert (top["sender"], top["receiver"]) == ("osteoblast lineage", "macrophage")
-    assert top["ligand_mean"] == pytest.approx(2.0) and top["receptor_mean"] == pytest.approx(2.0)
-    assert top["ligand_fraction"] == 1.0 and top["receptor_fraction"] == pytest.approx(2 / 3)
-    assert top["score"] == pytest.approx(4.0)
-    assert top["present"] and top["kind"] == "signalling"
-    cdc2 = rank[(rank["sender"] == "cDC2") & (rank["receiver"] == "cDC2")]
-    assert cdc2["score"].item() == pytest.approx((1 / 3) * (1 / 3))
-    silent = rank[(rank["sender"] == "macrophage")]
-    assert (silent["score"] == 0).all()
-
-
-def test_lr_panel_decoy_and_absent_genes():
-    panel = ligand_receptor_panel(_lr_adata(), species="human", min_cells=3)
-    decoy = panel[panel["receptor"] == "TNFRSF11B"]
-    assert set(decoy["kind"]) == {"decoy"}
-    ob = "osteoblast lineage"
-    self_opg = decoy[(decoy["sender"] == ob) & (decoy["receiver"] == ob)]
-    assert self_opg["score"].item() == pytest.approx(8.0)
-    csf = panel[panel["ligand"] == "CSF1"]
-    assert not csf["present"].any() and csf["score"].isna().all()
-    assert csf["ligand_mean"].notna().all() and csf["receptor_mean"].isna().all()
-    assert csf["note"].str.endswith("CSF1R not in the dataset").all()
-    il6 = panel[(panel["ligand"] == "IL6") & (panel["receptor"] == "IL6ST")]
-    assert set(il6["kind"]) == {"co-receptor"}
-    assert il6["note"].str.contains("IL6, IL6ST not in the dataset").all()
-
-
-def test_lr_panel_mouse_symbols(library):
-    mouse = {p.receptor for p in LR_PAIRS["mouse"]} | {p.ligand for p in LR_PAIRS["mouse"]}
-    human = {p.receptor for p in LR_PAIRS["human"]} | {p.ligand for p in LR_PAIRS["human"]}
-    assert "Il6ra" in mouse and "IL6R" in human and "Il6r" not in mouse
-    assert all(g[0].isupper() and not g[1:].isupper() for g in mouse)
-    assert len(LR_PAIRS["mouse"]) == len(LR_PAIRS["human"]) == 11
-    types = ["macrophage"] * 2 + ["osteoblast lineage"] * 2
-    adata = _adata({"Il6": [0, 0, 3, 1], "Il6ra": [2, 2, 0, 0]}, types)
-    panel = ligand_receptor_panel(adata, species="mouse", min_cells=2)
-    il6 = panel[(panel["ligand"] == "Il6") & (panel["receptor"] == "Il6ra")]
-    assert il6["present"].all()
-    best = il6.loc[il6["score"].idxmax()]
-    assert (best["sender"], best["receiver"], best["score"]) == (
-        "osteoblast lineage", "macrophage", pytest.approx(4.0),
-    )  # fmt: skip
-    upper = adata.copy()
-    upper.var_names = ["IL6", "IL6RA"]
-    folded = ligand_receptor_panel(upper, species="mouse", min_cells=2, case_insensitive=True)
-    pd.testing.assert_frame_equal(folded, panel)
 
 
 def test_lr_pairs_sources_follow_library_membership(library):
@@ -362,40 +291,9 @@ def test_lr_pairs_sources_follow_library_membership(library):
     assert "osteoimmune_coupling_semaphorin_ephrin" in human.loc[("EFNB2", "EPHB4"), "source"]
 
 
-def test_lr_panel_unknown_species():
+def test_lr_pairs_unknown_species():
     with pytest.raises(StateError, match="Unknown species 'rat'"):
-        ligand_receptor_panel(_lr_adata(), species="rat")
-
-
-def test_lr_panel_order_is_deterministic():
-    adata = _lr_adata()
-    panel = ligand_receptor_panel(adata, species="human", min_cells=3)
-    shuffled = adata[np.random.default_rng(1).permutation(adata.n_obs)].copy()
-    pd.testing.assert_frame_equal(
-        ligand_receptor_panel(shuffled, species="human", min_cells=3), panel
-    )
-    pairs = [(p.ligand, p.receptor) for p in LR_PAIRS["human"]]
-    assert list(dict.fromkeys(zip(panel["ligand"], panel["receptor"], strict=True))) == pairs
-    types = list(adata.obs["cell_type"].cat.categories)
-    first = panel.iloc[:9]
-    assert first["sender"].tolist() == [t for t in types for _ in types]
-    assert first["receiver"].tolist() == types * 3
-
-
-def test_top_interactions():
-    panel = ligand_receptor_panel(_lr_adata(), species="human", min_cells=3)
-    top = top_interactions(panel, n=3)
-    assert len(top) == 3 and top.index.tolist() == [0, 1, 2]
-    assert top["score"].is_monotonic_decreasing
-    assert (top["score"] > 0).all() and top["present"].all()
-    assert "decoy" not in set(top["kind"])  # the OPG rows (score 8) are left out by default
-    assert top.iloc[0][["ligand", "sender", "receiver"]].tolist() == [
-        "TNFSF11", "osteoblast lineage", "macrophage",
-    ]  # fmt: skip
-    with_decoy = top_interactions(panel, n=1, kinds=("decoy",))
-    assert with_decoy["receptor"].item() == "TNFRSF11B"
-    with pytest.raises(StateError, match="positive integer"):
-        top_interactions(panel, n=0)
+        lr_pairs(species="rat")
 
 
 def test_first_scored_takes_the_first_available_set():

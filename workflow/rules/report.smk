@@ -21,7 +21,6 @@ rule report_dataset:
         method_agreement=rules.score_signatures.output.agreement,
         states=rules.score_signatures.output.states,
         genes=rules.score_signatures.output.genes,
-        pairs=rules.score_signatures.output.pairs,
         aggregates=rules.compare_conditions.output.aggregates,
         comparison=rules.compare_conditions.output.comparison,
         note=rules.compare_conditions.output.note,

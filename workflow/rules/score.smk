@@ -32,13 +32,6 @@ rule score_signatures:
             labels={"dataset": "{dataset}", "table": "polarization_states.tsv"},
         ),
         genes="results/{dataset}/tables/genes_by_cell_type.tsv",
-        pairs=report(
-            "results/{dataset}/tables/ligand_receptor.tsv",
-            caption="../report/ligand_receptor.rst",
-            category="4 Signatures",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "table": "ligand_receptor.tsv"},
-        ),
     params:
         signatures=config["signatures"],
         # A registry polarization_gate puts every cell in the M1/M2 gate (population by design).

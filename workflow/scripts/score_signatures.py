@@ -1,4 +1,4 @@
-"""Snakemake rule score_signatures: signature scores, calibration, M1/M2 states, axes, pairs."""
+"""Snakemake rule score_signatures: signature scores, calibration, M1/M2 states, RANKL/OPG genes."""
 
 import logging
 
@@ -19,7 +19,6 @@ from osteoimmune.states import (
     first_scored,
     gate_mask,
     gene_table,
-    ligand_receptor_panel,
     polarization,
     state_table,
 )
@@ -99,9 +98,6 @@ def main(*, h5ad, params, seed, out, tables, gate=None):
         else pd.DataFrame()
     ).to_csv(tables["states"], sep="\t", index=False)
     gene_table(adata, genes, **per_type).to_csv(tables["genes"], sep="\t", index=False)
-    ligand_receptor_panel(adata, species=species, library=library, **per_type).to_csv(
-        tables["pairs"], sep="\t", index=False
-    )
     adata.write_h5ad(out, compression="gzip")
 
 
@@ -115,6 +111,6 @@ if __name__ == "__main__":
             out=snakemake.output.h5ad,
             tables={
                 key: snakemake.output[key]
-                for key in ("coverage", "agreement", "by_group", "states", "genes", "pairs")
+                for key in ("coverage", "agreement", "by_group", "states", "genes")
             },
         )

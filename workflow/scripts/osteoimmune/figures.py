@@ -263,23 +263,6 @@ def dot_plot(table: pd.DataFrame, *, group_col: str, title: str) -> plt.Figure:
     return fig
 
 
-def pair_heatmap(pairs: pd.DataFrame, *, n: int = 25) -> plt.Figure:
-    """The strongest ligand-receptor interactions: pair (rows) x sender -> receiver."""
-    top = pairs[pairs["present"].astype(bool)].nlargest(n, "score")
-    top = top.assign(
-        pair=top["ligand"] + " -> " + top["receptor"],
-        route=top["sender"].astype(str) + " -> " + top["receiver"].astype(str),
-    )
-    grid = top.pivot_table(index="pair", columns="route", values="score", aggfunc="max")
-    fig, ax = plt.subplots(figsize=(2.5 + 0.35 * grid.shape[1], 1.5 + 0.3 * grid.shape[0]))
-    image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis")
-    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=70, ha="right", fontsize=6)
-    ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
-    ax.set_title(f"Top {len(top)} immune-to-bone interactions (sender -> receiver)", fontsize=9)
-    fig.colorbar(image, ax=ax, shrink=0.7, label="ligand mean x receptor mean")
-    return fig
-
-
 def donor_comparison_plot(
     plot_data: pd.DataFrame,
     comparison: pd.DataFrame,

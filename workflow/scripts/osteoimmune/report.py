@@ -22,7 +22,6 @@ from osteoimmune.annotate import CLUSTER_COLUMNS
 from osteoimmune.communication import RESOURCE_NOTES, RESOURCES, receivers
 from osteoimmune.compare import COMPARISON_COLUMNS, comparison_plot_data
 from osteoimmune.signatures import load_library
-from osteoimmune.states import top_interactions
 
 TEMPLATES = Path(__file__).parent / "templates"
 PACKAGES = (
@@ -112,7 +111,6 @@ def dataset_figures(
     composition: pd.DataFrame,
     confusion: pd.DataFrame,
     by_group: pd.DataFrame,
-    pairs: pd.DataFrame,
     genes: pd.DataFrame,
     polarization: dict,
     aggregates: pd.DataFrame | None = None,
@@ -186,7 +184,7 @@ def dataset_figures(
             )
         )
     out["scores"] = signature_figures(
-        adata, make=make, by_group=by_group, pairs=pairs, genes=genes, polarization=polarization
+        adata, make=make, by_group=by_group, genes=genes, polarization=polarization
     )
     out["comparison"] = []
     if comparison is not None and not comparison.empty:
@@ -235,8 +233,8 @@ def _mean_z(by_group: pd.DataFrame, grouping: str) -> pd.DataFrame:
     )
 
 
-def signature_figures(adata, *, make, by_group, pairs, genes, polarization) -> list:
-    """Figures of the signatures section: heatmaps, key-score UMAPs, states, genes, pairs."""
+def signature_figures(adata, *, make, by_group, genes, polarization) -> list:
+    """Figures of the signatures section: heatmaps, key-score UMAPs, states, genes."""
     library = load_library()
     by_type, by_lineage = _mean_z(by_group, "cell_type"), _mean_z(by_group, "cell_lineage")
     category = {
@@ -294,14 +292,6 @@ def signature_figures(adata, *, make, by_group, pairs, genes, polarization) -> l
                 figures.dot_plot(genes, group_col="cell_type", title="RANKL/OPG and cytokines"),
             )
         )
-    if not pairs.empty and pairs["present"].astype(bool).any():
-        out.append(
-            make(
-                "ligand_receptor",
-                "Immune-to-bone ligand-receptor panel",
-                figures.pair_heatmap(pairs),
-            )
-        )
     return out
 
 
@@ -320,7 +310,7 @@ def dataset_report(
 
     ``tables`` holds the rule outputs: qc, lineage, qc_cells, qc_thresholds, stability,
     markers, agreement, confusion, composition, panel_coverage, coverage, method_agreement,
-    by_group, states, genes, pairs, aggregates, comparison, prerank, ora, design, and the
+    by_group, states, genes, aggregates, comparison, prerank, ora, design, and the
     case-control tables de_results, de_summary, de_genes, de_enrichment, composition_props,
     composition_test, communication, communication_axes, communication_comparison;
     ``design_note`` the sentence on conditions and donors; ``pseudobulk`` the summed counts per
@@ -339,7 +329,6 @@ def dataset_report(
         composition=tables["composition"],
         confusion=tables["confusion"],
         by_group=by_group,
-        pairs=tables["pairs"],
         genes=tables["genes"],
         polarization=meta.get("polarization", {}),
         aggregates=tables["aggregates"],
@@ -394,13 +383,12 @@ def dataset_report(
         polarization_gate=meta.get("polarization", {}).get(
             "gate", "annotated monocytes and macrophages"
         ),
-        pairs_table=table_html(top_pairs(tables["pairs"]), index=False),
         score_tables={
             key: table_html(group.drop(columns=["grouping", "value"]).set_index("group"))
             for key, group in by_group[by_group["value"] == "z"].groupby("grouping", sort=False)
         },
         design_note=design_note,
-        missing_views=missing_score_views(adata, genes=tables["genes"], pairs=tables["pairs"]),
+        missing_views=missing_score_views(adata, genes=tables["genes"]),
         min_donors=config.get("compare", {}).get("min_donors", 3),
         comparison_rows=len(comparison),
         comparison_table=table_html(top_comparisons(comparison), index=False),
@@ -518,13 +506,6 @@ def composition_wide(composition: pd.DataFrame) -> pd.DataFrame:
         aggfunc="sum",
         fill_value=0,
     )
-
-
-def top_pairs(pairs: pd.DataFrame, *, n: int = 20) -> pd.DataFrame:
-    """The ``n`` strongest signalling interactions with both genes present (no decoy rows)."""
-    if pairs.empty:
-        return pairs
-    return top_interactions(pairs, n=n).drop(columns=["source", "note"], errors="ignore")
 
 
 def top_markers(markers: pd.DataFrame, *, n: int = 8) -> pd.DataFrame:
@@ -646,9 +627,7 @@ def key_signature_block(by_group: pd.DataFrame, *, sets=KEY_SETS, limit: float =
     return {"sets": [KEY_LABELS.get(name, name) for name in sets], "rows": rows}
 
 
-def missing_score_views(
-    adata: ad.AnnData, *, genes: pd.DataFrame, pairs: pd.DataFrame
-) -> list[str]:
+def missing_score_views(adata: ad.AnnData, *, genes: pd.DataFrame) -> list[str]:
     """Why a view of the signatures section is absent from a dataset's report, one line each."""
     library = load_library()
     scored = [c.removeprefix("score_") for c in adata.obs if c.startswith("score_")]
@@ -674,6 +653,4 @@ def missing_score_views(
     few = "no cell type has enough cells (signatures.min_cells_per_type) or none of its genes"
     if genes.empty or not genes["present"].astype(bool).any():
         missing.append(f"RANKL/OPG and cytokines per cell type: {few} is in the dataset.")
-    if pairs.empty or not pairs["present"].astype(bool).any():
-        missing.append(f"Ligand-receptor panel: {few} is in the dataset.")
     return missing

@@ -335,10 +335,6 @@ LR_SOURCE_SETS = (
     "osteoclastogenic_inflammatory_cytokines",
 )
 SPEC_SOURCE = "pair as named in the product spec (issue 5)"
-LR_COLUMNS = (
-    "ligand", "receptor", "kind", "sender", "receiver", "ligand_mean", "ligand_fraction",
-    "receptor_mean", "receptor_fraction", "score", "present", "source", "note",
-)  # fmt: skip
 
 
 def _check_species(species: str) -> None:
@@ -390,105 +386,6 @@ def lr_pairs(*, species: str, library: SignatureLibrary | None = None) -> pd.Dat
         cited = dict.fromkeys(c for name in sets for c in library.sets[name]["citations"])
         rows.append({**pair._asdict(), "source": source, "citation": "; ".join(cited)})
     return pd.DataFrame(rows, columns=["ligand", "receptor", "kind", "source", "citation", "note"])
-
-
-def _pair_notes(pairs: pd.DataFrame, present: dict[str, bool]) -> list[str]:
-    notes = []
-    for ligand, receptor, note in pairs[["ligand", "receptor", "note"]].itertuples(index=False):
-        absent = [g for g in (ligand, receptor) if not present[g]]
-        if absent:
-            note = f"{note}; {', '.join(absent)} not in the dataset"
-        notes.append(note)
-    return notes
-
-
-def ligand_receptor_panel(
-    adata: AnnData,
-    *,
-    species: str,
-    groupby: str = "cell_type",
-    min_cells: int = 10,
-    case_insensitive: bool = False,
-    exclude: Sequence[str] = (UNASSIGNED,),
-    library: SignatureLibrary | None = None,
-) -> pd.DataFrame:
-    """Score the immune-to-bone ligand-receptor pairs for every pair of cell types.
-
-    The score of a pair from a sender to a receiver type is ``ligand_mean * receptor_mean``
-    (mean log-normalised expression of the ligand in the sender and of the receptor in the
-    receiver): zero when either is silent, and ranking pairs like their geometric mean.
-
-    Parameters
-    ----------
-    adata
-        Log-normalised expression in ``X`` (only the pairs' genes are read, sparse) and
-        ``groupby`` in ``obs``.
-    species
-        ``human`` or ``mouse``.
-    groupby, min_cells, case_insensitive, exclude
-        As in :func:`gene_table`.
-    library
-        The signature library for the sources; default :func:`load_library`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Tidy, columns :data:`LR_COLUMNS`, one row per pair (in :data:`LR_PAIRS` order), sender
-        and receiver (groups in order). ``present`` is True when both genes are in the
-        dataset (else ``score`` is NaN and ``note`` says which is missing); ``kind`` marks
-        the RANKL-OPG decoy row and the IL6-IL6ST co-receptor row.
-    """
-    pairs = lr_pairs(species=species, library=library)
-    genes = list(dict.fromkeys([*pairs["ligand"], *pairs["receptor"]]))
-    table = gene_table(
-        adata, genes, groupby=groupby, min_cells=min_cells,
-        case_insensitive=case_insensitive, exclude=exclude,
-    )  # fmt: skip
-    groups = list(dict.fromkeys(table[groupby]))
-    present = dict(zip(table["gene"], table["present"], strict=False))
-    p_idx, s_idx, r_idx = (a.ravel() for a in np.indices((len(pairs), len(groups), len(groups))))
-    out = pairs.iloc[p_idx].reset_index(drop=True)
-    out["sender"] = pd.Series(groups, dtype=object).iloc[s_idx].to_numpy()
-    out["receiver"] = pd.Series(groups, dtype=object).iloc[r_idx].to_numpy()
-    stats = table.set_index(["gene", groupby])[["mean", "fraction"]]
-    for role, group in (("ligand", "sender"), ("receptor", "receiver")):
-        values = stats.reindex(pd.MultiIndex.from_arrays([out[role], out[group]]))
-        out[f"{role}_mean"] = values["mean"].to_numpy(dtype=float)
-        out[f"{role}_fraction"] = values["fraction"].to_numpy(dtype=float)
-    out["score"] = out["ligand_mean"] * out["receptor_mean"]
-    out["present"] = out["ligand"].map(present) & out["receptor"].map(present)
-    out["note"] = _pair_notes(out, present)
-    return out[list(LR_COLUMNS)]
-
-
-def top_interactions(
-    table: pd.DataFrame, *, n: int = 20, kinds: Sequence[str] = ("signalling", "co-receptor")
-) -> pd.DataFrame:
-    """The ``n`` highest-scoring sender-receiver pairs of a :func:`ligand_receptor_panel`.
-
-    Parameters
-    ----------
-    table
-        The panel.
-    n
-        Rows to keep.
-    kinds
-        Pair kinds ranked; the RANKL-OPG decoy is left out by default, since its score means
-        inhibition rather than signalling.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Rows with both genes present and a positive score, by score (descending; ties keep
-        the panel's order), index reset.
-    """
-    if int(n) != n or n < 1:
-        msg = f"n must be a positive integer, got {n}."
-        raise StateError(msg)
-    _require_columns(table, ["kind", "score", "present"], what="ligand-receptor table")
-    keep = table["present"].astype(bool) & (table["score"] > 0) & table["kind"].isin(kinds)
-    ranked = table[keep].sort_values("score", ascending=False, kind="mergesort")
-    return ranked.head(int(n)).reset_index(drop=True)
 
 
 def first_scored(preference: str | Sequence[str], scored) -> str | None:
