@@ -24,8 +24,11 @@ from osteoimmune.readers import (
     labels_from_r,
     matrix_from_r,
     read_dataset,
+    read_study_sample,
 )
 from osteoimmune.registry import load_registry, select_datasets
+from osteoimmune.samplesheet import parse_samples
+from osteoimmune.values import DETECTED
 
 DATASET = "synthetic_ds"
 N_CELLS, N_GENES = 20, 30
@@ -237,14 +240,18 @@ def test_h5ad_layer_counts(tmp_path, counts):
     assert set(adata.obs["donor"]) == {"7"}
     assert list(adata.obs["author_cell_type"]) == ["T", "B"] * 10
     assert adata.var["gene_id"].iloc[3] == "ENSMUSG00000000003"
+    note = adata.uns["osteoimmune"].pop("value_type_note")
     assert adata.uns["osteoimmune"] == {
         "dataset": DATASET,
         "species": "mouse",
         "value_type": "counts",
+        "value_type_detected": "counts",
         "gene_symbol_case": "as_is",
         "source_files": ["a.h5ad"],
         "covariates": [],
     }
+    assert note.startswith("input raw counts; checked on the values: max ")
+    assert "all integers, per-cell totals vary" in note and "expm1" not in note
 
 
 def test_h5ad_raw_x_and_obs_covariates(tmp_path, counts):
@@ -291,6 +298,52 @@ def test_h5ad_x_normalized_has_no_counts_layer(tmp_path, counts):
     np.testing.assert_allclose(adata.X.toarray(), expected, rtol=1e-6)
     assert "counts" not in adata.layers
     assert adata.uns["osteoimmune"]["value_type"] == "normalized"
+    assert adata.uns["osteoimmune"]["value_type_detected"] == "normalized"
+    note = adata.uns["osteoimmune"]["value_type_note"]
+    assert note.startswith("input size-normalised by the authors, not log-transformed")
+    assert "per-cell totals vary < 0.1% (CV)" in note
+
+
+def write_log_h5ad(path: Path, counts: np.ndarray) -> np.ndarray:
+    """log1p CP10k (scanpy's normalize_total + log1p) in X; returns the values written."""
+    values = np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e4).astype(np.float32)
+    obs = pd.DataFrame(index=CELLS)
+    ad.AnnData(X=sparse.csr_matrix(values), obs=obs, var=pd.DataFrame(index=GENES)).write_h5ad(path)
+    return values
+
+
+def test_log_normalized_input_is_read_as_is_and_its_type_recorded(tmp_path, counts):
+    values = write_log_h5ad(tmp_path / "log.h5ad", counts)
+    spec = {"role": "counts", "format": "h5ad", "filename": "log.h5ad"}
+    adata = read_one(make_entry([spec], values="log_normalized"), tmp_path)
+    assert_standard(adata, values, counts_layer=False)  # X equals the input, bit for bit
+    meta = adata.uns["osteoimmune"]
+    assert meta["value_type"] == meta["value_type_detected"] == "log_normalized"
+    assert meta["value_type_note"].startswith(
+        "input log-normalised by the authors (log1p of size-normalised values); used as is; "
+        "checked on the values: max "
+    )
+    assert "per-cell totals of expm1(values) vary < 0.1% (CV)" in meta["value_type_note"]
+    assert "log1p" not in adata.uns  # marked logged by normalisation, not by the reader
+
+
+def test_study_sample_with_a_contradicted_type_names_sample_row_and_values(tmp_path, counts):
+    write_log_h5ad(tmp_path / "a.h5ad", counts)
+    row = {"sample": "a", "donor": "d", "condition": "c", "file": "a.h5ad", "format": "h5ad"}
+    (sample,) = parse_samples([row], dataset="x", source="s.tsv", base=tmp_path)
+    paths = {f["filename"]: f["path"] for f in sample["files"]}
+    settings = {"species": "mouse", "values": "normalized", "author_label": None}
+    with pytest.raises(
+        ReaderError,
+        match=r"Dataset 'x', sample 'a' \(samplesheet row 1\).*`values: normalized` but the "
+        "values look log-transformed.*Set `values: log_normalized`",
+    ):
+        read_study_sample(sample, paths, dataset="x", settings=settings)
+    adata = read_study_sample(
+        sample, paths, dataset="x", settings={**settings, "values": "log_normalized"}
+    )
+    assert adata.uns["osteoimmune"]["value_type_detected"] == "log_normalized"
+    assert "counts" not in adata.layers
 
 
 def test_h5ad_protein_to_obsm(tmp_path, counts):
@@ -506,11 +559,68 @@ def case_no_cells(tmp_path, counts):
     return _h5ad_case(tmp_path, counts[:0]), "bad.h5ad", "empty"
 
 
+def cp10k(counts: np.ndarray) -> np.ndarray:
+    return counts / counts.sum(axis=1, keepdims=True) * 1e4
+
+
 def case_fractional_counts(tmp_path, counts):
     return (
-        _h5ad_case(tmp_path, counts + 0.5),
+        _h5ad_case(tmp_path, cp10k(counts)),
         "bad.h5ad",
-        "don't look like raw counts.*values: normalized",
+        "not integers.*don't look like raw counts.*size-normalised.*values: normalized",
+    )
+
+
+def case_log_values_as_counts(tmp_path, counts):
+    return (
+        _h5ad_case(tmp_path, np.log1p(cp10k(counts))),
+        "bad.h5ad",
+        "`values: counts` but.*not integers.*log-transformed.*Set `values: log_normalized`",
+    )
+
+
+def case_log_values_as_normalized(tmp_path, counts):
+    return (
+        _h5ad_case(tmp_path, np.log1p(cp10k(counts)), values="normalized"),
+        "bad.h5ad",
+        r"`values: normalized` but the values look log-transformed .*: max [\d.]+, not integers, "
+        r"per-cell totals vary .*expm1\(values\) vary < 0.1% \(CV\)\. Used as normalized they "
+        "would be log-transformed a second time. Set `values: log_normalized`",
+    )
+
+
+def case_log_values_as_tpm(tmp_path, counts):
+    return (
+        _h5ad_case(tmp_path, np.log1p(cp10k(counts) * 100), values="tpm"),
+        "bad.h5ad",
+        "`values: tpm` but.*log-transformed a second time.*Set `values: log_normalized`",
+    )
+
+
+def case_counts_as_log_normalized(tmp_path, counts):
+    return (
+        _h5ad_case(tmp_path, counts, values="log_normalized"),
+        "bad.h5ad",
+        "`values: log_normalized` but the values look raw counts.*all integers.*never "
+        "log-transformed nor size-normalised.*Set `values: counts`",
+    )
+
+
+def case_normalized_as_log_normalized(tmp_path, counts):
+    return (
+        _h5ad_case(tmp_path, cp10k(counts), values="log_normalized"),
+        "bad.h5ad",
+        "`values: log_normalized` but the values look size-normalised.*never log-transformed.*"
+        r"Set `values: normalized` \(or `values: tpm` for TPM\)",
+    )
+
+
+def case_counts_as_normalized(tmp_path, counts):
+    return (
+        _h5ad_case(tmp_path, counts, values="normalized"),
+        "bad.h5ad",
+        "`values: normalized` but the values look raw counts.*never size-normalised.*"
+        "Set `values: counts`",
     )
 
 
@@ -616,6 +726,12 @@ BAD_CASES = [
     case_all_zeros,
     case_no_cells,
     case_fractional_counts,
+    case_log_values_as_counts,
+    case_log_values_as_normalized,
+    case_log_values_as_tpm,
+    case_counts_as_log_normalized,
+    case_normalized_as_log_normalized,
+    case_counts_as_normalized,
     case_negative,
     case_nan,
     case_missing_obs_column,
@@ -670,6 +786,8 @@ def test_real_shapes_and_standard_form(real_datasets):
         assert adata.X.dtype == np.float32
         assert adata.var_names.is_unique and adata.obs_names.is_unique
         assert adata.uns["osteoimmune"]["value_type"] == entry["values"]
+        # what the values say agrees with the registry (TPM is a size-normalised kind)
+        assert adata.uns["osteoimmune"]["value_type_detected"] == DETECTED[entry["values"]], name
         assert set(adata.obs["dataset"]) == {name}
         if entry["values"] == "counts":
             assert np.all(adata.X.data == np.round(adata.X.data)), name
@@ -711,3 +829,30 @@ def test_real_protein(real_datasets):
     assert "CD14" in protein.columns
     assert list(protein.index) == list(adata.obs_names)
     assert (protein.to_numpy() == np.round(protein.to_numpy())).all()  # the counts layer
+
+
+def test_real_counts_rebuilt_as_log_normalized_are_read_as_is(real_datasets, tmp_path):
+    """paul2015's counts, normalize_total + log1p by scanpy, read back through the reader."""
+    import scanpy as sc
+
+    entry, counts = real_datasets["paul2015_bm_myeloid"]
+    logged = ad.AnnData(X=counts.X.copy(), obs=counts.obs[["sample"]], var=counts.var[[]])
+    sc.pp.normalize_total(logged, target_sum=1e4)
+    sc.pp.log1p(logged)
+    logged.write_h5ad(tmp_path / "paul_log.h5ad")
+    spec = {"role": "counts", "format": "h5ad", "filename": "paul_log.h5ad"}
+    metadata = {**entry["metadata"], "sample": {"column": "sample"}}
+    rebuilt = {**entry, "files": [spec], "metadata": metadata, "author_label": None}
+    paths = {"paul_log.h5ad": tmp_path / "paul_log.h5ad"}
+    adata = read_dataset({**rebuilt, "values": "log_normalized"}, paths, dataset="paul_log")
+    assert (adata.X != logged.X).nnz == 0 and adata.X.dtype == np.float32
+    assert list(adata.var_names) == list(counts.var_names)
+    assert adata.uns["osteoimmune"]["value_type_detected"] == "log_normalized"
+    with pytest.raises(
+        ReaderError,
+        match="Dataset 'paul_log', file 'paul_log.h5ad': `values: normalized` but the values "
+        "look log-transformed.*Set `values: log_normalized`",
+    ):
+        read_dataset({**rebuilt, "values": "normalized"}, paths, dataset="paul_log")
+    with pytest.raises(ReaderError, match="`values: counts` but.*Set `values: log_normalized`"):
+        read_dataset({**rebuilt, "values": "counts"}, paths, dataset="paul_log")

@@ -15,6 +15,7 @@ def main(*, h5ad, params, seed, out, stability, marker_table, compression="gzip"
     adata = ad.read_h5ad(h5ad)
     value_type = adata.uns["osteoimmune"]["value_type"]
     normalize(adata, value_type=value_type)
+    log.info("normalisation: %s", adata.uns["osteoimmune"]["normalization"])
     select_hvg(
         adata,
         n_top_genes=params["n_top_genes"],

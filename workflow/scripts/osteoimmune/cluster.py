@@ -14,21 +14,51 @@ import scanpy as sc
 from scipy import sparse, stats
 
 from osteoimmune.jit import cache_umap_functions
+from osteoimmune.values import VALUE_TYPES, normalization_note
 
 log = logging.getLogger(__name__)
 
 
 def normalize(adata: ad.AnnData, *, value_type: str, target_sum: float = 1e4) -> None:
-    """Make ``X`` log-normalised in place; ``layers['counts']`` keeps raw counts.
+    """Make ``X`` log-normalised in place, transforming the input once; ``layers['counts']`` stays.
 
-    Counts are size-normalised to ``target_sum`` then log1p-transformed. Input that is already
-    normalised or TPM is only log1p-transformed: it is never renormalised as if it were counts.
+    Parameters
+    ----------
+    adata
+        ``X`` as read: of ``value_type``, not yet transformed by this pipeline.
+    value_type
+        The registry's ``values:``. ``counts`` are size-normalised to ``target_sum`` then
+        log1p-transformed; ``normalized`` and ``tpm`` input is only log1p-transformed (never
+        renormalised as if it were counts); ``log_normalized`` input is used as is.
+    target_sum
+        Total per cell of size-normalised counts.
+
+    Records what was done in ``uns['osteoimmune']['normalization']`` (a sentence for the
+    report) and marks ``X`` as natural-log values in ``uns['log1p']``, as scanpy does.
+
+    Raises
+    ------
+    ValueError
+        When ``value_type`` is unknown or ``X`` was log-transformed already
+        (``uns['log1p']`` is set): normalising again would transform it twice.
     """
+    if value_type not in VALUE_TYPES:
+        msg = f"value type {value_type!r} is not known; use one of {', '.join(VALUE_TYPES)}."
+        raise ValueError(msg)
+    if "log1p" in adata.uns:
+        msg = (
+            "X is log-transformed already (uns['log1p'] is set): normalising it again would "
+            "transform it twice; start from the matrix as read."
+        )
+        raise ValueError(msg)
     if value_type == "counts":
         sc.pp.normalize_total(adata, target_sum=target_sum)
-    sc.pp.log1p(adata)
-    adata.uns.setdefault("osteoimmune", {})["normalization"] = (
-        f"normalize_total({target_sum:g}) + log1p" if value_type == "counts" else "log1p"
+    if value_type == "log_normalized":
+        adata.uns["log1p"] = {"base": None}  # natural log already, as sc.pp.log1p records
+    else:
+        sc.pp.log1p(adata)
+    adata.uns.setdefault("osteoimmune", {})["normalization"] = normalization_note(
+        value_type, target_sum=target_sum
     )
 
 
@@ -67,7 +97,7 @@ def pca(adata: ad.AnnData, *, n_pcs: int, normalization: str, value_type: str, s
         Pearson residuals of the counts). Residuals need raw counts: other input falls back to
         ``"log1p"``.
     value_type
-        ``"counts"``, ``"normalized"`` or ``"tpm"``, as read.
+        ``"counts"``, ``"normalized"``, ``"log_normalized"`` or ``"tpm"``, as read.
     seed
         Random state of the PCA solver.
 

@@ -2,14 +2,18 @@
 
 The standard form, whatever the source format:
 
-- cells x genes, ``X`` a CSR float32 matrix; for ``values: counts`` the same values again in
-  ``layers['counts']``, for normalized or TPM input no counts layer (the type is recorded);
+- cells x genes, ``X`` a CSR float32 matrix holding the values as read, never transformed;
+  for ``values: counts`` the same values again in ``layers['counts']``, for normalized,
+  log-normalised or TPM input no counts layer;
 - ``var_names`` unique gene symbols, with ``var['original_symbol']`` and, when known,
   ``var['gene_id']``;
 - ``obs`` with categorical ``dataset``, ``sample``, ``donor``, ``condition`` and, when the
   registry names author labels, ``author_cell_type``;
 - ``obsm['protein']`` (cells x proteins DataFrame) for a CITE-seq protein file;
-- ``uns['osteoimmune']`` with the dataset id, species, value type, gene-symbol case and files.
+- ``uns['osteoimmune']`` with the dataset id, species, gene-symbol case, files and the value
+  type: declared (``value_type``, what every later step goes by), detected from the values
+  (``value_type_detected``, checked to agree, see :mod:`osteoimmune.values`) and a sentence
+  for the report (``value_type_note``).
 """
 
 from __future__ import annotations
@@ -35,9 +39,9 @@ from rdata.parser import RObject, RObjectType
 from scipy import sparse
 
 from osteoimmune.errors import ReaderError
+from osteoimmune.values import VALUE_TYPES, ValueEvidence, check_value_type, input_note
 
 SPECIES = ("human", "mouse")
-VALUE_TYPES = ("counts", "normalized", "tpm")
 ORIENTATIONS = ("genes_x_cells", "cells_x_genes")
 METADATA_KEYS = ("sample", "donor", "condition")
 
@@ -101,7 +105,7 @@ def read_dataset(entry: dict, paths: dict[str, Path], *, dataset: str) -> ad.Ann
     spec = _file_with_role(entry, "counts", dataset=dataset)
     where = _where(dataset, spec["filename"])
     source = read_matrix_file(spec, _local_path(spec, paths, dataset=dataset), dataset=dataset)
-    _check_values(source.X, value_type=entry["values"], where=where)
+    evidence = _check_values(source.X, value_type=entry["values"], where=where)
     var = _gene_table(source.var, spec, where=where)
     check_species_symbols(
         var["original_symbol"],
@@ -124,7 +128,7 @@ def read_dataset(entry: dict, paths: dict[str, Path], *, dataset: str) -> ad.Ann
     adata.uns["osteoimmune"] = {
         "dataset": dataset,
         "species": entry["species"],
-        "value_type": entry["values"],
+        **value_type_record(entry["values"], evidence),
         "gene_symbol_case": entry.get("gene_symbol_case", "as_is"),
         "source_files": _used_files(entry),
         "covariates": list(entry["metadata"].get("covariates", [])),
@@ -164,7 +168,7 @@ def read_study_sample(
     source, spec = _read_sample_matrix(sample, paths, dataset=dataset, settings=settings)
     where = f"Dataset '{dataset}', sample '{name}' (samplesheet row {sample['row']})"
     where += f", file '{spec['filename']}'"
-    _check_values(source.X, value_type=settings["values"], where=where)
+    evidence = _check_values(source.X, value_type=settings["values"], where=where)
     var = _gene_table(source.var, spec, where=where)
     check_species_symbols(
         var["original_symbol"], settings["species"], dataset=dataset,
@@ -184,7 +188,7 @@ def read_study_sample(
     adata.uns["osteoimmune"] = {
         "dataset": dataset,
         "species": settings["species"],
-        "value_type": settings["values"],
+        **value_type_record(settings["values"], evidence),
         "gene_symbol_case": settings.get("gene_symbol_case", "as_is"),
         "source_files": [f["filename"] for f in sample["files"]] or [settings.get("archive")],
     }
@@ -863,7 +867,16 @@ def _gene_table(var: pd.DataFrame, spec: dict, *, where: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------- checks
 
 
-def _check_values(matrix: sparse.csr_matrix, *, value_type: str, where: str) -> None:
+def value_type_record(declared: str, evidence: ValueEvidence) -> dict[str, str]:
+    """The ``uns['osteoimmune']`` keys of the value type: declared, detected, a sentence."""
+    return {
+        "value_type": declared,
+        "value_type_detected": evidence.kind,
+        "value_type_note": input_note(declared, evidence),
+    }
+
+
+def _check_values(matrix: sparse.csr_matrix, *, value_type: str, where: str) -> ValueEvidence:
     data = matrix.data
     if 0 in matrix.shape or not np.any(data):
         msg = (
@@ -882,19 +895,10 @@ def _check_values(matrix: sparse.csr_matrix, *, value_type: str, where: str) -> 
         msg = (
             f"{where}: the matrix holds {np.count_nonzero(data < 0)} negative values (min "
             f"{data.min():g}), so it is scaled or log-ratio data; point `layer:` at raw counts "
-            "or use the authors' counts or normalized matrix."
+            "or use the authors' counts, normalized or log-normalized matrix."
         )
         raise ReaderError(msg)
-    if value_type == "counts":
-        fractional = data != np.round(data)
-        if np.any(fractional):
-            msg = (
-                f"{where}: `values: counts` but {np.count_nonzero(fractional)} values are not "
-                f"integers (e.g. {data[fractional][0]:g}), so these don't look like raw counts. "
-                "Set `values: normalized` or `values: tpm` in the registry, or point `layer:` at "
-                "the raw counts."
-            )
-            raise ReaderError(msg)
+    return check_value_type(matrix, declared=value_type, where=where)
 
 
 def _symbol_case_counts(var_names: Sequence[str]) -> tuple[int, int]:
