@@ -167,8 +167,36 @@ def test_z_and_p_hand_example():
     observed = np.array([[2.0, 0.0, 1.0]])
     null = np.array([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
     z, p = z_and_p(observed, null)
-    np.testing.assert_array_equal(z, [[0.0, 0.0, np.inf]])
+    # Third set: a null without spread; the score as one more draw gives sd = 1 / sqrt(4).
+    np.testing.assert_array_equal(z, [[0.0, 0.0, 2.0]])
     np.testing.assert_array_equal(p, [[3 / 4, 1.0, 1 / 4]])
+
+
+def test_z_finite_against_degenerate_null():
+    n_null = 99
+    observed = np.array([[0.5, -0.5, 0.0, 0.3]])
+    null = np.zeros((1, 4, n_null))
+    null[0, 3] = 0.3 + 1e-17 * np.arange(n_null)  # spread of float rounding only
+    z, _ = z_and_p(observed, null)
+    assert np.isfinite(z).all()
+    np.testing.assert_allclose(z, [[10.0, -10.0, 0.0, 0.0]])
+
+
+def test_calibrate_one_expressed_gene_gives_finite_z():
+    """A set with one expressed gene; the first 10 cells express none of its random genes."""
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(rng.uniform(0.01, 0.2, 200), size=(300, 200)).astype(np.float32)
+    counts[:10] = 0
+    counts[:10, 0] = 2.0  # the set's gene, expressed as rarely as the others overall
+    counts[10:, 0] = 0
+    data = ad.AnnData(X=sparse.csr_matrix(counts), var=pd.DataFrame(index=GENES[:200]))
+    sc.pp.normalize_total(data, target_sum=1e4)
+    sc.pp.log1p(data)
+    for method in ("mean", "ucell"):
+        result = calibrate(data, {"one": [GENES[0]]}, method=method, n_null=100, n_bins=5)
+        null_flat = (result.z["one"].abs() == np.sqrt(101)).sum()
+        assert np.isfinite(result.z.to_numpy()).all(), method
+        assert null_flat > 0, method  # the degenerate case was really exercised
 
 
 @pytest.mark.parametrize(

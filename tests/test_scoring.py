@@ -92,8 +92,18 @@ def test_coverage_table_counts():
     assert table.at["half", "fraction_present"] == pytest.approx(0.5)
     assert table.at["half", "missing"] == "X1,X2"
     assert table.at["full", "missing"] == ""
-    assert table["scored"].tolist() == [True, True, False]
+    # half: 2 genes expressed, below the default minimum of 3 expressed genes
+    assert table["scored"].tolist() == [True, False, False]
+    assert table.at["half", "reason"] == (
+        "2 of the 2 present genes expressed in any cell, below the minimum of 3 "
+        "(signatures.min_expressed_genes)"
+    )
     assert table.at["low", "reason"] == "20% of genes present (1/5), below the 50% threshold"
+    assert table["aliases_used"].tolist() == ["", "", ""]
+    lower = coverage_table(
+        _hand_adata(), _hand_library(), species="human", sets=["half"], min_expressed_genes=2
+    )
+    assert lower.at["half", "scored"] and lower.at["half", "reason"] == ""
 
 
 def test_expressed_counts_ignore_explicit_zeros():
@@ -111,7 +121,13 @@ def test_expressed_counts_ignore_explicit_zeros():
 def test_set_below_threshold_is_not_scored(tmp_path):
     adata = _hand_adata()
     adata.obs["score_low"] = 1.0  # stale column from an earlier run
-    table = score_signatures(adata, _hand_library(), species="human", sets=["full", "half", "low"])
+    table = score_signatures(
+        adata,
+        _hand_library(),
+        species="human",
+        sets=["full", "half", "low"],
+        min_expressed_genes=2,
+    )
     assert "score_full" in adata.obs and "score_half" in adata.obs
     assert "score_low" not in adata.obs
     assert not table.at["low", "scored"]
@@ -251,3 +267,83 @@ def test_user_sets_from_gmt_and_yaml_files_are_added(tmp_path):
     assert added == ["MY_M1"]  # the human-only YAML set has no mouse genes
     assert library.genes("MY_M1", "mouse") == ["Nos2", "Il1b", "Tnf"]
     assert "my_human_set" in library.sets
+
+
+def test_set_with_one_expressed_gene_is_not_scored():
+    adata = _hand_adata()
+    adata.obs["score_one"] = 1.0  # stale column from an earlier run
+    library = _hand_library()
+    library.add_sets({"one": {"description": "1 expressed", "genes": {"human": ["A", "D"]}}})
+    table = score_signatures(adata, library, species="human", sets=["full", "one"])
+    assert table.at["one", "n_present"] == 2 and table.at["one", "n_expressed"] == 1
+    assert not table.at["one", "scored"]
+    assert "below the minimum of 3" in table.at["one", "reason"]
+    assert "score_one" not in adata.obs
+    calibrated_scores(adata, library, species="human", coverage=table, n_null=100, n_bins=4)
+    assert "z_one" not in adata.obs
+    assert np.isfinite(adata.obs["z_full"]).all()
+
+
+def test_min_expressed_genes_must_be_positive():
+    with pytest.raises(SignatureError, match="min_expressed_genes must be at least 1"):
+        coverage_table(
+            _hand_adata(), _hand_library(), species="human", sets=["full"], min_expressed_genes=0
+        )
+
+
+OLD_HUMAN = {"CXCL8": "IL8", "WARS1": "WARS", "ATP5F1E": "ATP5E"}
+OLD_MOUSE = {"Spi1": "Sfpi1", "Wars1": "Wars", "Atp5f1e": "Atp5e"}
+
+
+def _old_symbol_adata(old: dict[str, str], *, n_filler: int = 200) -> ad.AnnData:
+    """Counts whose var_names use previous symbols; the renamed genes are up in 20 cells."""
+    rng = np.random.default_rng(2)
+    genes = list(old.values()) + ["CD14", "LYZ", "S100A8"] + [f"F{i:03d}" for i in range(n_filler)]
+    counts = rng.poisson(rng.uniform(0.2, 6.0, len(genes)), size=(60, len(genes)))
+    counts = counts.astype(np.float32)
+    counts[:20, : len(old)] += rng.poisson(4.0, size=(20, len(old)))
+    adata = ad.AnnData(X=sparse.csr_matrix(counts), var=pd.DataFrame(index=genes))
+    sc.pp.log1p(adata)
+    return adata
+
+
+@pytest.mark.parametrize(
+    ("species", "old", "extra"),
+    [("human", OLD_HUMAN, ["CD14", "LYZ"]), ("mouse", OLD_MOUSE, ["Cd14", "Lyz2"])],
+)
+def test_previous_symbols_are_matched(species, old, extra):
+    adata = _old_symbol_adata(old)
+    if species == "mouse":
+        adata.var_names = [*old.values(), "Cd14", "Lyz2", "S100a8", *adata.var_names[6:]]
+    library = SignatureLibrary(sets={}, references={})
+    library.add_sets({"renamed": {"description": "new symbols", "genes": {species: list(old)}}})
+    table = score_signatures(adata, library, species=species, sets=["renamed"])
+    assert table.at["renamed", "n_present"] == 3 and table.at["renamed", "scored"]
+    assert table.at["renamed", "aliases_used"] == "; ".join(f"{n}<-{o}" for n, o in old.items())
+    assert table.at["renamed", "missing"] == ""
+    score = adata.obs["score_renamed"].to_numpy()
+    assert roc_auc_score(np.arange(60) < 20, score) > 0.95  # scored with the renamed genes
+    agreement = calibrated_scores(adata, library, species=species, coverage=table, n_null=100)
+    z = adata.obs["z_renamed"].to_numpy()
+    assert np.isfinite(z).all() and roc_auc_score(np.arange(60) < 20, z) > 0.95
+    assert agreement.at["renamed", "spearman"] > 0.5
+    present, _ = gene_coverage(adata, list(old) + extra, species=species)
+    assert present == [*old.values(), *extra]
+    # Without species only exact symbols match.
+    assert gene_coverage(adata, list(old), species=None) == ([], list(old))
+
+
+def test_upper_cased_mouse_previous_symbols():
+    adata = _old_symbol_adata({k: v.upper() for k, v in OLD_MOUSE.items()})
+    present, missing = gene_coverage(adata, list(OLD_MOUSE), species="mouse", case_insensitive=True)
+    assert present == ["SFPI1", "WARS", "ATP5E"] and missing == []
+
+
+def test_exact_symbol_wins_over_alias():
+    adata = _old_symbol_adata(OLD_HUMAN)
+    adata.var_names = ["IL8", "CXCL8", *adata.var_names[2:]]
+    library = SignatureLibrary(sets={}, references={})
+    library.add_sets({"s": {"description": "d", "genes": {"human": ["CXCL8", "CD14", "LYZ"]}}})
+    table = coverage_table(adata, library, species="human", sets=["s"])
+    assert table.at["s", "aliases_used"] == ""
+    assert gene_coverage(adata, ["CXCL8"], species="human")[0] == ["CXCL8"]

@@ -47,6 +47,7 @@ def main(*, h5ad, params, seed, out, tables, gate=None):
         species=species,
         sets=sets,
         min_coverage=params["min_coverage"],
+        min_expressed_genes=params["min_expressed_genes"],
         seed=seed,
         case_insensitive=upper,
     )

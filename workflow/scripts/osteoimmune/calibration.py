@@ -33,6 +33,8 @@ from osteoimmune.ranks import (
 )
 
 METHODS = ("ucell", "aucell", "mean")
+# Relative size below which a null's spread, or a score's distance from it, is float rounding.
+FLAT_TOLERANCE = 1e-9
 
 
 def gene_means(matrix: sparse.csr_matrix, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
@@ -269,15 +271,21 @@ def z_and_p(observed: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, np.ndar
     Returns
     -------
     tuple of numpy.ndarray
-        Cells x sets: ``z = (score - mean_null) / sd_null`` (sd with ddof=1; 0 when the score
-        equals a null without spread, +-inf when it differs from one) and
-        ``p = (1 + #(null >= score)) / (n_null + 1)``.
+        Cells x sets: ``z = (score - mean_null) / sd_null`` (sd with ddof=1) and
+        ``p = (1 + #(null >= score)) / (n_null + 1)``. z is always finite: against a null
+        without spread (e.g. a cell expressing none of the random genes) the sd is that of the
+        null with the score added as one more draw (as p counts it), which gives
+        ``z = +-sqrt(n_null + 1)``, and 0 when the score equals the null.
     """
-    diff = observed - null.mean(axis=2)
+    n_null = null.shape[2]
+    mean = null.mean(axis=2)
+    diff = observed - mean
     sd = null.std(axis=2, ddof=1)
-    flat = np.where(diff == 0, 0.0, np.copysign(np.inf, diff))
-    z = np.divide(diff, sd, out=flat, where=sd > 0)
-    p = (1 + (null >= observed[:, :, None]).sum(axis=2)) / (null.shape[2] + 1)
+    # Spread and differences within rounding of the scores' own scale count as none.
+    tol = FLAT_TOLERANCE * np.maximum(1.0, np.abs(mean))
+    flat = np.where(np.abs(diff) <= tol, 0.0, np.sign(diff) * np.sqrt(n_null + 1))
+    z = np.divide(diff, sd, out=flat, where=sd > tol)
+    p = (1 + (null >= observed[:, :, None]).sum(axis=2)) / (n_null + 1)
     return z, p
 
 

@@ -16,6 +16,7 @@ from scipy import sparse
 
 from osteoimmune.calibration import calibrate
 from osteoimmune.errors import SignatureError
+from osteoimmune.genes import aliases_used, resolve_symbols
 from osteoimmune.ranks import method_agreement
 from osteoimmune.signatures import SignatureLibrary
 
@@ -28,6 +29,7 @@ COVERAGE_COLUMNS = (
     "fraction_present",
     "fraction_expressed",
     "missing",
+    "aliases_used",
     "scored",
     "reason",
 )
@@ -60,21 +62,30 @@ def _resolve_sets(
     return names
 
 
-def match_symbols(genes, universe, *, case_insensitive: bool = False) -> list[str | None]:
+def match_symbols(
+    genes, universe, *, case_insensitive: bool = False, species: str | None = None
+) -> list[str | None]:
     """Each gene as spelled in ``universe`` (None when absent), in the order of ``genes``.
 
     ``case_insensitive`` matches on upper case; when two names of ``universe`` differ only by
-    case, the first one is used.
+    case, the first one is used. With ``species``, a gene missing by its symbol is found by a
+    previous or alias symbol (see :func:`osteoimmune.genes.resolve_symbols`).
     """
-    fold = str.upper if case_insensitive else str
-    spelled: dict[str, str] = {}
-    for name in universe:
-        spelled.setdefault(fold(str(name)), name)
-    return [spelled.get(fold(str(gene))) for gene in genes]
+    resolved = resolve_symbols(genes, universe, species=species, case_insensitive=case_insensitive)
+    return [var for _, var, _ in resolved]
+
+
+def _split(resolved) -> tuple[list[str], list[str]]:
+    present = list(dict.fromkeys(var for _, var, _ in resolved if var is not None))
+    return present, [gene for gene, var, _ in resolved if var is None]
 
 
 def gene_coverage(
-    adata: AnnData, genes: list[str], *, case_insensitive: bool = False
+    adata: AnnData,
+    genes: list[str],
+    *,
+    case_insensitive: bool = False,
+    species: str | None = None,
 ) -> tuple[list[str], list[str]]:
     """Split a gene set into the genes present in ``adata.var_names`` and those missing.
 
@@ -87,6 +98,9 @@ def gene_coverage(
     case_insensitive
         Match symbols on upper case (for datasets that store mouse symbols upper-cased).
         If two var_names differ only by case, the first one is used.
+    species
+        ``human`` or ``mouse``: also match previous and alias symbols (IL8 for CXCL8);
+        None for exact symbols only.
 
     Returns
     -------
@@ -94,11 +108,9 @@ def gene_coverage(
         The dataset's own var_names for the present genes (in set order) and the set's
         genes that are missing.
     """
-    spelled = match_symbols(genes, adata.var_names, case_insensitive=case_insensitive)
-    matched = list(zip(genes, spelled, strict=True))
-    present = list(dict.fromkeys(var for _, var in matched if var is not None))
-    missing = [g for g, var in matched if var is None]
-    return present, missing
+    return _split(
+        resolve_symbols(genes, adata.var_names, species=species, case_insensitive=case_insensitive)
+    )
 
 
 def _expressed(adata: AnnData, var_names: list[str]) -> set[str]:
@@ -112,7 +124,9 @@ def _expressed(adata: AnnData, var_names: list[str]) -> set[str]:
     return {var for var, n in zip(var_names, counts, strict=True) if n > 0}
 
 
-def _reason(n_genes: int, n_present: int, n_expressed: int, min_coverage: float) -> str:
+def _reason(
+    n_genes: int, n_present: int, n_expressed: int, min_coverage: float, min_expressed: int
+) -> str:
     if n_present == 0:
         return "no gene of the set is in the dataset"
     if n_present / n_genes < min_coverage:
@@ -122,10 +136,15 @@ def _reason(n_genes: int, n_present: int, n_expressed: int, min_coverage: float)
         )
     if n_expressed == 0:
         return f"none of the {n_present} present genes is expressed in any cell"
+    if n_expressed < min_expressed:
+        return (
+            f"{n_expressed} of the {n_present} present genes expressed in any cell, "
+            f"below the minimum of {min_expressed} (signatures.min_expressed_genes)"
+        )
     return ""
 
 
-def _check_input(adata: AnnData, min_coverage: float) -> None:
+def _check_input(adata: AnnData, min_coverage: float, min_expressed: int = 1) -> None:
     if adata.X is None:
         msg = "The AnnData has no X; score on log-normalised expression in X."
         raise SignatureError(msg)
@@ -134,6 +153,9 @@ def _check_input(adata: AnnData, min_coverage: float) -> None:
         raise SignatureError(msg)
     if not 0 < min_coverage <= 1:
         msg = f"min_coverage must be in (0, 1], got {min_coverage}."
+        raise SignatureError(msg)
+    if min_expressed < 1:
+        msg = f"min_expressed_genes must be at least 1, got {min_expressed}."
         raise SignatureError(msg)
 
 
@@ -145,6 +167,7 @@ def coverage_table(
     sets: str | list[str] | None,
     case_insensitive: bool = False,
     min_coverage: float = 0.5,
+    min_expressed_genes: int = 3,
 ) -> pd.DataFrame:
     """Tabulate how much of each gene set the dataset covers.
 
@@ -162,26 +185,37 @@ def coverage_table(
         Match gene symbols ignoring case (see :func:`gene_coverage`).
     min_coverage
         Minimum fraction of a set's genes present in the dataset for it to be scored.
+    min_expressed_genes
+        Minimum number of a set's genes expressed in some cell for it to be scored: fewer
+        make the score one gene's readout, and its null calibration degenerate.
 
     Returns
     -------
     pandas.DataFrame
         One row per set (index ``set``): ``n_genes``, ``n_present``, ``n_expressed`` (present
         genes nonzero in at least one cell), ``fraction_present``, ``fraction_expressed`` (both
-        of ``n_genes``), ``missing`` (comma-joined), ``scored`` and ``reason`` (empty if scored).
+        of ``n_genes``), ``missing`` (comma-joined), ``aliases_used`` (genes found by a
+        previous or alias symbol, e.g. ``CXCL8<-IL8; WARS1<-WARS``), ``scored`` and
+        ``reason`` (empty if scored).
     """
-    _check_input(adata, min_coverage)
+    _check_input(adata, min_coverage, min_expressed_genes)
     names = _resolve_sets(library, species, sets)
-    coverage = {
-        name: gene_coverage(adata, library.genes(name, species), case_insensitive=case_insensitive)
+    resolved = {
+        name: resolve_symbols(
+            library.genes(name, species),
+            adata.var_names,
+            species=species,
+            case_insensitive=case_insensitive,
+        )
         for name in names
     }
+    coverage = {name: _split(found) for name, found in resolved.items()}
     expressed = _expressed(adata, list(dict.fromkeys(g for p, _ in coverage.values() for g in p)))
     rows = []
-    for present, missing in coverage.values():
+    for name, (present, missing) in coverage.items():
         n_genes, n_present = len(present) + len(missing), len(present)
         n_expressed = sum(g in expressed for g in present)
-        reason = _reason(n_genes, n_present, n_expressed, min_coverage)
+        reason = _reason(n_genes, n_present, n_expressed, min_coverage, min_expressed_genes)
         rows.append(
             (
                 n_genes,
@@ -190,6 +224,7 @@ def coverage_table(
                 n_present / n_genes,
                 n_expressed / n_genes,
                 ",".join(missing),
+                aliases_used(resolved[name]),
                 not reason,
                 reason,
             )
@@ -221,6 +256,7 @@ def score_signatures(
     species: str,
     sets: str | list[str] | None = None,
     min_coverage: float = 0.5,
+    min_expressed_genes: int = 3,
     use_raw: bool = False,
     seed: int = 0,
     case_insensitive: bool = False,
@@ -230,9 +266,9 @@ def score_signatures(
     """Score each covered gene set per cell with :func:`scanpy.tl.score_genes`.
 
     Adds ``obs['score_<set>']`` for every set with at least ``min_coverage`` of its genes
-    present (and any of them expressed) and ``uns['signature_coverage']`` (the coverage table
-    as a dict of lists). Sets below the threshold get no column; a stale column from an earlier
-    run is removed.
+    present and ``min_expressed_genes`` of them expressed, and ``uns['signature_coverage']``
+    (the coverage table as a dict of lists). Sets below the thresholds get no column; a stale
+    column from an earlier run is removed.
 
     Parameters
     ----------
@@ -246,6 +282,8 @@ def score_signatures(
         Set names; None for :func:`default_score_sets`.
     min_coverage
         Minimum fraction of a set's genes present in the dataset.
+    min_expressed_genes
+        Minimum number of a set's genes expressed in some cell (see :func:`coverage_table`).
     use_raw
         Must be False: scores use X, which the caller has normalised.
     seed
@@ -270,6 +308,7 @@ def score_signatures(
         sets=sets,
         case_insensitive=case_insensitive,
         min_coverage=min_coverage,
+        min_expressed_genes=min_expressed_genes,
     )
     n_bins, ctrl_size = _control_params(adata.n_vars, n_bins=n_bins, ctrl_size=ctrl_size)
     for name in table.index:
@@ -279,7 +318,10 @@ def score_signatures(
         if not table.at[name, "scored"]:
             continue
         present, _ = gene_coverage(
-            adata, library.genes(name, species), case_insensitive=case_insensitive
+            adata,
+            library.genes(name, species),
+            case_insensitive=case_insensitive,
+            species=species,
         )
         try:
             # ctrl_as_ref=False keeps the set's own genes out of its controls (the scanpy 2.0
@@ -326,9 +368,9 @@ def calibrated_scores(
         Per set: Spearman correlation of the primary score with UCell (method agreement).
     """
     sets = {
-        name: gene_coverage(adata, library.genes(name, species), case_insensitive=case_insensitive)[
-            0
-        ]
+        name: gene_coverage(
+            adata, library.genes(name, species), case_insensitive=case_insensitive, species=species
+        )[0]
         for name in coverage.index[coverage["scored"].astype(bool)]
     }
     for column in [c for c in adata.obs.columns if str(c).startswith(Z_PREFIX)]:
