@@ -448,3 +448,68 @@ def test_cells_per_gene_counts_kept_rows_without_explicit_zeros():
     expected = np.asarray((x[keep].toarray() != 0).sum(axis=0)).ravel()
     np.testing.assert_array_equal(_cells_per_gene(x, keep), expected)
     np.testing.assert_array_equal(_cells_per_gene(x.tocsc(), keep), expected)
+
+
+def low_mito_group(*, n_high=300, n_low=100, n_between=12, seed=0):
+    """A sample whose second population (macrophage-like) has far less mitochondrial RNA.
+
+    Population 0: 8-14 % mito counts; population 1: 1.5-2.5 %, but for ``n_between`` cells at
+    7 %: inside the sample's mito bound, far above the group's own one.
+    """
+    adata = make_populations([n_high, n_low], seed=seed)
+    rng = np.random.default_rng(seed)
+    target = np.r_[rng.uniform(8, 14, n_high), rng.uniform(1.5, 2.5, n_low)]
+    between = np.arange(n_high, n_high + n_between)
+    target[between] = 7.0
+    counts = adata.layers["counts"].tolil()
+    other = np.asarray(adata.layers["counts"][:, 3:].sum(axis=1)).ravel()
+    counts[:, :3] = 0
+    counts[:, 0] = np.round(other * target / (100 - target)).reshape(-1, 1)
+    adata.X = counts.tocsr()
+    adata.layers["counts"] = adata.X.copy()
+    compute_qc_metrics(adata)
+    assign_qc_groups(adata, seed=0, resolution=0.3, min_group_cells=30)
+    return adata, adata.obs_names[between]
+
+
+def test_lineage_aware_qc_never_removes_a_cell_the_sample_thresholds_keep():
+    adata, between = low_mito_group()
+    low = (adata.obs["population"] == 1).to_numpy()
+    assert adata.obs["qc_group"][low].nunique() == 1  # the low-mito population is one group
+    kwargs = dict(counts_based=True, min_cells_per_gene=1, lineage_aware=True, **THRESHOLDS)
+    tight, _, _ = filter_cells(adata.copy(), lineage_can_tighten=True, **kwargs)
+    loose, _, losses = filter_cells(adata, **kwargs)  # default: never stricter
+    # the group's own mito bound removes the 7 % cells; the sample's bound keeps them
+    assert not between.isin(tight.obs_names).any()
+    assert between.isin(loose.obs_names).all()
+    sample_kept = ~adata.obs["qc_removed_sample_mode"].to_numpy()
+    assert not (sample_kept & adata.obs["qc_removed_lineage_mode"].to_numpy()).any()
+    assert adata.obs_names[sample_kept].isin(loose.obs_names).all()
+    # the losses table shows both lineage modes and the cells only tightening removes
+    group = adata.obs.loc[between[0], "qc_group"]
+    row = losses.loc[("s1", group)]
+    assert row["removed_by_tightening"] >= len(between)
+    assert row["removed_lineage_own_bounds"] >= row["removed_sample_mode"] + len(between)
+    assert row["removed_lineage_mode"] == row["removed_lineage_never_stricter"]
+    assert (losses["removed_lineage_never_stricter"] <= losses["removed_sample_mode"]).all()
+    tightened = adata.obs["qc_removed_lineage_own_bounds"].to_numpy() & sample_kept
+    assert losses["removed_by_tightening"].sum() == tightened.sum()
+    assert set(between) <= set(adata.obs_names[tightened])
+
+
+def test_group_bounds_are_widened_to_the_sample_bounds_unless_they_may_tighten():
+    adata, _ = low_mito_group()
+    tables = {
+        tighten: flag_cells(
+            adata, counts_based=True, lineage_aware=True, lineage_can_tighten=tighten, **THRESHOLDS
+        ).set_index(["scope", "metric"])
+        for tighten in (False, True)
+    }
+    group = adata.obs.loc[adata.obs["population"] == 1, "qc_group"].iloc[0]
+    sample_mt = tables[False].loc[("sample", "pct_counts_mt"), "upper"]
+    assert tables[True].loc[(group, "pct_counts_mt"), "upper"] < 4 < sample_mt
+    assert tables[False].loc[(group, "pct_counts_mt"), "upper"] == sample_mt
+    for (scope, metric), row in tables[False].iterrows():
+        sample = tables[False].loc[("sample", metric)]
+        assert not row["lower"] > sample["lower"], (scope, metric)  # NaN: unbounded
+        assert not row["upper"] < sample["upper"], (scope, metric)

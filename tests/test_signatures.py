@@ -6,6 +6,7 @@ import yaml
 from osteoimmune.errors import SignatureError
 from osteoimmune.signatures import (
     DEFAULT_LIBRARY,
+    PROJECT_SOURCE,
     SignatureLibrary,
     build_library,
     load_library,
@@ -23,8 +24,13 @@ def source() -> dict:
 
 
 @pytest.fixture(scope="module")
+def project() -> dict:
+    return yaml.safe_load(PROJECT_SOURCE.read_text())
+
+
+@pytest.fixture(scope="module")
 def built() -> dict:
-    return build_library(SOURCE)
+    return build_library(SOURCE, project=PROJECT_SOURCE)
 
 
 def _tiny_source(tmp_path: Path, *, sources: list[str]) -> Path:
@@ -61,18 +67,20 @@ def _tiny_source(tmp_path: Path, *, sources: list[str]) -> Path:
 
 
 @needs_source
-def test_build_keeps_every_set_and_reference(source, built):
-    assert list(built["sets"]) == [s["name"] for s in source["sets"]]
-    assert built["references"] == source["references"]
-    assert built["curation_notes"] == source["curation_notes"]
+def test_build_keeps_every_set_and_reference(source, project, built):
+    assert list(built["sets"]) == [s["name"] for s in source["sets"] + project["sets"]]
+    assert built["references"] == {**source["references"], **project["references"]}
+    assert built["curation_notes"] == source["curation_notes"] + project["curation_notes"]
     assert built["external_msigdb_sets_not_shipped"] == source["external_msigdb_sets_not_shipped"]
     assert built["built_from"]["file"] == "signatures.yaml"
     assert len(built["built_from"]["sha256"]) == 64
+    assert built["built_from"]["project"]["file"] == PROJECT_SOURCE.name
 
 
 @needs_source
-def test_build_keeps_genes_sources_evidence_and_resolves_citations(source, built):
-    for entry in source["sets"]:
+def test_build_keeps_genes_sources_evidence_and_resolves_citations(source, project, built):
+    references = {**source["references"], **project["references"]}
+    for entry in source["sets"] + project["sets"]:
         out = built["sets"][entry["name"]]
         for species, genes in entry["genes"].items():
             if genes:
@@ -91,7 +99,7 @@ def test_build_keeps_genes_sources_evidence_and_resolves_citations(source, built
             assert out.get(key) == entry.get(key), (entry["name"], key)
         assert len(out["citations"]) == len(entry["sources"])
         for key, citation in zip(entry["sources"], out["citations"], strict=True):
-            ref = source["references"][key]
+            ref = references[key]
             assert citation.startswith(ref["citation"].strip().rstrip("."))
             if ref.get("doi"):
                 assert f"doi:{ref['doi']}" in citation
@@ -226,3 +234,60 @@ def test_bad_gmt_line_is_an_error(tmp_path):
     path.write_text("only_a_name\n")
     with pytest.raises(SignatureError, match="line 1"):
         read_gmt(path, species="human")
+
+
+def _project_source(tmp_path: Path, *, name: str, references: dict, sources: list[str]) -> Path:
+    doc = {
+        "references": references,
+        "sets": [
+            {
+                "name": name,
+                "category": "c",
+                "description": "d",
+                "use": "score",
+                "genes": {"human": ["C3"], "mouse": ["C3"]},
+                "sources": sources,
+                "evidence_level": "low",
+                "evidence_notes": "n",
+            }
+        ],
+    }
+    path = tmp_path / "project.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_project_sets_are_merged_and_may_cite_curated_references(tmp_path):
+    source = _tiny_source(tmp_path, sources=["ref1"])
+    refs = {"own": {"citation": "Own. Paper. 2021", "doi": "10.2/own"}}
+    project = _project_source(tmp_path, name="setB", references=refs, sources=["own", "ref1"])
+    library = build_library(source, project=project)
+    assert list(library["sets"]) == ["setA", "setB"]
+    assert library["sets"]["setB"]["citations"] == [
+        "Own. Paper. 2021. doi:10.2/own",
+        "Doe J. A paper. J 2020. doi:10.1/x. PMID:123",
+    ]
+    assert library["built_from"]["project"]["file"] == "project.yaml"
+    assert list(build_library(source)["sets"]) == ["setA"]  # without project: curated only
+
+
+@pytest.mark.parametrize(
+    ("name", "references", "sources", "match"),
+    [
+        ("setA", {}, ["ref1"], r"project.yaml: set 'setA' is already in the library"),
+        ("setB", {}, ["nope"], r"'setB'.*'nope'"),
+        ("setB", {"ref1": {"citation": "Other"}}, ["ref1"], r"reference 'ref1' differs"),
+    ],
+)
+def test_project_source_conflicts_are_errors(tmp_path, name, references, sources, match):
+    source = _tiny_source(tmp_path, sources=["ref1"])
+    project = _project_source(tmp_path, name=name, references=references, sources=sources)
+    with pytest.raises(SignatureError, match=match):
+        build_library(source, project=project)
+
+
+def test_cli_without_project_builds_the_curated_sets_only(tmp_path):
+    source = _tiny_source(tmp_path, sources=["ref1"])
+    out = tmp_path / "lib.yaml"
+    assert main(["build", str(source), str(out), "--no-project"]) == 0
+    assert list(yaml.safe_load(out.read_text())["sets"]) == ["setA"]

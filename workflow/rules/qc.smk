@@ -10,6 +10,7 @@ rule qc_sample:
         thresholds="results/{dataset}/intermediate/qc_samples/{sample}_thresholds.tsv",
     params:
         qc=config["qc"],
+        lineage_can_tighten=config["qc"]["lineage_can_tighten"],
         seed=config["seed"],
     log:
         "logs/qc_sample/{dataset}/{sample}.log",

@@ -11,7 +11,7 @@ from osteoimmune.samples import share_counts
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, h5ad, qc, seed, out, thresholds):
+def main(*, h5ad, qc, lineage_can_tighten, seed, out, thresholds):
     adata = ad.read_h5ad(h5ad)
     share_counts(adata)  # one copy of the raw counts in memory (X and layers['counts'])
     value_type = adata.uns["osteoimmune"]["value_type"]
@@ -23,6 +23,7 @@ def main(*, h5ad, qc, seed, out, thresholds):
         adata,
         counts_based=value_type == "counts",
         lineage_aware=qc["lineage_aware"],
+        lineage_can_tighten=lineage_can_tighten,
         min_group_cells=qc["min_group_cells"],
         remove_doublets=qc["remove_doublets"],
         **threshold_params(qc),
@@ -38,6 +39,7 @@ if __name__ == "__main__":
         main(
             h5ad=snakemake.input.h5ad,
             qc=snakemake.params.qc,
+            lineage_can_tighten=snakemake.params.lineage_can_tighten,
             seed=snakemake.params.seed,
             out=snakemake.output.h5ad,
             thresholds=snakemake.output.thresholds,

@@ -2,7 +2,9 @@
 
 Thresholds are computed per sample, or (lineage-aware mode) within coarse clusters of each
 sample, so that lineages with few counts (neutrophils) or a few dominant genes (erythroid cells,
-hemoglobin) are not mistaken for low-quality cells.
+hemoglobin) are not mistaken for low-quality cells. A group's bounds are widened to at least
+its sample's (``lineage_can_tighten=False``, the default): lineage-aware QC may spare cells
+that the per-sample thresholds remove, but never removes a cell that they keep.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def mad_outlier(values: np.ndarray, *, nmads: float, upper_only: bool = False) -
     return (values < lower) | (values > upper)
 
 
-def qc_flags(
+def reason_bounds(
     obs: pd.DataFrame,
     *,
     counts_based: bool,
@@ -99,68 +101,102 @@ def qc_flags(
     max_pct_mt: float,
     min_genes: int,
     min_counts: float,
-) -> pd.DataFrame:
-    """Return one boolean column per removal reason for the cells of one sample.
+    sample_obs: pd.DataFrame | None = None,
+) -> dict[str, tuple[str, float, float]]:
+    """Per removal reason: the ``obs`` column it tests and its ``(lower, upper)`` bounds.
 
     Count-based reasons (MAD outliers, % mitochondrial) apply only to count input; the absolute
-    lower bounds apply to every input.
+    lower bounds apply to every input. With ``sample_obs`` (the cells of the whole sample, when
+    ``obs`` is one coarse group of it) each bound is widened to at least the sample's, so the
+    group is never stricter than its sample.
+    """
+    bounds = {
+        "low_genes": ("n_genes_by_counts", float(max(min_genes, 1)), np.inf),
+        "low_counts": ("total_counts", float(min_counts), np.inf),
+    }
+    if counts_based:
+        for reason, column in (
+            ("outlier_counts", "log1p_total_counts"),
+            ("outlier_genes", "log1p_n_genes_by_counts"),
+            ("outlier_top20", "pct_counts_in_top_20_genes"),
+        ):
+            bounds[reason] = (column, *mad_bounds(obs[column], nmads=nmads))
+        upper = mad_bounds(obs["pct_counts_mt"], nmads=mt_nmads, upper_only=True)[1]
+        bounds["high_mt"] = ("pct_counts_mt", -np.inf, min(upper, max_pct_mt))
+    if sample_obs is not None:
+        thresholds = dict(nmads=nmads, mt_nmads=mt_nmads, max_pct_mt=max_pct_mt)
+        floor = reason_bounds(
+            sample_obs,
+            counts_based=counts_based,
+            min_genes=min_genes,
+            min_counts=min_counts,
+            **thresholds,
+        )
+        bounds = {
+            reason: (column, min(lower, floor[reason][1]), max(upper, floor[reason][2]))
+            for reason, (column, lower, upper) in bounds.items()
+        }
+    return bounds
+
+
+def qc_flags(obs: pd.DataFrame, *, counts_based: bool, **thresholds) -> pd.DataFrame:
+    """Return one boolean column per removal reason for the cells of one sample (or group).
+
+    A cell is flagged for a reason when its value lies outside the reason's bounds; keyword
+    arguments as in :func:`reason_bounds`.
     """
     flags = pd.DataFrame(index=obs.index)
-    flags["low_genes"] = obs["n_genes_by_counts"].to_numpy() < max(min_genes, 1)
-    flags["low_counts"] = obs["total_counts"].to_numpy() < min_counts
-    if counts_based:
-        flags["outlier_counts"] = mad_outlier(obs["log1p_total_counts"], nmads=nmads)
-        flags["outlier_genes"] = mad_outlier(obs["log1p_n_genes_by_counts"], nmads=nmads)
-        flags["outlier_top20"] = mad_outlier(obs["pct_counts_in_top_20_genes"], nmads=nmads)
-        pct_mt = obs["pct_counts_mt"].to_numpy()
-        flags["high_mt"] = mad_outlier(pct_mt, nmads=mt_nmads, upper_only=True) | (
-            pct_mt > max_pct_mt
-        )
+    for reason, (column, lower, upper) in reason_bounds(
+        obs, counts_based=counts_based, **thresholds
+    ).items():
+        values = obs[column].to_numpy(dtype=float)
+        flags[reason] = (values < lower) | (values > upper)
     return flags
 
 
 def qc_thresholds(
-    obs: pd.DataFrame,
-    *,
-    counts_based: bool,
-    nmads: float,
-    mt_nmads: float,
-    max_pct_mt: float,
-    min_genes: int,
-    min_counts: float,
+    obs: pd.DataFrame, *, counts_based: bool, **thresholds
 ) -> dict[str, tuple[float, float]]:
     """The bounds :func:`qc_flags` applies to these cells, per metric, in the metric's units.
 
-    Cells outside ``[lower, upper]`` are flagged (infinite bounds flag nothing).
+    Cells outside ``[lower, upper]`` are flagged (infinite bounds flag nothing). Keyword
+    arguments as in :func:`reason_bounds`.
     """
+    reasons = reason_bounds(obs, counts_based=counts_based, **thresholds)
     bounds = {
-        "total_counts": (float(min_counts), np.inf),
-        "n_genes_by_counts": (float(max(min_genes, 1)), np.inf),
+        "total_counts": (reasons["low_counts"][1], np.inf),
+        "n_genes_by_counts": (reasons["low_genes"][1], np.inf),
     }
     if not counts_based:
         return bounds
-    for metric in ("total_counts", "n_genes_by_counts"):
-        lower, upper = np.expm1(mad_bounds(obs[f"log1p_{metric}"], nmads=nmads))
+    for metric, reason in (
+        ("total_counts", "outlier_counts"),
+        ("n_genes_by_counts", "outlier_genes"),
+    ):
+        lower, upper = np.expm1(reasons[reason][1:])
         bounds[metric] = (max(bounds[metric][0], lower), upper)
-    bounds["pct_counts_in_top_20_genes"] = mad_bounds(
-        obs["pct_counts_in_top_20_genes"], nmads=nmads
-    )
-    upper = mad_bounds(obs["pct_counts_mt"], nmads=mt_nmads, upper_only=True)[1]
-    bounds["pct_counts_mt"] = (-np.inf, min(upper, max_pct_mt))
+    bounds["pct_counts_in_top_20_genes"] = reasons["outlier_top20"][1:]
+    bounds["pct_counts_mt"] = reasons["high_mt"][1:]
     return bounds
 
 
 def threshold_table(
-    obs: pd.DataFrame, *, min_group_cells: int | None, counts_based: bool, **thresholds
+    obs: pd.DataFrame,
+    *,
+    min_group_cells: int | None,
+    counts_based: bool,
+    lineage_can_tighten: bool = False,
+    **thresholds,
 ) -> pd.DataFrame:
     """Bounds per sample (scope ``sample``) and per qc_group of it (lineage-aware mode).
 
     One row per sample x scope x metric with columns lower, upper (NaN = unbounded) and cells.
+    Group bounds are widened to the sample's unless ``lineage_can_tighten``.
     """
     rows = []
 
-    def add(sample, scope: str, part: pd.DataFrame) -> None:
-        bounds = qc_thresholds(part, counts_based=counts_based, **thresholds)
+    def add(sample, scope: str, part: pd.DataFrame, whole: pd.DataFrame | None = None) -> None:
+        bounds = qc_thresholds(part, counts_based=counts_based, sample_obs=whole, **thresholds)
         for metric, (lower, upper) in bounds.items():
             rows.append((sample, scope, metric, lower, upper, len(part)))
 
@@ -169,7 +205,7 @@ def threshold_table(
         if min_group_cells is not None and "qc_group" in sample_obs:
             for group, part in sample_obs.groupby("qc_group", observed=True):
                 if len(part) >= min_group_cells:
-                    add(sample, str(group), part)
+                    add(sample, str(group), part, None if lineage_can_tighten else sample_obs)
     table = pd.DataFrame(rows, columns=["sample", "scope", "metric", "lower", "upper", "cells"])
     table[["lower", "upper"]] = table[["lower", "upper"]].replace([np.inf, -np.inf], np.nan)
     return table
@@ -618,49 +654,64 @@ def assign_qc_groups(
 
 
 def grouped_flags(
-    obs: pd.DataFrame, *, min_group_cells: int | None, counts_based: bool, **thresholds
+    obs: pd.DataFrame,
+    *,
+    min_group_cells: int | None,
+    counts_based: bool,
+    lineage_can_tighten: bool = False,
+    **thresholds,
 ) -> pd.DataFrame:
     """Removal reasons per cell, thresholds computed per sample or per sample x qc_group.
 
     With ``min_group_cells`` (lineage-aware mode) the thresholds are computed within each
     ``obs['qc_group']`` of a sample; groups with fewer cells keep the sample's thresholds.
+    Unless ``lineage_can_tighten``, a group's bounds are widened to at least the sample's, so
+    no cell that the sample's thresholds keep is flagged.
     """
     parts = []
     for _, sample_obs in obs.groupby("sample", observed=True):
         flags = qc_flags(sample_obs, counts_based=counts_based, **thresholds)
         if min_group_cells is not None and "qc_group" in sample_obs:
             groups = sample_obs.groupby("qc_group", observed=True).indices
+            whole = None if lineage_can_tighten else sample_obs
             for idx in groups.values():
                 if len(idx) >= min_group_cells:
                     flags.iloc[idx] = qc_flags(
-                        sample_obs.iloc[idx], counts_based=counts_based, **thresholds
+                        sample_obs.iloc[idx],
+                        counts_based=counts_based,
+                        sample_obs=whole,
+                        **thresholds,
                     ).to_numpy()
         parts.append(flags)
     return pd.concat(parts).reindex(obs.index)
 
 
-def lineage_losses(
-    obs: pd.DataFrame, *, sample_mode: pd.Series, lineage_mode: pd.Series
-) -> pd.DataFrame:
-    """Cells removed per sample x qc_group under sample-level and lineage-aware thresholds.
+# Each cell's verdict under every mode (obs columns qc_removed_<verdict>): per-sample
+# thresholds, lineage-aware as configured, lineage-aware with the groups' own bounds (may be
+# stricter than the sample's) and widened to never be stricter than the sample's.
+VERDICTS = ("sample_mode", "lineage_mode", "lineage_own_bounds", "lineage_never_stricter")
+VERDICT_PREFIX = "qc_removed_"
 
-    Medians of total counts, genes and % hemoglobin say which lineage a group is.
+
+def lineage_losses(obs: pd.DataFrame, *, verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Cells removed per sample x qc_group under each QC mode.
+
+    ``verdicts`` has one boolean column per mode (:data:`VERDICTS`), counted as
+    ``removed_<mode>``; ``removed_by_tightening`` counts the cells the groups' own bounds remove
+    although the sample's thresholds keep them (``qc.lineage_can_tighten: true`` removes them,
+    ``false`` keeps them). Medians of total counts, genes and % mito / hemoglobin say which
+    lineage a group is.
     """
     keys = [obs["sample"], obs["qc_group"] if "qc_group" in obs else pd.Series("all", obs.index)]
-    table = (
-        pd.DataFrame(
-            {
-                "cells": 1,
-                "removed_sample_mode": sample_mode.astype(int),
-                "removed_lineage_mode": lineage_mode.astype(int),
-            },
-            index=obs.index,
-        )
-        .groupby(keys, observed=True)
-        .sum()
-    )
+    counts = verdicts.astype(int).add_prefix("removed_")
+    if {"sample_mode", "lineage_own_bounds"} <= set(verdicts.columns):
+        tightened = verdicts["lineage_own_bounds"] & ~verdicts["sample_mode"]
+        counts["removed_by_tightening"] = tightened.astype(int)
+    counts.insert(0, "cells", 1)
+    table = counts.groupby(keys, observed=True).sum()
+    metrics = ["total_counts", "n_genes_by_counts", "pct_counts_mt", "pct_counts_hb"]
     medians = (
-        obs[["total_counts", "n_genes_by_counts", "pct_counts_hb"]]
+        obs[[m for m in metrics if m in obs]]
         .groupby(keys, observed=True)
         .median()
         .add_prefix("median_")
@@ -755,6 +806,7 @@ def flag_cells(
     *,
     counts_based: bool,
     lineage_aware: bool = False,
+    lineage_can_tighten: bool = False,
     min_group_cells: int = 30,
     remove_doublets: bool = True,
     **thresholds,
@@ -762,31 +814,38 @@ def flag_cells(
     """Mark the cells to remove, per sample (or per coarse group), in ``adata.obs`` (in place).
 
     Adds one ``qc_fail_<reason>`` column per reason (in the chosen mode), ``qc_pass``, and
-    ``qc_removed_sample_mode`` / ``qc_removed_lineage_mode`` (each mode's verdict, for the
-    losses table). Returns the thresholds used (:func:`threshold_table`). Parameters as in
+    ``qc_removed_<mode>`` per mode of :data:`VERDICTS` (each mode's verdict, for the losses
+    table). Returns the thresholds used (:func:`threshold_table`). Parameters as in
     :func:`filter_cells`.
     """
+    own = "lineage_own_bounds" if lineage_can_tighten else "lineage_never_stricter"
     modes = {
-        size: grouped_flags(
-            adata.obs, min_group_cells=size, counts_based=counts_based, **thresholds
+        mode: grouped_flags(
+            adata.obs,
+            min_group_cells=None if mode == "sample_mode" else min_group_cells,
+            counts_based=counts_based,
+            lineage_can_tighten=mode == "lineage_own_bounds",
+            **thresholds,
         )
-        for size in (None, min_group_cells)
+        for mode in ("sample_mode", "lineage_own_bounds", "lineage_never_stricter")
     }
+    modes["lineage_mode"] = modes[own]
     if remove_doublets and "predicted_doublet" in adata.obs:
         for flags in modes.values():
             flags["doublet"] = adata.obs["predicted_doublet"].to_numpy(dtype=bool)
-    flags = modes[min_group_cells if lineage_aware else None]
+    flags = modes["lineage_mode" if lineage_aware else "sample_mode"]
     stale = [c for c in adata.obs.columns if c.startswith(FLAG_PREFIX)]  # from an earlier call
     adata.obs = adata.obs.drop(columns=stale)
     for reason in flags.columns:
         adata.obs[FLAG_PREFIX + reason] = flags[reason].to_numpy(dtype=bool)
     adata.obs["qc_pass"] = ~flags.any(axis=1).to_numpy()
-    adata.obs["qc_removed_sample_mode"] = modes[None].any(axis=1).to_numpy()
-    adata.obs["qc_removed_lineage_mode"] = modes[min_group_cells].any(axis=1).to_numpy()
+    for mode in VERDICTS:
+        adata.obs[VERDICT_PREFIX + mode] = modes[mode].any(axis=1).to_numpy()
     return threshold_table(
         adata.obs,
         min_group_cells=min_group_cells if lineage_aware else None,
         counts_based=counts_based,
+        lineage_can_tighten=lineage_can_tighten,
         **thresholds,
     )
 
@@ -811,11 +870,10 @@ def finish_qc(
     flags.columns = [c.removeprefix(FLAG_PREFIX) for c in reasons]
     remove = ~obs["qc_pass"].fillna(False).to_numpy(dtype=bool)
     summary = qc_summary(flags, remove, obs["sample"])
-    losses = lineage_losses(
-        obs,
-        sample_mode=obs["qc_removed_sample_mode"].astype(bool),
-        lineage_mode=obs["qc_removed_lineage_mode"].astype(bool),
-    )
+    verdict_columns = [VERDICT_PREFIX + mode for mode in VERDICTS if VERDICT_PREFIX + mode in obs]
+    verdicts = obs[verdict_columns].fillna(False).astype(bool)
+    verdicts.columns = [c.removeprefix(VERDICT_PREFIX) for c in verdict_columns]
+    losses = lineage_losses(obs, verdicts=verdicts)
     dropped = small_samples(
         summary["cells_out"],
         min_cells=max(min_cells_per_sample, 1),
@@ -828,7 +886,7 @@ def finish_qc(
     # genes are counted on the kept cells first, so that the AnnData is copied only once
     n_cells = _cells_per_gene(adata.X, ~remove)
     out = adata[~remove, n_cells >= min_cells_per_gene].copy()
-    out.obs = out.obs.drop(columns=[*reasons, "qc_removed_sample_mode", "qc_removed_lineage_mode"])
+    out.obs = out.obs.drop(columns=[*reasons, *verdict_columns])
     out.obs["qc_pass"] = True
     return out, summary, losses
 
@@ -847,6 +905,7 @@ def filter_cells(
     counts_based: bool,
     min_cells_per_gene: int,
     lineage_aware: bool = False,
+    lineage_can_tighten: bool = False,
     min_group_cells: int = 30,
     remove_doublets: bool = True,
     min_cells_per_sample: int = 0,
@@ -871,6 +930,10 @@ def filter_cells(
     lineage_aware, min_group_cells
         Compute thresholds within each qc_group of a sample (groups of at least
         ``min_group_cells`` cells; smaller ones use the sample's thresholds).
+    lineage_can_tighten
+        Let a group's thresholds be stricter than its sample's; by default they are widened
+        to at least the sample's, so lineage-aware QC never removes a cell that the
+        per-sample thresholds keep.
     remove_doublets
         Remove cells with ``obs['predicted_doublet']`` (reason ``doublet``).
     min_cells_per_sample, on_small_sample, dataset
@@ -882,12 +945,14 @@ def filter_cells(
     Returns
     -------
     The filtered AnnData (a copy); a table per sample (cells in, flagged per reason, removed,
-    out, whether dropped as too small); cells removed per sample x qc_group in both modes.
+    out, whether dropped as too small); cells removed per sample x qc_group in every mode
+    (:func:`lineage_losses`).
     """
     flag_cells(
         adata,
         counts_based=counts_based,
         lineage_aware=lineage_aware,
+        lineage_can_tighten=lineage_can_tighten,
         min_group_cells=min_group_cells,
         remove_doublets=remove_doublets,
         **thresholds,

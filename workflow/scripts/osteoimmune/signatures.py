@@ -1,11 +1,14 @@
 """The gene-signature library: build it from the curated source, load, query and export it.
 
 The curated source (``signatures.yaml`` of the shared reference folder) lists each set with its
-genes per species, its sources and the evidence behind it. :func:`build_library` turns it into
-the project's library (``osteoimmune/data/signatures.yaml``), keyed by set name, with every
-source resolved to a full citation; :func:`load_library` reads and validates that library.
+genes per species, its sources and the evidence behind it. The project's own sets (programs the
+source reviews name that the curated source lacks) are in ``osteoimmune/data/
+signatures_project.yaml``, in the same format. :func:`build_library` merges both into the
+project's library (``osteoimmune/data/signatures.yaml``), keyed by set name, with every source
+resolved to a full citation; :func:`load_library` reads and validates that library.
 
-Run ``python -m osteoimmune.signatures build SOURCE OUT`` to rebuild the packaged library.
+Run ``python -m osteoimmune.signatures build SOURCE OUT`` to rebuild the packaged library (the
+project file is merged by default; ``--project FILE`` names another one).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ LIBRARY_SCHEMA_VERSION = 1
 SPECIES = ("human", "mouse")
 USES = ("score", "annotation", "per_gene", "enrichment_reference", "reference_only")
 DEFAULT_LIBRARY = Path(__file__).parent / "data" / "signatures.yaml"
+PROJECT_SOURCE = Path(__file__).parent / "data" / "signatures_project.yaml"
 
 # Library order of a set's fields; fields the source adds later are kept after these.
 _SET_FIELDS = (
@@ -145,32 +149,66 @@ def _convert_set(entry: dict, references: dict) -> tuple[str, dict]:
     return name, ordered
 
 
-def build_library(source: Path) -> dict:
-    """Convert the curated signature source into the project's library format.
+def _read_source(source: Path) -> dict:
+    raw = _read_yaml(source, what="Signature source")
+    if not isinstance(raw, dict) or not {"references", "sets"} <= raw.keys():
+        msg = f"Signature source {source} needs top-level 'references' and 'sets'."
+        raise SignatureError(msg)
+    if not isinstance(raw["references"], dict) or not isinstance(raw["sets"], list):
+        msg = f"Signature source {source}: 'references' must be a mapping, 'sets' a list."
+        raise SignatureError(msg)
+    return raw
+
+
+def _merged_references(raw: dict, extra: dict, *, project: Path) -> dict:
+    references = dict(raw["references"])
+    for key, ref in extra["references"].items():
+        if key in references and references[key] != ref:
+            msg = (
+                f"Project signature source {project}: reference '{key}' differs from the "
+                "curated source's; use the curated key or rename it."
+            )
+            raise SignatureError(msg)
+        references[key] = ref
+    return references
+
+
+def _built_from(path: Path, raw: dict) -> dict:
+    return {
+        "file": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "schema_version": raw.get("schema_version"),
+    }
+
+
+def build_library(source: Path, *, project: Path | None = None) -> dict:
+    """Convert the curated signature source (and the project's sets) into the library format.
 
     Parameters
     ----------
     source
         The curated source YAML (``sets`` as a list with ``name``; ``references`` by key).
+    project
+        The project's own sets in the same format (e.g. :data:`PROJECT_SOURCE`), appended after
+        the curated sets; its sets may cite references of either file. None: curated sets only.
 
     Returns
     -------
     dict
-        The library: ``schema_version``, ``title``, ``built_from`` (file name and sha256),
-        ``curation_notes`` and ``references`` verbatim, ``sets`` (name -> set, with resolved
-        ``citations``) and ``external_msigdb_sets_not_shipped`` verbatim.
+        The library: ``schema_version``, ``title``, ``built_from`` (file name and sha256; with
+        ``project``, ``project`` the same for it), ``curation_notes`` (the project's appended)
+        and ``references`` (the project's appended) verbatim, ``sets`` (name -> set, with
+        resolved ``citations``) and ``external_msigdb_sets_not_shipped`` verbatim.
     """
     source = Path(source)
-    raw = _read_yaml(source, what="Signature source")
-    if not isinstance(raw, dict) or not {"references", "sets"} <= raw.keys():
-        msg = f"Signature source {source} needs top-level 'references' and 'sets'."
-        raise SignatureError(msg)
-    references = raw["references"]
+    raw = _read_source(source)
+    extra = _read_source(Path(project)) if project is not None else {"references": {}, "sets": []}
+    references = _merged_references(raw, extra, project=project)
     sets: dict[str, dict] = {}
-    for entry in raw["sets"]:
+    for where, entry in [(source, e) for e in raw["sets"]] + [(project, e) for e in extra["sets"]]:
         name, converted = _convert_set(entry, references)
         if name in sets:
-            msg = f"Signature source {source}: set '{name}' appears twice."
+            msg = f"Signature source {where}: set '{name}' is already in the library; rename it."
             raise SignatureError(msg)
         sets[name] = converted
     external = raw.get("external_msigdb_sets_not_shipped", [])
@@ -178,15 +216,14 @@ def build_library(source: Path) -> dict:
         if ext.get("source") is not None and ext["source"] not in references:
             msg = f"External set '{ext.get('name')}': source '{ext['source']}' is not a reference."
             raise SignatureError(msg)
+    built_from = _built_from(source, raw)
+    if project is not None:
+        built_from["project"] = _built_from(Path(project), extra)
     library = {
         "schema_version": LIBRARY_SCHEMA_VERSION,
         "title": raw.get("title", ""),
-        "built_from": {
-            "file": source.name,
-            "sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
-            "schema_version": raw.get("schema_version"),
-        },
-        "curation_notes": raw.get("curation_notes", []),
+        "built_from": built_from,
+        "curation_notes": raw.get("curation_notes", []) + extra.get("curation_notes", []),
         "references": references,
         "sets": sets,
         "external_msigdb_sets_not_shipped": external,
@@ -497,9 +534,11 @@ def load_library(path: Path | None = None) -> SignatureLibrary:
 def write_library(library: dict, out: Path) -> None:
     """Write a library built by :func:`build_library` to ``out`` as YAML."""
     built = library.get("built_from", {})
+    project = built.get("project")
+    merged = f"\n# and {project['file']} (sha256 {project['sha256']})" if project else ""
     header = (
-        f"# Built from {built.get('file')} (sha256 {built.get('sha256')}) by\n"
-        "# `python -m osteoimmune.signatures build SOURCE OUT`. Edit the source and rebuild;\n"
+        f"# Built from {built.get('file')} (sha256 {built.get('sha256')}){merged} by\n"
+        "# `python -m osteoimmune.signatures build SOURCE OUT`. Edit the sources and rebuild;\n"
         "# do not edit this file by hand.\n"
     )
     text = yaml.safe_dump(library, sort_keys=False, allow_unicode=True, width=100)
@@ -515,9 +554,18 @@ def main(argv: list[str] | None = None) -> int:
     build = commands.add_parser("build", help="build the library from the curated source")
     build.add_argument("source", type=Path, help="curated source signatures.yaml")
     build.add_argument("out", type=Path, help="library file to write")
+    build.add_argument(
+        "--project",
+        type=Path,
+        default=PROJECT_SOURCE,
+        help="the project's own sets, merged after the curated ones (default: %(default)s)",
+    )
+    build.add_argument(
+        "--no-project", action="store_true", help="build from the curated source only"
+    )
     args = parser.parse_args(argv)
     try:
-        library = build_library(args.source)
+        library = build_library(args.source, project=None if args.no_project else args.project)
         write_library(library, args.out)
     except SignatureError as err:
         parser.exit(1, f"error: {err}\n")
