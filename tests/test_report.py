@@ -1,6 +1,7 @@
 """Report rendering: escaping, embedded figures, index rows, on synthetic AnnData."""
 
 import base64
+import io
 import re
 
 import anndata as ad
@@ -16,8 +17,18 @@ from osteoimmune.compare import (
     design_note,
     donor_aggregates,
 )
-from osteoimmune.report import dataset_report, index_row, key_signature_block, render
+from osteoimmune.report import (
+    AXIS_GENES,
+    GENE_ALIASES,
+    cell_type_calls,
+    dataset_report,
+    index_row,
+    key_signature_block,
+    rankl_opg_note,
+    render,
+)
 from osteoimmune.report_conditions import top_changes
+from osteoimmune.report_index import dataset_files, earlier_datasets, index_page
 
 
 @pytest.fixture
@@ -223,15 +234,28 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
         config=config,
         fig_dir=tmp_path / "figures",
         design_note=design_note(aggregates) + " <b>x</b>",
+        sources=pd.read_csv(io.StringIO(SOURCES_TSV), sep="\t", dtype={"flag": str}),
     )
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+    # no header-only table: an empty one is a sentence saying why
+    assert not re.search(r"<tbody>\s*</tbody>", html)
+    assert "No polarization states: no M1 and M2 set were both scored" in html
+    assert "No osteoimmune axis between the cell types of this dataset." in html
+    # the cell type calls, flags in a warning box
+    calls = html[html.index('id="cell-type-calls"') : html.index("<h3>Composition per sample")]
+    assert '<div class="warning">' in calls and "<strong>osteoclast</strong>: bone cell" in calls
+    assert "CD14 92%, LYZ 99%" in calls
+    # the toy data have RANKL only: OPG is said to be absent, plainly
+    assert "OPG (TNFRSF11B) is absent from this dataset" in html
+    assert "RANKL (Tnfsf11) is shown in the dot plot" in html
     assert "P &amp; Q" in html
     sources = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
     files = re.findall(r'data-file="figures/([^"]+)"', html)
-    # qc thresholds, qc, stability, leiden, labels, condition, lineage, type, composition,
-    # confusion, cell type x signature heatmap, RANKL/OPG dot plot, donor comparison,
-    # enrichment top terms (no case-control table: no figure of those sections)
-    assert len(sources) == len(files) == 14
+    # stability, leiden, labels, condition, lineage, type, composition, confusion, cell type x
+    # signature heatmap, RANKL/OPG dot plot, donor comparison, enrichment top terms (no
+    # case-control table: no figure of those sections; tpm values: no QC count figures)
+    assert len(sources) == len(files) == 12
+    assert "rankl_opg_cytokines.png" in files
     assert {"donor_comparison.png", "enrichment_top_terms.png"} <= set(files)
     assert "2 conditions: a (4 donors), b (4 donors)." in html and "&lt;b&gt;x" in html
     assert "Welch" not in html  # the shown columns; the test name is in the TSV
@@ -263,14 +287,23 @@ def test_index_row_and_page(scored):
             "macrophage_M1_classical_core": [0.3, 3.0, -1.0, np.nan],
         }
     )
-    row["key"] = key_signature_block(by_group)
+    coverage = pd.DataFrame(
+        {"scored": [True, False], "reason": ["", "20% of genes present (2/10), below 50%"]},
+        index=pd.Index(["macrophage_M1_classical_core", "macrophage_M2a_alternative_core"]),
+    )
+    row["key"] = key_signature_block(by_group, coverage=coverage)
     assert row["key"]["sets"][:2] == ["M1", "M2a"]
     first = row["key"]["rows"][0]
     assert first["cell_type"] == "macrophage" and first["n_cells"] == 50  # z rows only
-    assert first["cells"][0] == ("3.00", "rgb(255,85,85)")  # capped at +2: strongest red
-    assert first["cells"][1][0] == "n.s."  # M2a not scored
-    assert row["key"]["rows"][1]["cells"][0][0] == "n.s."  # osteoclast: no M1 value
-    assert row["key"]["rows"][2]["cells"][0] == ("-1.00", "rgb(170,170,255)")
+    assert first["cells"][0] == ("3.00", "rgb(255,85,85)", "")  # capped at +2: strongest red
+    # M2a not scored: "not scored" (never "n.s.", read as "not significant"), with the reason
+    assert first["cells"][1] == (
+        "not scored", "#f3f3f3", "not scored: 20% of genes present (2/10), below 50%"
+    )  # fmt: skip
+    assert "species" in first["cells"][2][2]  # no coverage row: not a set of this species
+    assert row["key"]["rows"][1]["cells"][0][0] == "no value"  # osteoclast: M1 scored, no mean
+    assert row["key"]["rows"][2]["cells"][0] == ("-1.00", "rgb(170,170,255)", "")
+    assert "M2a (macrophage_M2a_alternative_core): 20% of genes present" in row["key"]["notes"][0]
     row["changes"] = top_changes(
         de_summary=pd.DataFrame(
             {"group": ["NK", "B"], "contrast": "op vs ctrl", "tested": [True, False],
@@ -291,6 +324,9 @@ def test_index_row_and_page(scored):
     html = render("index.html", rows=[row], signatures=["M1"], versions={"osteoimmune": "0"})
     assert "top: TNFSF11 in NK" in html
     assert "&lt;i&gt;B&lt;/i&gt;" in html and "background: rgb(255,85,85)" in html
+    assert "n.s." not in html
+    assert 'title="not scored: 20% of genes present (2/10), below 50%">not scored</td>' in html
+    assert "Not scored in this dataset: M2a (macrophage_M2a_alternative_core): 20%" in html
     assert 'href="toy/report.html"' in html and "<td>tpm</td>" in html
 
 
@@ -310,3 +346,100 @@ def test_donor_plot_copes_with_a_condition_without_values():
     assert set(data.loc[data["variable"] == "z_M1", "condition"]) == {"a"}
     fig = figures.donor_comparison_plot(data, comparison)
     assert len(fig.axes) == len(comparison)
+
+
+def test_index_lists_this_run_then_earlier_runs_found_on_disk(scored, tmp_path):
+    """results/index.html lists every dataset with a report, earlier runs' marked as such."""
+    results = tmp_path / "results"
+    z_rows = pd.DataFrame(
+        {"grouping": "cell_type", "value": "z", "group": ["macrophage"], "n_cells": [60],
+         "macrophage_M1_classical_core": [0.5]}
+    )  # fmt: skip
+    for dataset in ("zeta", "alpha", "beta"):
+        files = dataset_files(results, dataset)
+        files["by_group"].parent.mkdir(parents=True)
+        files["report"].write_text("<html></html>")
+        if dataset == "beta":  # an earlier run's folder without its AnnData
+            continue
+        adata = scored.copy()
+        adata.uns["osteoimmune"] = scored.uns["osteoimmune"] | {"dataset": dataset}
+        adata.write_h5ad(files["h5ad"])
+        z_rows.to_csv(files["by_group"], sep="\t", index=False)
+    entries = {d: {"title": f"Title {d}", "species": "mouse"} for d in ("zeta", "alpha")}
+    assert earlier_datasets(results, current=["zeta"]) == ["alpha", "beta"]
+    page = index_page(results, current=["zeta"], entries=entries)
+    links = re.findall(r'<a href="(\w+)/report.html">\w+</a></td><td>([a-z ]+)</td>', page)
+    assert links[:3] == [("zeta", "this run"), ("alpha", "earlier run"), ("beta", "earlier run")]
+    assert "Title alpha" in page and "(not in the registry)" in page
+    assert "Not summarised: its results could not be read" in page and "rerun it with" in page
+    assert page == index_page(results, current=["zeta"], entries=entries)  # deterministic
+
+
+SOURCES_TSV = """cell_type\tcell_lineage\tn_cells\tsource_both\tsource_reference\tsource_markers\t\
+median_confidence\tmarker_evidence\tcontradicted\tflag
+classical monocyte\tmyeloid\t50\t40\t6\t4\t0.91\tCD14 92%, LYZ 99%\t2\t
+osteoclast\tbone\t10\t0\t10\t0\t0.55\tACP5 10%\t7\tbone cell type in a dataset whose \
+tissue is not bone
+"""
+
+
+def test_cell_type_calls_render_with_flags_and_say_when_absent(tmp_path):
+    path = tmp_path / "annotation_sources.tsv"
+    path.write_text(SOURCES_TSV)
+    calls = cell_type_calls(pd.read_csv(path, sep="\t", dtype={"flag": str}))
+    assert calls["calls_flags"] == [
+        ("osteoclast", "bone cell type in a dataset whose tissue is not bone")
+    ]
+    table = calls["calls_table"]
+    assert "<th>reference and markers agree</th>" in table and "CD14 92%, LYZ 99%" in table
+    assert "<td>nan</td>" not in table  # an empty flag is an empty cell
+    absent = cell_type_calls(None)
+    assert absent["calls_flags"] == [] and "<table" not in absent["calls_table"]
+    assert "did not record where each call came from" in absent["calls_table"]
+
+
+def test_rankl_opg_are_named_present_or_plainly_absent():
+    def genes(present):
+        return pd.DataFrame(
+            {"cell_type": "macrophage", "gene": ["Il1b", "Tnfrsf11b", "Tnfsf11"],
+             "mean": 0.5, "fraction": 0.4, "n_cells": 30, "present": present}
+        )  # fmt: skip
+
+    assert rankl_opg_note(genes([True, True, True])).startswith(
+        "RANKL (Tnfsf11) and OPG (Tnfrsf11b) are both in the data"
+    )
+    note = rankl_opg_note(genes([True, False, False]))
+    assert note.startswith("RANKL (Tnfsf11) and OPG (Tnfrsf11b) are absent from this dataset")
+    assert "OPG (Tnfrsf11b) is shown" in rankl_opg_note(genes([True, True, False]))
+    assert "no cell type has enough cells" in rankl_opg_note(pd.DataFrame())
+    fig = figures.dot_plot(
+        genes([True, False, True]), group_col="cell_type", title="t",
+        always=AXIS_GENES, aliases=GENE_ALIASES,
+    )  # fmt: skip
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == ["Tnfsf11 (RANKL)", "Tnfrsf11b (OPG)\nnot in data", "Il1b"]
+    legend = fig.axes[1].get_legend()
+    assert legend.get_title().get_text().startswith("fraction of cells")
+    assert [t.get_text() for t in legend.get_texts()] == ["10%", "25%", "50%", "75%", "100%"]
+
+
+def _overlaps(labels) -> bool:
+    boxes = [label.get_window_extent() for label in labels if label.get_text()]
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+@pytest.mark.parametrize("n_groups", [1, 2, 90])
+def test_heatmaps_stay_readable_and_labels_never_overlap(n_groups):
+    rng = np.random.default_rng(1)
+    names = [f"a_long_signature_set_name_number_{i}_of_the_library" for i in range(12)]
+    groups = [f"cell type {i} with a long name" for i in range(n_groups)]
+    means = pd.DataFrame(rng.normal(size=(n_groups, 12)), index=groups, columns=names)
+    fig = figures.score_heatmap(means, title="t")
+    width, height = fig.get_size_inches()
+    assert height >= 2.6 and width >= 3.6  # one or two groups: not a sliver
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert not _overlaps(ax.get_xticklabels()) and not _overlaps(ax.get_yticklabels())
+    # with one or two groups a z across groups would be 0 or +-1: the means are written out
+    assert (len(ax.texts) == means.size) == (n_groups <= 2)
+    assert all(len(line) <= 42 for t in ax.get_xticklabels() for line in t.get_text().split("\n"))

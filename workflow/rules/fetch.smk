@@ -7,13 +7,16 @@ localrules:
     fetch_sample,
 
 
+# config mirror and offline say where the bytes come from, not what they are (every file is
+# checked against its sha256), so they are not params: fetch_dataset.py reads them from the
+# config, and switching mirror or going offline does not rerun a finished fetch or what follows.
+
+
 rule fetch_dataset:
     output:
         manifest="resources/{dataset}/fetch_manifest.json",
     params:
         files=lambda wildcards: REGISTRY[wildcards.dataset]["files"],
-        mirror=config["mirror"],
-        offline=config["offline"],
         lock=CHECKSUM_LOCK,
         strict=config.get("strict_checksums", False),
     log:
@@ -57,8 +60,6 @@ rule fetch_sample:
         manifest="resources/{dataset}/samples/{sample}/fetch_manifest.json",
     params:
         files=lambda wildcards: study_sample(wildcards)["files"],
-        mirror=config["mirror"],
-        offline=config["offline"],
         lock=CHECKSUM_LOCK,
         strict=config.get("strict_checksums", False),
     log:

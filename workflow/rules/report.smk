@@ -1,6 +1,5 @@
 # Report: one self-contained HTML page per dataset, and an index linking them.
 
-
 rule report_dataset:
     input:
         h5ad=rules.score_signatures.output.h5ad,
@@ -16,6 +15,7 @@ rule report_dataset:
         confusion=rules.annotate_cells.output.confusion,
         composition=rules.annotate_cells.output.composition,
         panel_coverage=rules.annotate_cells.output.coverage,
+        sources=rules.annotate_cells.output.sources,
         coverage=rules.score_signatures.output.coverage,
         by_group=rules.score_signatures.output.by_group,
         method_agreement=rules.score_signatures.output.agreement,
@@ -53,7 +53,7 @@ rule report_dataset:
         ),
     params:
         registry=REGISTRY_PATH,
-        config=config,
+        config=report_config,
     log:
         "logs/report_dataset/{dataset}.log",
     benchmark:
@@ -66,6 +66,8 @@ rule report_dataset:
         "../scripts/report_dataset.py"
 
 
+# The index lists this run's datasets (the inputs, read by their paths: report_index.FILES) and
+# those whose reports earlier runs left under results/, marked as such.
 rule report_index:
     input:
         h5ads=expand("results/{dataset}/{dataset}.h5ad", dataset=DATASETS),
@@ -77,6 +79,7 @@ rule report_index:
         communication=expand(
             "results/{dataset}/tables/communication_comparison.tsv", dataset=DATASETS
         ),
+        coverage=expand("results/{dataset}/tables/signature_coverage.tsv", dataset=DATASETS),
     output:
         html=report(
             "results/index.html",

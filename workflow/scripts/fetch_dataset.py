@@ -27,8 +27,9 @@ if __name__ == "__main__":
             files=snakemake.params.files,
             dataset=snakemake.wildcards.dataset,
             manifest=snakemake.output.manifest,
-            mirror=snakemake.params.mirror,
-            offline=snakemake.params.offline,
+            # not params (fetch.smk): where the files come from must not rerun the fetch
+            mirror=snakemake.config["mirror"],
+            offline=snakemake.config["offline"],
             lock=snakemake.params.lock,
             strict=snakemake.params.strict,
         )

@@ -61,7 +61,12 @@ def read_manifests(paths):
     return {"files": [row for path in paths for row in json.loads(Path(path).read_text())["files"]]}
 
 
-def main(*, h5ad, manifests, tables, pseudobulk, registry, config, html, fig_dir):
+def read_sources(path):
+    """The annotation's call sources table, or None (runs whose annotation made none)."""
+    return read_tsv(path, dtype={"flag": str, "marker_evidence": str}) if path else None
+
+
+def main(*, h5ad, manifests, tables, pseudobulk, registry, config, html, fig_dir, sources=None):
     adata = ad.read_h5ad(h5ad)
     dataset = adata.uns["osteoimmune"]["dataset"]
     # group and condition labels stay text (e.g. Leiden "0", conditions "2", "4", "6")
@@ -99,6 +104,7 @@ def main(*, h5ad, manifests, tables, pseudobulk, registry, config, html, fig_dir
         },
         config=config,
         fig_dir=Path(fig_dir),
+        sources=read_sources(sources),
         design_note=Path(tables["note"]).read_text(encoding="utf-8").strip(),
         pseudobulk=ad.read_h5ad(pseudobulk),
     )
@@ -113,7 +119,8 @@ if __name__ == "__main__":
             pseudobulk=snakemake.input.pseudobulk,
             tables={key: snakemake.input[key] for key in TABLES},
             registry=snakemake.params.registry,
-            config=dict(snakemake.config),
+            config=dict(snakemake.params.config),
+            sources=snakemake.input.get("sources") or None,
             html=snakemake.output.html,
             fig_dir=snakemake.output.figures,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 import anndata as ad
@@ -31,6 +32,55 @@ def save(fig: plt.Figure, path: Path) -> bytes:
     data = buffer.getvalue()
     path.write_bytes(data)
     return data
+
+
+def wrap_label(text: str, *, width: int = 28) -> str:
+    """A long tick label broken on spaces or after underscores into lines of ~``width`` chars."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    lines = textwrap.wrap(text.replace("_", "_ "), width, break_long_words=False)
+    return "\n".join(line.replace("_ ", "_") for line in lines)
+
+
+def label_fontsize(n: int) -> float:
+    """Tick label size for ``n`` labels: 8 pt for a few, down to 5 pt for many."""
+    return float(np.clip(240 / max(n, 1), 5, 8))
+
+
+def grid_size(
+    n_rows: int,
+    n_cols: int,
+    *,
+    cell: tuple[float, float] = (0.45, 0.3),
+    extra: tuple[float, float] = (2.0, 1.4),
+    minimum: tuple[float, float] = (3.6, 2.6),
+) -> tuple[float, float]:
+    """Figure size (inches) of a grid plot: ``cell`` per row and column, never below ``minimum``.
+
+    One or two rows stay readable (colour bar included); cells shrink a little with the label
+    font of many rows, never below the labels' height.
+    """
+    scale = max(label_fontsize(max(n_rows, n_cols)) / 7, 0.8)
+    width = extra[0] + cell[0] * scale * n_cols
+    height = extra[1] + cell[1] * scale * n_rows
+    return max(width, minimum[0]), max(height, minimum[1])
+
+
+def set_tick_labels(ax, *, x: list, y: list) -> None:
+    """Tick labels of a grid, wrapped and sized by their count so that none overlap.
+
+    Column labels stand upright (90 degrees): rotated at a slant, long neighbours overlap.
+    """
+    ax.set_xticks(
+        range(len(x)),
+        [wrap_label(t, width=40) for t in x],
+        rotation=90,
+        fontsize=label_fontsize(len(x)),
+    )
+    ax.set_yticks(
+        range(len(y)), [wrap_label(t, width=36) for t in y], fontsize=label_fontsize(len(y))
+    )
 
 
 def umap_categorical(adata: ad.AnnData, key: str, *, title: str) -> plt.Figure:
@@ -167,32 +217,43 @@ def confusion_heatmap(confusion: pd.DataFrame) -> plt.Figure:
         columns=["author_lineage", "author_cell_type", "n_cells"], errors="ignore"
     )
     fractions = counts.div(counts.sum(axis=1).replace(0, 1), axis=0)
-    fig, ax = plt.subplots(figsize=(2.5 + 0.35 * counts.shape[1], 1.8 + 0.25 * counts.shape[0]))
+    fig, ax = plt.subplots(figsize=grid_size(*counts.shape))
     image = ax.imshow(fractions.to_numpy(dtype=float), aspect="auto", cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(
-        range(counts.shape[1]), counts.columns.astype(str), rotation=60, ha="right", fontsize=7
-    )
-    ax.set_yticks(range(counts.shape[0]), counts.index.astype(str), fontsize=7)
+    set_tick_labels(ax, x=list(counts.columns.astype(str)), y=list(counts.index.astype(str)))
     ax.set(xlabel="our cell_type", ylabel="author label")
-    fig.colorbar(image, ax=ax, shrink=0.7, label="fraction of the author label's cells")
+    fig.colorbar(image, ax=ax, shrink=0.7, label="fraction of the author\nlabel's cells")
     return fig
 
 
-def score_heatmap(means: pd.DataFrame, *, title: str) -> plt.Figure:
-    """Heatmap of mean scores (rows groups, columns sets), z-scored per set across groups."""
-    z = (means - means.mean()) / means.std(ddof=0).replace(0, 1)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * means.shape[1], 1.5 + 0.28 * means.shape[0]))
-    image = ax.imshow(z.to_numpy(), aspect="auto", cmap="RdBu_r", vmin=-2.5, vmax=2.5)
-    ax.set_xticks(
-        range(means.shape[1]),
-        [c.removeprefix("score_") for c in means.columns],
-        rotation=60,
-        ha="right",
-        fontsize=7,
+def _annotate_cells(ax, values: np.ndarray, *, limit: float) -> None:
+    """Write each cell's value in it (small grids), white on the strongest colours."""
+    fontsize = label_fontsize(max(values.shape)) - 1
+    for (i, j), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            colour = "white" if abs(value) > 0.6 * limit else "black"
+            ax.text(j, i, f"{value:.2g}", ha="center", va="center", fontsize=fontsize, color=colour)
+
+
+def score_heatmap(means: pd.DataFrame, *, title: str, limit: float = 2.5) -> plt.Figure:
+    """Heatmap of mean scores (rows groups, columns sets).
+
+    With three or more groups each set is z-scored across groups (which group is highest);
+    with one or two, where that would say nothing, the means are drawn as they are and written
+    in the cells.
+    """
+    relative = means.shape[0] > 2
+    values = (means - means.mean()) / means.std(ddof=0).replace(0, 1) if relative else means
+    fig, ax = plt.subplots(figsize=grid_size(*means.shape))
+    grid = values.to_numpy(dtype=float)
+    image = ax.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
+    if not relative:
+        _annotate_cells(ax, grid, limit=limit)
+    set_tick_labels(
+        ax, x=[c.removeprefix("score_") for c in means.columns], y=list(means.index.astype(str))
     )
-    ax.set_yticks(range(means.shape[0]), means.index.astype(str), fontsize=7)
     ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, shrink=0.7, label="z of group mean")
+    label = "z of group mean\n(across groups)" if relative else "group mean"
+    fig.colorbar(image, ax=ax, shrink=0.7, label=label)
     return fig
 
 
@@ -241,25 +302,71 @@ def state_map(obs: pd.DataFrame, *, m1: str, m2: str) -> plt.Figure:
     return fig
 
 
-def dot_plot(table: pd.DataFrame, *, group_col: str, title: str) -> plt.Figure:
-    """Genes (columns) x groups (rows): dot size = fraction expressing, colour = mean."""
-    present = table[table["present"].astype(bool)]
-    genes = list(dict.fromkeys(present["gene"]))
-    groups = list(dict.fromkeys(present[group_col].astype(str)))
-    fig, ax = plt.subplots(figsize=(1.5 + 0.4 * len(genes), 1.2 + 0.3 * len(groups)))
-    x = present["gene"].map({g: i for i, g in enumerate(genes)})
-    y = present[group_col].astype(str).map({g: i for i, g in enumerate(groups)})
+def _dot_size(fraction):
+    return 10 + 190 * fraction
+
+
+def _legend_sizes(ax) -> None:
+    """A legend of dot sizes (fraction of cells expressing), in ``ax`` (an empty side axis)."""
+    handles = [
+        ax.scatter([], [], s=_dot_size(f), color="grey", edgecolors="none", label=f"{f:.0%}")
+        for f in (0.1, 0.25, 0.5, 0.75, 1.0)
+    ]
+    ax.legend(
+        handles=handles, title="fraction of cells\nexpressing (size)", loc="upper left",
+        fontsize=7, title_fontsize=7, frameon=False, labelspacing=1.1, borderaxespad=0,
+    )  # fmt: skip
+
+
+def dot_plot(
+    table: pd.DataFrame,
+    *,
+    group_col: str,
+    title: str,
+    always: tuple[str, ...] = (),
+    aliases: dict[str, str] | None = None,
+) -> plt.Figure:
+    """Genes (columns) x groups (rows): dot size = fraction expressing, colour = mean.
+
+    Genes absent from the dataset are left out, except those in ``always`` (matched
+    case-insensitively, e.g. RANKL and OPG), drawn as grey crosses labelled "not in data".
+    ``aliases`` (upper-case symbol -> protein name) label columns, e.g. "Tnfsf11 (RANKL)".
+    A legend gives the dot sizes; the colour bar the mean log expression.
+    """
+    aliases, keep = aliases or {}, [g.upper() for g in always]
+    present = table["present"].astype(bool)
+    genes = [g for g in dict.fromkeys(table["gene"]) if present[table["gene"] == g].any()]
+    absent = [g for g in dict.fromkeys(table["gene"]) if g.upper() in keep and g not in genes]
+    # the ``always`` genes first, in their order; the others as in the table
+    order = {g: keep.index(g.upper()) if g.upper() in keep else len(keep) for g in genes + absent}
+    genes = sorted(genes + absent, key=order.get)
+    groups = list(dict.fromkeys(table[group_col].astype(str)))
+    shown = table[present & table["gene"].isin(genes)]
+    fig, (ax, side) = plt.subplots(
+        1, 2, figsize=grid_size(len(groups), len(genes), extra=(3.2, 1.6)),
+        gridspec_kw={"width_ratios": [max(len(genes), 1), 2.4]},
+    )  # fmt: skip
+    column = {g: i for i, g in enumerate(genes)}
+    row = {g: i for i, g in enumerate(groups)}
     points = ax.scatter(
-        x,
-        y,
-        s=10 + 190 * present["fraction"].to_numpy(dtype=float),
-        c=present["mean"].to_numpy(dtype=float),
-        cmap="Reds",
-    )
-    ax.set_xticks(range(len(genes)), genes, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(groups)), groups, fontsize=7)
+        shown["gene"].map(column), shown[group_col].astype(str).map(row),
+        s=_dot_size(shown["fraction"].to_numpy(dtype=float)),
+        c=shown["mean"].to_numpy(dtype=float), cmap="Reds", vmin=0,
+    )  # fmt: skip
+    for gene in absent:
+        ax.scatter([column[gene]] * len(groups), range(len(groups)), marker="x", color="grey")
+    labels = [f"{g} ({aliases[g.upper()]})" if g.upper() in aliases else g for g in genes]
+    labels = [
+        f"{label}\nnot in data" if g in absent else label
+        for g, label in zip(genes, labels, strict=True)
+    ]
+    set_tick_labels(ax, x=labels, y=groups)
+    ax.set(xlim=(-0.6, len(genes) - 0.4), ylim=(len(groups) - 0.4, -0.6))
     ax.set_title(title, fontsize=9)
-    fig.colorbar(points, ax=ax, shrink=0.7, label="mean log expression")
+    side.axis("off")
+    _legend_sizes(side)
+    bar = side.inset_axes([0.05, 0.0, 0.12, 0.4])
+    fig.colorbar(points, cax=bar, label="mean log expression (colour)")
     return fig
 
 
@@ -333,14 +440,11 @@ def top_terms_plot(
     )
     values = grid.to_numpy(dtype=float)
     limit = max(np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0, 1.0)
-    fig, ax = plt.subplots(figsize=(3 + 0.4 * grid.shape[1], 1.5 + 0.3 * grid.shape[0]))
+    fig, ax = plt.subplots(figsize=grid_size(*grid.shape, extra=(3.0, 1.5)))
     image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
     weak = np.ma.masked_where(~(fdr.to_numpy(dtype=float) > max_fdr), np.ones_like(values))
     ax.imshow(weak, aspect="auto", cmap="Greys", vmin=0, vmax=4, alpha=0.6)
-    ax.set_xticks(
-        range(grid.shape[1]), grid.columns.astype(str), rotation=60, ha="right", fontsize=7
-    )
-    ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
+    set_tick_labels(ax, x=list(grid.columns.astype(str)), y=list(grid.index.astype(str)))
     ax.set_title(f"Prerank GSEA, top {len(grid)} terms (pale: FDR > {max_fdr:g})", fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.7, label="NES")
     return fig

@@ -6,6 +6,7 @@ Every figure is also written as PNG and SVG next to the report (``figures/``).
 from __future__ import annotations
 
 import base64
+import html
 import importlib.metadata
 import json
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from osteoimmune.annotate import CLUSTER_COLUMNS
 from osteoimmune.communication import RESOURCE_NOTES, RESOURCES, receivers
 from osteoimmune.compare import COMPARISON_COLUMNS, comparison_plot_data
 from osteoimmune.signatures import load_library
+from osteoimmune.values import count_figures_note
 
 TEMPLATES = Path(__file__).parent / "templates"
 PACKAGES = (
@@ -79,8 +81,20 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
-def table_html(df: pd.DataFrame, *, index: bool = True, float_format: str = "{:.3g}") -> str:
-    """A DataFrame as an HTML table (pandas escapes cell text)."""
+def table_html(
+    df: pd.DataFrame,
+    *,
+    index: bool = True,
+    float_format: str = "{:.3g}",
+    empty: str = "Nothing to show: the table has no rows.",
+) -> str:
+    """A DataFrame as an HTML table (pandas escapes cell text).
+
+    A table without rows or columns is never drawn as a bare header: it becomes the sentence
+    ``empty`` (saying why it is empty), escaped, in a note.
+    """
+    if df.empty:
+        return f'<p class="note">{html.escape(empty)}</p>'
     return df.to_html(
         index=index,
         escape=True,
@@ -121,7 +135,7 @@ def dataset_figures(
 ) -> dict:
     """Make every figure of a dataset report into ``fig_dir``; returns section -> [Figure]."""
     make = figure_maker(fig_dir)
-
+    counts = adata.uns["osteoimmune"]["value_type"] == "counts"  # QC figures of counts only
     out = {
         "qc": [
             make(
@@ -137,6 +151,8 @@ def dataset_figures(
                 figures.qc_histograms(adata.obs),
             ),
         ]
+        if counts
+        else []
     }
     chosen = adata.uns["osteoimmune"]["clustering"]["resolution"]
     out["clusters"] = [
@@ -288,11 +304,45 @@ def signature_figures(adata, *, make, by_group, genes, polarization) -> list:
         out.append(
             make(
                 "rankl_opg_cytokines",
-                "RANKL/OPG axis and cytokines per cell type",
-                figures.dot_plot(genes, group_col="cell_type", title="RANKL/OPG and cytokines"),
+                "RANKL/OPG axis and cytokines per cell type: dot size = fraction of the cells "
+                "expressing the gene, colour = mean log expression; RANKL and OPG always shown "
+                "(grey crosses: not in the data)",
+                figures.dot_plot(
+                    genes, group_col="cell_type", title="RANKL/OPG and cytokines",
+                    always=AXIS_GENES, aliases=GENE_ALIASES,
+                ),
             )
-        )
+        )  # fmt: skip
     return out
+
+
+# Protein names of the axis' genes (upper-case symbols; mouse symbols match upper-cased).
+GENE_ALIASES = {"TNFSF11": "RANKL", "TNFRSF11B": "OPG", "TNFRSF11A": "RANK"}
+AXIS_GENES = ("TNFSF11", "TNFRSF11B")
+
+
+def rankl_opg_note(genes: pd.DataFrame) -> str:
+    """One sentence on RANKL and OPG in a dataset: where they are, or that they are absent.
+
+    ``genes`` is ``tables/genes_by_cell_type.tsv`` (gene, cell_type, present, ...).
+    """
+    if genes.empty:
+        return (
+            "RANKL (TNFSF11) and OPG (TNFRSF11B): no cell type has enough cells "
+            "(signatures.min_cells_per_type) to summarise them per cell type."
+        )
+    upper = genes["gene"].str.upper()
+    present = genes["present"].astype(bool).groupby(upper).any()
+    spelled = dict(zip(upper, genes["gene"], strict=True))  # Tnfsf11 in mouse data
+    named = {g: f"{GENE_ALIASES[g]} ({spelled.get(g, g)})" for g in AXIS_GENES}
+    missing = [named[g] for g in AXIS_GENES if not present.get(g, False)]
+    found = [named[g] for g in AXIS_GENES if present.get(g, False)]
+    if not missing:
+        return f"{' and '.join(found)} are both in the data: see the dot plot."
+    line = f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} absent from "
+    line += "this dataset's genes (not measured, or filtered before the data were shared), so "
+    line += "the RANKL/OPG balance cannot be read from it"
+    return line + (f"; {found[0]} is shown in the dot plot." if found else ".")
 
 
 def dataset_report(
@@ -305,6 +355,7 @@ def dataset_report(
     fig_dir: Path,
     design_note: str = "",
     pseudobulk: ad.AnnData | None = None,
+    sources: pd.DataFrame | None = None,
 ) -> str:
     """Render the HTML report of one dataset and write its figures to ``fig_dir``.
 
@@ -314,7 +365,8 @@ def dataset_report(
     case-control tables de_results, de_summary, de_genes, de_enrichment, composition_props,
     composition_test, communication, communication_axes, communication_comparison;
     ``design_note`` the sentence on conditions and donors; ``pseudobulk`` the summed counts per
-    sample and cell type.
+    sample and cell type; ``sources`` the annotation's call sources (annotation_sources.tsv;
+    None for runs whose annotation made none). Empty tables render as a sentence saying why.
     """
     meta = adata.uns["osteoimmune"]
     by_group = tables["by_group"]
@@ -345,6 +397,8 @@ def dataset_report(
         "report.html",
         dataset=meta["dataset"],
         **case_control_context(tables),
+        **cell_type_calls(sources),
+        rankl_opg=rankl_opg_note(tables["genes"]),
         pb=config.get("pseudobulk", {}),
         communication_resources="; ".join(
             RESOURCE_NOTES[name] for name in RESOURCES[meta["species"]]
@@ -360,26 +414,50 @@ def dataset_report(
         n_genes=adata.n_vars,
         n_clusters=adata.obs["leiden"].nunique(),
         figures=figs,
+        qc_figures_note=count_figures_note(meta["value_type"]),
         design=design_summary(tables["design"], covariates=list(meta.get("covariates", []))),
-        design_table=table_html(tables["design"], index=False),
+        design_table=table_html(
+            tables["design"], index=False, empty="No sample was registered or read."
+        ),
         qc_table=table_html(tables["qc"]),
-        lineage_table=table_html(tables["lineage"], index=False),
+        lineage_table=table_html(
+            tables["lineage"],
+            index=False,
+            empty="No coarse lineage groups: QC thresholds were computed per sample only.",
+        ),
         stability_table=table_html(tables["stability"], index=False),
         markers_table=table_html(top_markers(tables["markers"]), index=False),
-        coverage_table=table_html(tables["coverage"]),
+        coverage_table=table_html(
+            tables["coverage"], empty="No signature set applies to this species."
+        ),
         agreement_rows=len(tables["agreement"]),
         agreement_table=table_html(tables["agreement"], index=False),
-        confusion_table=table_html(tables["confusion"]),
-        composition_table=table_html(composition_wide(tables["composition"])),
-        cluster_lineage_table=table_html(cluster_lineages(adata), index=False),
+        confusion_table=table_html(tables["confusion"], empty="No author label to compare with."),
+        composition_table=table_html(
+            composition_wide(tables["composition"]), empty="No cell was given a cell type."
+        ),
+        cluster_lineage_table=table_html(
+            cluster_lineages(adata),
+            index=False,
+            empty="The annotation recorded no lineage per cluster (older run).",
+        ),
         progenitor_sort=adata.uns.get("annotation", {}).get("progenitor_sort", ""),
         panel_table=table_html(
             tables["panel_coverage"].reindex(
                 columns=[c for c in PANEL_COLUMNS if c in tables["panel_coverage"]]
-            )
+            ),
+            empty="No marker panel applies to this dataset's species.",
         ),
-        method_table=table_html(tables["method_agreement"]),
-        states_table=table_html(tables["states"], index=False),
+        method_table=table_html(
+            tables["method_agreement"],
+            empty="No set was scored, so no method agreement to show.",
+        ),
+        states_table=table_html(
+            tables["states"],
+            index=False,
+            empty="No polarization states: no M1 and M2 set were both scored, or no cell is "
+            "in the gate (see the notes above).",
+        ),
         polarization_gate=meta.get("polarization", {}).get(
             "gate", "annotated monocytes and macrophages"
         ),
@@ -392,7 +470,10 @@ def dataset_report(
         min_donors=config.get("compare", {}).get("min_donors", 3),
         comparison_rows=len(comparison),
         comparison_table=table_html(top_comparisons(comparison), index=False),
-        proportions_table=table_html(donor_proportions(tables["aggregates"], group_key)),
+        proportions_table=table_html(
+            donor_proportions(tables["aggregates"], group_key),
+            empty="No donor has enough cells of a type for a proportion.",
+        ),
         prerank_rows=len(prerank),
         prerank_table=table_html(top_terms(prerank, "nes"), index=False),
         ora_rows=len(ora),
@@ -430,27 +511,94 @@ def case_control_context(tables: dict) -> dict:
     rc = report_conditions
     test, comparison = tables["composition_test"], tables["communication_comparison"]
     return {
-        "de_summary_table": table_html(rc.summary_table(tables["de_summary"]), index=False),
+        "de_summary_table": table_html(
+            rc.summary_table(tables["de_summary"]),
+            index=False,
+            empty="No pseudobulk could be made: no cell type has enough cells and counts per "
+            "sample, or the values are not raw counts.",
+        ),
         "de_tested": len(rc.tested_pairs(tables["de_summary"])),
-        "de_top_table": table_html(rc.top_genes(tables["de_results"]), index=False),
+        "de_top_table": table_html(
+            rc.top_genes(tables["de_results"]),
+            index=False,
+            empty="No gene got an adjusted p-value in any test.",
+        ),
         "de_genes_table": table_html(
-            rc.top_rows(tables["de_genes"], by=["gene", "group"], n=60), index=False
+            rc.top_rows(tables["de_genes"], by=["gene", "group"], n=60),
+            index=False,
+            empty="None of these genes was tested: they are not in the data, or were filtered "
+            "for too few counts in every tested cell type.",
         ),
         "de_enrichment_table": table_html(
-            rc.top_rows(tables["de_enrichment"], by=["fdr", "p_value"]), index=False
+            rc.top_rows(tables["de_enrichment"], by=["fdr", "p_value"]),
+            index=False,
+            empty="No signature set has enough genes among the tested genes for the prerank test.",
         ),
         "composition_test_rows": len(test),
-        "composition_test_table": table_html(rc.top_rows(test, by=["fdr", "p_value"]), index=False),
+        "composition_test_table": table_html(
+            rc.top_rows(test, by=["fdr", "p_value"]),
+            index=False,
+            empty="One condition only: no composition test.",
+        ),
         "interactions_table": table_html(
-            rc.top_interactions_by_condition(tables["communication"]), index=False
+            rc.top_interactions_by_condition(tables["communication"]),
+            index=False,
+            empty="LIANA+ found no interaction: too few cell types with enough cells, or "
+            "none of the resource's ligands and receptors in the data.",
         ),
         "axes_rows": len(tables["communication_axes"]),
         "axes_table": table_html(
-            rc.top_rows(tables["communication_axes"], by=["magnitude_rank"]), index=False
+            rc.top_rows(tables["communication_axes"], by=["magnitude_rank"]),
+            index=False,
+            empty="No osteoimmune axis between the cell types of this dataset.",
         ),
         "communication_table": table_html(
-            rc.top_rows(comparison, by=["fdr", "p_value"]), index=False
+            rc.top_rows(comparison, by=["fdr", "p_value"]),
+            index=False,
+            empty="No axis could be compared across conditions: one condition only, or no "
+            "axis found in the samples of two conditions.",
         ),
+    }
+
+
+SOURCE_HEADERS = {
+    "cell_type": "cell type",
+    "cell_lineage": "lineage",
+    "n_cells": "cells",
+    "source_both": "reference and markers agree",
+    "source_reference": "reference only",
+    "source_markers": "markers only",
+    "median_confidence": "median confidence",
+    "marker_evidence": "marker evidence (cells with the marker detected)",
+    "contradicted": "contradicted by markers",
+    "flag": "flag",
+}
+
+
+def cell_type_calls(sources: pd.DataFrame | None) -> dict:
+    """Template values of the "Cell type calls" subsection, from annotation_sources.tsv.
+
+    Returns ``calls_table`` (HTML: a table, or a sentence when there is nothing to show) and
+    ``calls_flags`` (``(cell_type, flag)`` of every flagged type, for a warning box).
+    """
+    if sources is None:
+        why = (
+            "This run's annotation did not record where each call came from "
+            "(tables/annotation_sources.tsv is written by newer versions of annotate_cells); "
+            "rerun the dataset to get it."
+        )
+        return {"calls_table": table_html(pd.DataFrame(), empty=why), "calls_flags": []}
+    flag = sources.get("flag", pd.Series("", index=sources.index)).fillna("").astype(str)
+    flags = [(str(t), f) for t, f in zip(sources["cell_type"], flag.str.strip(), strict=True) if f]
+    shown = sources.assign(flag=flag).reindex(columns=[c for c in SOURCE_HEADERS if c in sources])
+    return {
+        "calls_table": table_html(
+            shown.rename(columns=SOURCE_HEADERS),
+            index=False,
+            empty="The annotation wrote no cell type for this dataset "
+            "(annotation_sources.tsv has no rows).",
+        ),
+        "calls_flags": flags,
     }
 
 
@@ -601,30 +749,63 @@ KEY_LABELS = {
 }
 
 
-def key_signature_block(by_group: pd.DataFrame, *, sets=KEY_SETS, limit: float = 2.0) -> dict:
+def not_scored_reasons(coverage: pd.DataFrame | None, sets) -> dict[str, str]:
+    """Why each of ``sets`` was not scored in a dataset, from its signature coverage table.
+
+    ``coverage`` is ``tables/signature_coverage.tsv`` (index: set; columns ``scored`` and
+    ``reason``); a set without a row was not among the sets scored for the dataset's species.
+    """
+    reasons = {}
+    for name in sets:
+        if coverage is None or name not in coverage.index:
+            reasons[name] = "not among the sets scored for this dataset's species"
+            continue
+        reason = coverage.loc[name].get("reason")
+        reasons[name] = reason if isinstance(reason, str) and reason else "not scored"
+    return reasons
+
+
+def _z_colour(value: float, limit: float) -> str:
+    t = max(-1.0, min(1.0, float(value) / limit))
+    fade = 255 - round(170 * abs(t))  # light enough for black text
+    return f"rgb(255,{fade},{fade})" if t > 0 else f"rgb({fade},{fade},255)"
+
+
+def key_signature_block(
+    by_group: pd.DataFrame,
+    *,
+    coverage: pd.DataFrame | None = None,
+    sets=KEY_SETS,
+    limit: float = 2.0,
+) -> dict:
     """Cell types x key signatures (mean calibrated z) of one dataset, for the index page.
 
-    Returns ``{"sets": [...], "rows": [{"cell_type", "n_cells", "cells": [(text, colour)]}]}``;
-    a set the dataset did not score shows as "n.s." in every row; colours run from blue
+    Returns ``{"sets", "rows", "notes"}``: ``rows`` are ``{"cell_type", "n_cells", "cells"}``
+    with cells ``(text, colour, title)``. A set the dataset did not score shows as
+    "not scored" (never "n.s.", which reads as "not significant"), its reason from the
+    ``coverage`` table in the cell's hover title and in ``notes`` (one line per set); a scored
+    set without a value for a cell type shows as "no value". Colours run from blue
     (z = -``limit``) through white to red (z = +``limit``).
     """
     z = by_group[(by_group["grouping"] == "cell_type") & (by_group["value"] == "z")]
+    scored = {name for name in sets if name in z and z[name].notna().any()}
+    reasons = not_scored_reasons(coverage, [name for name in sets if name not in scored])
     rows = []
     for record in z.sort_values("n_cells", ascending=False, kind="stable").to_dict("records"):
         cells = []
         for name in sets:
             value = record.get(name)
-            if value is None or pd.isna(value):
-                cells.append(("n.s.", "#f3f3f3"))
-                continue
-            t = max(-1.0, min(1.0, float(value) / limit))
-            fade = 255 - round(170 * abs(t))  # light enough for black text
-            colour = f"rgb(255,{fade},{fade})" if t > 0 else f"rgb({fade},{fade},255)"
-            cells.append((f"{value:.2f}", colour))
+            if name not in scored:
+                cells.append(("not scored", "#f3f3f3", f"not scored: {reasons[name]}"))
+            elif value is None or pd.isna(value):
+                cells.append(("no value", "#f3f3f3", "scored, but no mean for this cell type"))
+            else:
+                cells.append((f"{value:.2f}", _z_colour(value, limit), ""))
         rows.append(
             {"cell_type": str(record["group"]), "n_cells": int(record["n_cells"]), "cells": cells}
         )
-    return {"sets": [KEY_LABELS.get(name, name) for name in sets], "rows": rows}
+    notes = [f"{KEY_LABELS.get(name, name)} ({name}): {reasons[name]}" for name in reasons]
+    return {"sets": [KEY_LABELS.get(name, name) for name in sets], "rows": rows, "notes": notes}
 
 
 def missing_score_views(adata: ad.AnnData, *, genes: pd.DataFrame) -> list[str]:
