@@ -136,3 +136,16 @@ def test_config_schema_accepts_the_shipped_config_and_rejects_unknown_keys():
     config["intermediate_compression"] = "zstd"
     with pytest.raises(RegistryError, match=r"intermediate_compression"):
         validate(config, schema_path=schema, what="config")
+
+
+def test_a_reference_needs_author_labels(tmp_path, registry_data):
+    data = copy.deepcopy(registry_data)
+    data["datasets"]["shalek2014_bmdc_lps"]["reference"] = True
+    with pytest.raises(RegistryError, match=r"shalek2014_bmdc_lps.*reference: true.*author_label"):
+        load_registry(write(tmp_path, data))
+    registry = load_registry(REGISTRY)
+    references = {k: e["species"] for k, e in registry.items() if e.get("reference")}
+    assert references == {
+        "luecken2021_bmmc_cite": "human",
+        "weinreb2020_larry_bm_culture": "mouse",
+    }

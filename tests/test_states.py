@@ -54,6 +54,22 @@ def test_gate_mask_keeps_monocytes_and_macrophages():
         gate_mask(pd.DataFrame({"leiden": ["0"]}))
 
 
+def test_macrophage_states_are_in_the_macrophage_gate():
+    # The M1/M2 gate names "macrophage" (config); its states (lipid-associated, osteoclast-like
+    # or erythroblastic-island macrophages) are macrophages and are gated with it.
+    types = [
+        "lipid-associated macrophage",
+        "erythroblastic-island macrophage",
+        "osteal macrophage",
+        "osteoclast",
+        "mregDC",
+        "CD8 T",
+    ]
+    obs = pd.DataFrame({"cell_type": pd.Categorical(types)})
+    assert gate_mask(obs).tolist() == [True, True, True, False, False, False]
+    assert gate_mask(obs, cell_types=["classical monocyte"]).tolist() == [False] * 6
+
+
 def _calibrated():
     cells = [f"c{i}" for i in range(7)]
     z = pd.DataFrame(

@@ -107,6 +107,64 @@ def qc_sample_files(wildcards):
     }
 
 
+def annotation_reference(dataset):
+    """The registry entry whose labelled cells type the cells of `dataset`, or None.
+
+    config annotation.reference: "auto" (the first registry entry with `reference: true` of the
+    dataset's species), "none", or a registry id.
+    """
+    choice = config["annotation"]["reference"]
+    species = REGISTRY[dataset]["species"]
+    if choice == "none":
+        return None
+    if choice != "auto":
+        if choice not in REGISTRY or not REGISTRY[choice].get("reference"):
+            raise ValueError(
+                f"config annotation.reference: {choice!r} is not a registry entry with "
+                "`reference: true`; use auto, none or one of "
+                f"{sorted(k for k, e in REGISTRY.items() if e.get('reference'))}"
+            )
+        return choice if REGISTRY[choice]["species"] == species else None
+    found = [k for k, e in REGISTRY.items() if e.get("reference") and e["species"] == species]
+    return found[0] if found else None
+
+
+def reference_model(wildcards):
+    """The trained reference model the dataset's annotation reads ([] when none is needed)."""
+    reference = annotation_reference(wildcards.dataset)
+    if reference is None or reference == wildcards.dataset:
+        return []
+    return f"results/references/{reference}/model.pkl"
+
+
+def reference_params(wildcards):
+    """The reference's id, species and labels: editing them reruns the annotation."""
+    reference = annotation_reference(wildcards.dataset)
+    if reference is None:
+        return {}
+    return {
+        "id": reference,
+        "self": reference == wildcards.dataset,
+        "label_map": REGISTRY[reference].get("author_label_map") or {},
+    }
+
+
+# Datasets run for their own results, and reference datasets their annotation needs.
+REFERENCES = sorted({annotation_reference(d) for d in DATASETS} - {None})
+
+
 wildcard_constraints:
-    dataset="|".join(DATASETS),
+    dataset="|".join(sorted(set(DATASETS) | set(REFERENCES))),
+    reference="|".join(REFERENCES) or "(?!)",
     sample="[^/]+",
+
+
+# Config keys that say how and which datasets are run, not what their results are: a dataset's
+# report does not take them as params, so that fetching from another mirror, going offline or
+# adding a dataset to the run leaves finished reports alone.
+RUN_ONLY_KEYS = ("datasets", "mirror", "offline", "strict_checksums", "checksum_lock")
+
+
+def report_config(wildcards):
+    """The config the report shows and depends on (all but RUN_ONLY_KEYS)."""
+    return {key: value for key, value in config.items() if key not in RUN_ONLY_KEYS}

@@ -50,8 +50,13 @@ from scipy import sparse
 
 from osteoimmune.errors import SignatureError
 from osteoimmune.panels import (
+    BONE_TYPES,
     CELL_TYPES,
+    CORE_GENES,
     LINEAGES,
+    SUBTYPE_GENES,
+    SUBTYPE_MIN_FRACTION,
+    SUBTYPE_MIN_RATIO,
     UNASSIGNED,
     Panel,
     gene_positions,
@@ -536,6 +541,7 @@ def _scored(
             f"(min_lineage_genes {min_lineage_genes})"
         )
         coverage_specific.loc[panels_of, "used"] = False
+    _core_coverage(coverage, adata, panels, options=options)
     used_specific = coverage_specific.index[coverage_specific["used"]]
     coverage["used_for_lineage"] = coverage.index.isin(used_specific)
     members = protein_members(adata, panels, protein_markers)
@@ -558,6 +564,184 @@ def _scored(
     )
     specific_scores = score_panels(adata, specific, coverage_specific, **scoring)
     return coverage, rna + protein, protein, specific, coverage_specific, specific_scores
+
+
+def core_panels(panels: dict[str, Panel]) -> dict[str, Panel]:
+    """Panels ``<name>_core`` of the :data:`~osteoimmune.panels.CORE_GENES` of each panel.
+
+    Only the panel's own genes that are core genes (matched on upper case) are kept; the core
+    panels mark no cell type (they check a call, :func:`apply_core_rule`).
+    """
+    out = {}
+    for name, (genes, _) in CORE_GENES.items():
+        if name in panels:
+            panel = panels[name]
+            own = tuple(g for g in panel.genes if g.upper() in genes)
+            if own:
+                out[f"{name}_core"] = Panel(
+                    f"{name}_core", panel.lineage, None, None, own, panel.sources
+                )
+    return out
+
+
+def _core_table(adata: AnnData, cores: dict[str, Panel], *, case_insensitive: bool) -> pd.DataFrame:
+    """Present and detected genes of the core panels (``present``, ``n_expressed``, ``used``).
+
+    Unlike :func:`osteoimmune.panels.panel_coverage` it does not raise when no core gene is
+    there: a dataset without them simply calls none of those types.
+    """
+    positions = gene_positions(adata, case_insensitive=case_insensitive)
+    key = str.upper if case_insensitive else str
+    rows = {}
+    for name, panel in cores.items():
+        present = [g for g in panel.genes if key(g) in positions]
+        x = adata.X[:, [positions[key(g)] for g in present]]
+        nonzero = np.asarray((x != 0).sum(axis=0)).ravel() if present else np.zeros(0)
+        expressed = [g for g, n in zip(present, nonzero, strict=True) if n > 0]
+        rows[name] = {
+            "present": ",".join(expressed),
+            "n_expressed": len(expressed),
+            "used": bool(expressed),
+        }
+    columns = ["present", "n_expressed", "used"]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+
+
+def _core_coverage(
+    coverage: pd.DataFrame, adata: AnnData, panels: dict[str, Panel], *, options: dict
+) -> None:
+    """Mark panels with fewer core genes present and detected than required as not used."""
+    table = _core_table(adata, core_panels(panels), case_insensitive=options["case_insensitive"])
+    for name, (_, minimum) in CORE_GENES.items():
+        if name not in coverage.index or not coverage.at[name, "used"]:
+            continue
+        core = f"{name}_core"
+        n = int(table.at[core, "n_expressed"]) if core in table.index else 0
+        if n < minimum:
+            coverage.at[name, "used"] = False
+            coverage.at[name, "reason"] = (
+                f"{n} of its core genes ({', '.join(CORE_GENES[name][0])}) present and "
+                f"detected, below the {minimum} needed to call the type"
+            )
+
+
+def core_scores(
+    adata: AnnData, panels: dict[str, Panel], *, options: dict, shrink: float
+) -> pd.DataFrame:
+    """Per-cell scores of the core panels (:func:`core_panels`) used in the dataset."""
+    cores = core_panels(panels)
+    coverage = _core_table(adata, cores, case_insensitive=options["case_insensitive"])
+    if not coverage["used"].any():
+        return pd.DataFrame(index=adata.obs_names)
+    return score_panels(
+        adata,
+        cores,
+        coverage,
+        case_insensitive=options["case_insensitive"],
+        shrink=shrink,
+    )
+
+
+# A call failing its core rule falls back to this type where that type's score reaches
+# min_score (an osteoclast-like cell without osteoclast-specific genes is a lipid-associated,
+# osteoclast-like macrophage, Jaitin 2019), else to unassigned.
+CORE_FALLBACK = {"osteoclast": "lipid-associated macrophage"}
+
+
+def apply_core_rule(
+    cell_type: pd.Series,
+    core: pd.DataFrame,
+    type_scores: pd.DataFrame,
+    panels: dict[str, Panel],
+    *,
+    min_score: float,
+) -> pd.Series:
+    """Keep a call of a type with core genes only where the cell's core score reaches min_score.
+
+    An osteoclast call also needs the osteoclast score above the lipid-associated macrophage
+    score (that signature must not dominate). A failed call becomes its
+    :data:`CORE_FALLBACK` where that type scores ``min_score`` or more, else unassigned.
+
+    Parameters
+    ----------
+    cell_type
+        Calls per cell (:func:`assign_types`).
+    core
+        Smoothed :func:`core_scores`.
+    type_scores
+        Smoothed best panel score per cell type (:func:`by_label`).
+    panels, min_score
+        The panels and the winner rule's minimum.
+    """
+    out = cell_type.copy()
+    for name in CORE_GENES:
+        if name not in panels:
+            continue
+        kind = panels[name].cell_type
+        cells = (out == kind).to_numpy()
+        if not cells.any():
+            continue
+        column = f"{name}_core"
+        own = core[column] if column in core else pd.Series(-np.inf, index=out.index)
+        failed = cells & (own < min_score).to_numpy()
+        fallback = CORE_FALLBACK.get(kind)
+        rival = type_scores[fallback] if fallback in type_scores else None
+        if rival is not None:
+            failed |= cells & (rival >= type_scores[kind]).to_numpy()
+            to_fallback = failed & (rival >= min_score).to_numpy()
+            out[to_fallback] = fallback
+            failed &= ~to_fallback
+        out[failed] = UNASSIGNED
+    return out
+
+
+def _detected_any(adata: AnnData, genes: tuple[str, ...]) -> np.ndarray:
+    """Per cell: whether any of ``genes`` (matched on upper case) is detected."""
+    positions = gene_positions(adata, case_insensitive=True)
+    columns = sorted({positions[g] for g in genes if g in positions})
+    if not columns:
+        return np.zeros(adata.n_obs, dtype=bool)
+    x = adata.X[:, columns]
+    counts = (x != 0).sum(axis=1) if sparse.issparse(x) else (np.asarray(x) != 0).sum(axis=1)
+    return np.asarray(counts).ravel() > 0
+
+
+def t_subtype_evidence(
+    adata: AnnData,
+    cell_type: pd.Series,
+    clusters: pd.Series,
+    *,
+    case_insensitive: bool = False,
+    protein_types: set | None = None,
+) -> pd.Series:
+    """CD4 T / CD8 T calls kept only in clusters whose T cells show the subtype's genes.
+
+    Per cluster, among its cells typed T cell, CD4 T or CD8 T: the fraction with any gene of
+    :data:`~osteoimmune.panels.SUBTYPE_GENES` detected. A subtype stays where its fraction is
+    at least ``SUBTYPE_MIN_FRACTION`` and ``SUBTYPE_MIN_RATIO`` times the other subtype's;
+    elsewhere its cells become ``T cell``. Types in ``protein_types`` (called with surface
+    proteins, whose RNA often lacks the genes) are left as they are.
+    """
+    out = cell_type.copy()
+    family = out.isin(["T cell", *SUBTYPE_GENES]).to_numpy()
+    if not family.any():
+        return out
+    detected = {kind: _detected_any(adata, genes) for kind, genes in SUBTYPE_GENES.items()}
+    fractions = (
+        pd.DataFrame(detected, index=out.index)[family]
+        .groupby(clusters[family].to_numpy(), observed=True)
+        .mean()
+    )
+    (first, second) = SUBTYPE_GENES
+    for kind, other in ((first, second), (second, first)):
+        if kind in (protein_types or set()):
+            continue
+        ok = (fractions[kind] >= SUBTYPE_MIN_FRACTION) & (
+            fractions[kind] >= SUBTYPE_MIN_RATIO * fractions[other]
+        )
+        demote = (out == kind).to_numpy() & ~clusters.map(ok).eq(True).to_numpy()
+        out[demote] = "T cell"
+    return out
 
 
 def annotate_cells(
@@ -677,6 +861,20 @@ def annotate_cells(
     lineages = by_label(smoothed, specific, "lineage")
     smoothed = smooth(scores - protein_part, operator, steps=smoothing_steps) + protein_part
     cell_type = assign_types(smoothed, lineage, panels, **rule)
+    core = smooth(
+        core_scores(adata, panels, options=options, shrink=shrink), operator, steps=smoothing_steps
+    )
+    cell_type = apply_core_rule(
+        cell_type, core, by_label(smoothed, panels, "cell_type"), panels, min_score=min_score
+    )
+    with_protein = {panels[n].cell_type for n in coverage.index[coverage["proteins"] != ""]}
+    cell_type = t_subtype_evidence(
+        adata,
+        cell_type,
+        clusters,
+        case_insensitive=case_insensitive,
+        protein_types=with_protein,
+    )
     adata.obs["cell_lineage"] = pd.Categorical(lineage, categories=[*LINEAGES, UNASSIGNED])
     adata.obs["cell_type"] = pd.Categorical(cell_type, categories=[*CELL_TYPES, UNASSIGNED])
     adata.obs["annotation_margin"] = _cell_margin(lineages, lineage)
@@ -706,3 +904,129 @@ def annotate_cells(
         "clusters": _for_uns(table),
     }
     return coverage, table
+
+
+# A tissue counts as bone when its registry text names bone or a bone site; cells grown in
+# culture (bone-marrow-derived cells, HSPC in culture) do not, as they left the bone.
+_BONE_TISSUE = r"\bbone|femor|femur|tibia|calvari|endoste|skelet|vertebra"
+_CULTURE = r"cultur|-derived|\bderived\b|organoid|cell line"
+
+
+def tissue_flags(cell_types: pd.Series, *, tissue: str) -> dict[str, str]:
+    """Bone types called in a dataset whose tissue is not bone: type -> a sentence for the report.
+
+    Parameters
+    ----------
+    cell_types
+        The cell type of each cell.
+    tissue
+        The registry's ``tissue`` of the dataset (e.g. ``bone-marrow mononuclear cells``,
+        ``peripheral blood``). Bone, bone marrow and bone sites count as bone, unless the cells
+        were grown in culture.
+
+    Returns
+    -------
+    dict
+        Each type of :data:`~osteoimmune.panels.BONE_TYPES` with cells, mapped to why the call
+        is doubtful here; empty in bone tissue.
+    """
+    text = str(tissue or "").lower()
+    cultured = bool(pd.Series([text]).str.contains(_CULTURE).iloc[0])
+    if pd.Series([text]).str.contains(_BONE_TISSUE).iloc[0] and not cultured:
+        return {}
+    where = "cells grown in culture" if cultured else "not bone or bone marrow"
+    counts = cell_types.astype(str).value_counts()
+    flags = {}
+    for kind in BONE_TYPES:
+        n = int(counts.get(kind, 0))
+        if n:
+            flags[kind] = (
+                f"{n} cells ({n / len(cell_types):.0%}) called {kind} in tissue '{tissue}' "
+                f"({where}): a bone cell type here is unexpected; its marker genes are shared "
+                "with other cells (e.g. lipid-associated, osteoclast-like macrophages express "
+                "ACP5, DCSTAMP and MMP9), so check the marker evidence before reading it as "
+                f"{kind}."
+            )
+    return flags
+
+
+def _type_genes(panels: dict[str, Panel], kind: str) -> list[str]:
+    """The genes of all panels of cell type ``kind``, in panel order, without duplicates."""
+    return list(dict.fromkeys(g for p in panels.values() if p.cell_type == kind for g in p.genes))
+
+
+def _detection(adata: AnnData, genes: list[str], *, case_insensitive: bool) -> pd.DataFrame:
+    """Cells x present genes: detected (count > 0), as a boolean frame of a few columns."""
+    positions = gene_positions(adata, case_insensitive=case_insensitive)
+    key = str.upper if case_insensitive else str
+    present = [g for g in genes if key(g) in positions]
+    x = adata.X[:, [positions[key(g)] for g in present]]
+    detected = (x != 0).toarray() if sparse.issparse(x) else np.asarray(x) != 0
+    return pd.DataFrame(detected, index=adata.obs_names, columns=present)
+
+
+# A call is supported when the cell detects its type's genes at twice the dataset-wide rate
+# (chosen before measuring).
+SUPPORT_OVER_CHANCE = 2.0
+
+
+def marker_evidence(
+    adata: AnnData,
+    panels: dict[str, Panel],
+    cell_types: pd.Series,
+    *,
+    case_insensitive: bool = False,
+    n_top: int = 5,
+    min_genes: int = 2,
+) -> tuple[pd.DataFrame, pd.Series]:
+    """The marker evidence of each called cell type, and whether each cell supports its call.
+
+    Parameters
+    ----------
+    adata
+        Log-normalised (or count) X; only the panel genes' columns are read.
+    panels
+        The panels (:func:`osteoimmune.panels.build_panels`); a type's genes are those of all
+        its panels.
+    cell_types
+        The cell type of each cell (index ``adata.obs_names``).
+    case_insensitive
+        Match gene symbols on upper case.
+    n_top
+        Genes named per type, by the fraction of the type's cells that detect them.
+    min_genes
+        A cell supports its call when it detects at least this many of its type's panel genes
+        (all of them when fewer are present) and at least :data:`SUPPORT_OVER_CHANCE` times as
+        many as an average cell of the dataset detects.
+
+    Returns
+    -------
+    tuple
+        A table indexed by cell type: ``n_cells``, ``n_genes_present``, ``marker_evidence``
+        (e.g. ``CD14 92%, LYZ 99%``: the top genes with their detected fraction in the type)
+        and ``fraction_supported``; and per cell ``marker_supported`` (boolean; False for
+        types without panel genes in the data, such as ``unassigned``).
+    """
+    kinds = [k for k in pd.unique(cell_types.astype(str))]
+    genes = list(dict.fromkeys(g for k in kinds for g in _type_genes(panels, k)))
+    detected = _detection(adata, genes, case_insensitive=case_insensitive)
+    supported = pd.Series(False, index=cell_types.index, name="marker_supported")
+    rows = {}
+    for kind in sorted(kinds):
+        cells = (cell_types.astype(str) == kind).to_numpy()
+        own = [g for g in _type_genes(panels, kind) if g in detected.columns]
+        fractions = detected.loc[cells, own].mean().sort_values(ascending=False, kind="stable")
+        need = min(min_genes, len(own))
+        hits = detected.loc[cells, own].sum(axis=1)
+        # the rate at which any cell of the dataset detects these genes, i.e. by chance
+        chance = float(detected[own].to_numpy().mean()) if own else 1.0
+        enough = (hits >= need) & (hits >= SUPPORT_OVER_CHANCE * chance * len(own))
+        supported[cells] = enough.to_numpy() & (len(own) > 0)
+        rows[kind] = {
+            "n_cells": int(cells.sum()),
+            "n_genes_present": len(own),
+            "marker_evidence": ", ".join(f"{g} {v:.0%}" for g, v in fractions[:n_top].items()),
+            "fraction_supported": float(supported[cells].mean()),
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("cell_type")
+    return table, supported

@@ -25,6 +25,8 @@ from anndata import AnnData
 from scipy import sparse
 
 from osteoimmune.errors import SignatureError
+from osteoimmune.genes import SPECIES as SPECIES_WITH_ALIASES
+from osteoimmune.genes import alias_columns
 from osteoimmune.signatures import SignatureLibrary
 
 LINEAGES = (
@@ -48,6 +50,9 @@ CELL_TYPES = {
     "classical monocyte": "myeloid",
     "non-classical monocyte": "myeloid",
     "macrophage": "myeloid",
+    "lipid-associated macrophage": "myeloid",
+    "erythroblastic-island macrophage": "myeloid",
+    "osteal macrophage": "myeloid",
     "neutrophil": "myeloid",
     "immature neutrophil": "myeloid",
     "mature neutrophil": "myeloid",
@@ -57,6 +62,7 @@ CELL_TYPES = {
     "cDC1": "myeloid",
     "cDC2": "myeloid",
     "pDC": "myeloid",
+    "mregDC": "myeloid",
     "osteoclast": "myeloid",
     "NK": "lymphoid",
     "T cell": "lymphoid",
@@ -73,6 +79,26 @@ CELL_TYPES = {
     "chondrocyte": "osteolineage",
     "endothelial cell": "endothelial",
 }
+# Cell types that are states of a broader type (type -> family). They compete with the other
+# types of their lineage on their own panels (a lipid-associated macrophage must be able to beat
+# the osteoclast panel, whose genes it shares), but count as their family wherever a family is
+# selected, e.g. the macrophage gate of the M1/M2 calls (osteoimmune.states.gate_mask).
+# "osteal macrophage" has no default panel: no transcript is known to set bone-lining (osteal)
+# macrophages apart from other tissue macrophages (Chang 2008: F4/80+ CD68+, TRAP-); it is in
+# the vocabulary for author labels, reference label transfer and config panels.
+FAMILIES = {
+    "lipid-associated macrophage": "macrophage",
+    "erythroblastic-island macrophage": "macrophage",
+    "osteal macrophage": "macrophage",
+    "immature neutrophil": "neutrophil",
+    "mature neutrophil": "neutrophil",
+    "CD4 T": "T cell",
+    "CD8 T": "T cell",
+}
+# Types of bone tissue proper: outside bone (osteoimmune.annotate.tissue_flags) a call of one of
+# them is flagged, as its panel genes are shared with cells that are found anywhere (ACP5, MMP9,
+# DCSTAMP in lipid-associated macrophages; collagen and SPP1 in fibroblasts).
+BONE_TYPES = ("osteoclast", "osteoblast lineage", "chondrocyte", "osteal macrophage")
 
 # Panel name -> (lineage, cell type or None for lineage-only evidence, parent cell type).
 PANEL_SPECS: dict[str, tuple[str, str | None, str | None]] = {
@@ -84,6 +110,8 @@ PANEL_SPECS: dict[str, tuple[str, str | None, str | None]] = {
     "monocyte_classical": ("myeloid", "classical monocyte", None),
     "monocyte_nonclassical": ("myeloid", "non-classical monocyte", None),
     "macrophage": ("myeloid", "macrophage", None),
+    "macrophage_lipid_associated": ("myeloid", "lipid-associated macrophage", None),
+    "macrophage_erythroblastic_island": ("myeloid", "erythroblastic-island macrophage", None),
     "neutrophil_lineage": ("myeloid", "neutrophil", None),
     "neutrophil_promyelocyte": ("myeloid", "immature neutrophil", "neutrophil"),
     "neutrophil_immature": ("myeloid", "immature neutrophil", "neutrophil"),
@@ -94,6 +122,7 @@ PANEL_SPECS: dict[str, tuple[str, str | None, str | None]] = {
     "cDC1": ("myeloid", "cDC1", None),
     "cDC2": ("myeloid", "cDC2", None),
     "pDC": ("myeloid", "pDC", None),
+    "mregDC": ("myeloid", "mregDC", None),
     "osteoclast": ("myeloid", "osteoclast", None),
     "osteoclast_precursor": ("myeloid", None, None),
     "myeloid_pan": ("myeloid", None, None),
@@ -111,6 +140,39 @@ PANEL_SPECS: dict[str, tuple[str, str | None, str | None]] = {
     "osteocyte": ("osteolineage", "osteoblast lineage", None),
     "chondrocyte": ("osteolineage", "chondrocyte", None),
 }
+# Evidence rules, chosen before measuring. Panel -> (core genes, upper case, both species; the
+# minimum of them present and detected): a panel with fewer is not used (Irf8, the one cDC1
+# gene of Paul 2015's 240, is expressed by basophils and GMPs too), and a cell keeps the type
+# only if its smoothed score of the core genes reaches min_score (osteoclasts: the resorption
+# and fusion genes, not ACP5 / MMP9 alone, which lipid-associated macrophages share).
+CORE_GENES = {
+    "cDC1": (("XCR1", "CLEC9A", "BATF3", "WDFY4", "NAAA", "DNASE1L3", "C1ORF54", "CLNK"), 2),
+    "osteoclast": (
+        ("CTSK", "ACP5", "DCSTAMP", "OCSTAMP", "NFATC1", "ATP6V0D2", "CALCR", "OSCAR", "SIGLEC15"),
+        3,
+    ),
+    "mregDC": (("LAMP3", "CCR7", "FSCN1", "CCL22", "CCL17", "IL4I1"), 2),
+    # APOE, CD9, LGALS3, CD36 are left out: progenitors, megakaryocytes and monocytes have them.
+    "macrophage_lipid_associated": (
+        ("TREM2", "SPP1", "GPNMB", "LPL", "FABP4", "FABP5", "LIPA"),
+        2,
+    ),
+    "macrophage_erythroblastic_island": (("SIGLEC1", "VCAM1", "SPIC"), 2),
+}
+# Panels of a state of a type (activation, niche): their genes do not count for the lineage
+# step (APOE, CD9, HMOX1 are in progenitors too), but they still make a gene they share with
+# another lineage non-specific (CCR7: mregDC and T cells).
+STATE_PANELS = ("macrophage_lipid_associated", "macrophage_erythroblastic_island", "mregDC")
+# Subtypes called only where the cluster's cells show their genes (annotate.t_subtype_evidence):
+# detected (count > 0) in at least SUBTYPE_MIN_FRACTION of the cluster's T cells and at least
+# SUBTYPE_MIN_RATIO times the fraction of the other subtype's genes.
+SUBTYPE_GENES = {
+    "CD8 T": ("CD8A", "CD8B", "CD8B1"),
+    "CD4 T": ("CD4", "CD40LG"),
+}
+SUBTYPE_MIN_FRACTION = 0.25
+SUBTYPE_MIN_RATIO = 2.0
+
 # Library sets (their gene list of the species) merged into a panel.
 LIBRARY_SETS = {
     "osteoclast": "osteoclast_differentiation_core",
@@ -136,15 +198,19 @@ _HUMAN = {
     "monocyte_classical": "S100A12 CTSS LGALS2 CD36 MNDA CCR2 MS4A6A FPR1 PLBD1",
     "monocyte_nonclassical": "HES4 RHOC SIGLEC10 TCF7L2 LYPD2 VMO1 CSF1R",
     "macrophage": "APOE SELENOP LYVE1 MARCO FOLR2 SLC40A1 HMOX1 SPIC MAF CD5L",
+    "macrophage_lipid_associated": "TREM2 APOE LPL SPP1 GPNMB FABP5 FABP4 CD9 LGALS3 LIPA CD36",
+    "macrophage_erythroblastic_island": "SIGLEC1 VCAM1 HMOX1 SPIC SLC40A1 CD163 ITGA4 MAF",
     "neutrophil_lineage": "CXCR1 MME CEACAM8 CEACAM6 CRISP3 OLFM4 MMP9 PADI4 CMTM2 PROK2 "
     "S100P ARG1",
     "neutrophil_immature": "OLFM4 CEACAM6 BPI",
     "neutrophil_mature": "CXCR1 PADI4 CMTM2 PROK2 FPR2",
     "eosinophil": "CCR3 SIGLEC8 ALOX15 PTGDR2 RNASE3",
-    "mast": "HPGDS CMA1 MS4A2",
+    "basophil": "CLC HDC MS4A2 GATA2 ENPP3",
+    "mast": "HPGDS CMA1 TPSAB1 TPSB2 KIT",
     "cDC1": "BATF3 WDFY4 C1orf54 CLNK DNASE1L3",
     "cDC2": "CD1E HLA-DQA1 HLA-DQB1 PKIB",
     "pDC": "PLD4 SERPINF1 ITM2C PTCRA LAMP5 SCT",
+    "mregDC": "LAMP3 CCR7 FSCN1 CCL22 CCL17 IDO1 CD274 CD40 IL4I1 MARCKSL1",
     "NK": "KLRC1 NCR1 SH2D1B SPON2 KIR2DL1 KIR2DL3 KIR2DL4 KIR3DL1 KIR3DL2",
     "T": "CD3G CD2 CD5 CD6 CD28 CD247 LCK ITK TRAC TRBC1 TRBC2 TRGC1 TRGC2 BCL11B SKAP1 THEMIS",
     "T_CD4": "CD4 CD40LG ZBTB7B ANKRD55",
@@ -168,15 +234,18 @@ _MOUSE = {
     "megakaryocyte_platelet": "Gp1bb Gp5 Gp6 Tubb1 Mpl Clec1b Treml1 Cavin2",
     "monocyte_classical": "Ms4a6c Csf1r Fcgr1",
     "macrophage": "Spic Cd5l Slc40a1 Mrc1 Cd68 Marco",
+    "macrophage_lipid_associated": "Trem2 Apoe Lpl Spp1 Gpnmb Fabp5 Fabp4 Cd9 Lgals3 Lipa Cd36",
+    "macrophage_erythroblastic_island": "Siglec1 Vcam1 Hmox1 Spic Slc40a1 Cd163 Itga4 Maf",
     "neutrophil_lineage": "Cd177 Chil3 Lcn2 Mmp8 Mmp9 Wfdc21 Lrg1 Fpr1 Fpr2",
     "neutrophil_immature": "Fcnb",
     "neutrophil_mature": "Fpr1 Fpr2",
     "eosinophil": "Prg3 Ear1 Ear6 Ccr3 Il5ra Alox15",
-    "basophil": "Ms4a2 Hdc",
-    "mast": "Mcpt1 Mcpt2 Ms4a2 Hdc Tpsab1",
+    "basophil": "Prss34 Mcpt8 Cpa3 Ms4a2 Gata2 Hdc",
+    "mast": "Mcpt1 Mcpt2 Tpsab1 Cma1 Mcpt4 Kit",
     "cDC1": "Batf3 Wdfy4 Naaa",
     "cDC2": "Clec4a4",
     "pDC": "Klk1 Spib Tcf4",
+    "mregDC": "Lamp3 Ccr7 Fscn1 Ccl22 Ccl17 Cd274 Cd40 Il4i1 Marcksl1",
     "NK": "Klra4 Klra7 Klra8 Klrc1",
     "T": "Cd3d Cd2 Cd5 Cd6 Cd28 Cd247 Lck Itk Trbc1 Trbc2 Bcl11b Themis Skap1",
     "T_CD4": "Cd4 Cd40lg Zbtb7b",
@@ -200,6 +269,11 @@ REFERENCES = {
     "baccin2020": "Baccin C et al. Combined single-cell and spatial transcriptomics reveal the "
     "molecular, cellular and spatial bone marrow niche organization. Nat Cell Biol 2020;22:38-48. "
     "doi:10.1038/s41556-019-0439-6",
+    "chang2008": "Chang MK et al. Osteal tissue macrophages are intercalated throughout human "
+    "and mouse bone lining tissues and regulate osteoblast function in vivo and in vitro. "
+    "J Immunol 2008;181:1232-1244. doi:10.4049/jimmunol.181.2.1232",
+    "chow2013": "Chow A et al. CD169+ macrophages provide a niche promoting erythropoiesis under "
+    "homeostasis and stress. Nat Med 2013;19:429-436. doi:10.1038/nm.3057",
     "calvanese2019": "Calvanese V et al. MLLT3 governs human haematopoietic stem-cell "
     "self-renewal and engraftment. Nature 2019;576:281-286. doi:10.1038/s41586-019-1790-2",
     "cisse2008": "Cisse B et al. Transcription factor E2-2 is an essential and specific "
@@ -224,10 +298,16 @@ REFERENCES = {
     "hildner2008": "Hildner K et al. Batf3 deficiency reveals a critical role for CD8alpha+ "
     "dendritic cells in cytotoxic T cell immunity. Science 2008;322:1097-1100. "
     "doi:10.1126/science.1164206",
+    "jaitin2019": "Jaitin DA et al. Lipid-associated macrophages control metabolic homeostasis "
+    "in a Trem2-dependent manner. Cell 2019;178:686-698. doi:10.1016/j.cell.2019.05.054",
     "kalucka2020": "Kalucka J et al. Single-cell transcriptome atlas of murine endothelial "
     "cells. Cell 2020;180:764-779. doi:10.1016/j.cell.2020.01.015",
     "kohyama2009": "Kohyama M et al. Role for Spi-C in the development of red pulp "
     "macrophages and splenic iron homeostasis. Nature 2009;457:318-321. doi:10.1038/nature07472",
+    "li2019": "Li W et al. Identification and transcriptome analysis of erythroblastic island "
+    "macrophages. Blood 2019;134:480-491. doi:10.1182/blood.2019000430",
+    "maier2020": "Maier B et al. A conserved dendritic-cell regulatory program limits antitumour "
+    "immunity. Nature 2020;580:257-262. doi:10.1038/s41586-020-2134-y",
     "paul2015": "Paul F et al. Transcriptional heterogeneity and lineage commitment in myeloid "
     "progenitors. Cell 2015;163:1663-1677. doi:10.1016/j.cell.2015.11.013",
     "theisen2018": "Theisen DJ et al. WDFY4 is required for cross-presentation in response to "
@@ -278,6 +358,18 @@ SUPPLEMENT_SOURCES = {
         "baccin2020",
         "SPIC, SLC40A1, HMOX1, CD5L: iron-recycling macrophages; LYVE1, FOLR2, MARCO canonical",
     ),
+    "macrophage_lipid_associated": (
+        "jaitin2019",
+        "",
+        "LIPA, CD36 (lipid uptake) canonical; the osteoclast-like macrophage: ACP5, DCSTAMP "
+        "and MMP9 can be high too, so the osteoclast call needs osteoclast-specific genes",
+    ),
+    "macrophage_erythroblastic_island": (
+        "chow2013",
+        "li2019",
+        "SIGLEC1 (CD169), VCAM1, ITGA4 per chow2013; HMOX1, SPIC, SLC40A1, CD163, MAF: iron "
+        "recycling, shared with other iron-recycling macrophages",
+    ),
     "neutrophil_lineage": ("xie2020", "cowland2016", ""),
     "neutrophil_immature": (
         "cowland2016",
@@ -290,8 +382,9 @@ SUPPLEMENT_SOURCES = {
         "",
         "canonical: CCR3, IL5RA, SIGLEC8, RNASE3 (ECP), PTGDR2, ALOX15, mouse Ear and Prg genes",
     ),
-    "basophil": ("dwyer2016", "paul2015", ""),
-    "mast": ("dwyer2016", "", ""),
+    "basophil": ("dwyer2016", "paul2015", "human CLC, ENPP3 (CD203c) canonical"),
+    "mast": ("dwyer2016", "", "canonical: tryptases, chymase, KIT"),
+    "mregDC": ("maier2020", "", "mouse Ido1 left out: expressed by cDC1 at rest"),
     "cDC1": (
         "hildner2008",
         "theisen2018",
@@ -479,7 +572,13 @@ def build_panels(
     return panels
 
 
-def gene_positions(adata: AnnData, *, case_insensitive: bool = False) -> dict[str, int]:
+def gene_positions(
+    adata: AnnData,
+    *,
+    case_insensitive: bool = False,
+    species: str | None = None,
+    aliases: bool = True,
+) -> dict[str, int]:
     """Map gene symbols to columns of ``adata``, through a var symbol column for Ensembl IDs.
 
     Parameters
@@ -488,12 +587,20 @@ def gene_positions(adata: AnnData, *, case_insensitive: bool = False) -> dict[st
         The dataset.
     case_insensitive
         Match on upper case (datasets that store mouse symbols upper-cased).
+    species
+        ``human`` or ``mouse``: a current symbol absent from the data also maps to the column
+        of its previous or alias symbol (IL8 for CXCL8; :func:`osteoimmune.genes.alias_columns`).
+        Default: the species the pipeline recorded in ``uns['osteoimmune']``, if any.
+    aliases
+        False: exact symbols only.
 
     Returns
     -------
     dict
         Symbol (upper-cased if ``case_insensitive``) -> column index; the first column wins.
     """
+    if species is None:
+        species = adata.uns.get("osteoimmune", {}).get("species")
     names = pd.Index(adata.var_names).astype(str)
     if names.str.match(_ENSEMBL).mean() > 0.5:
         column = next((c for c in SYMBOL_COLUMNS if c in adata.var), None)
@@ -510,6 +617,11 @@ def gene_positions(adata: AnnData, *, case_insensitive: bool = False) -> dict[st
     positions: dict[str, int] = {}
     for index, name in enumerate(names):
         positions.setdefault(name, index)
+    if aliases and species in SPECIES_WITH_ALIASES:
+        for symbol, index in alias_columns(
+            names, species=species, case_insensitive=case_insensitive
+        ).items():
+            positions.setdefault(symbol, index)
     return positions
 
 
@@ -527,21 +639,26 @@ def panel_coverage(
     min_genes: int = 2,
     min_coverage: float = 0.5,
     case_insensitive: bool = False,
+    species: str | None = None,
 ) -> pd.DataFrame:
     """How much of each panel the dataset holds, and whether it is used.
 
     A panel is used when at least ``min_genes`` of its genes are present and detected in some
     cell; it is then scored on those genes only. A used panel with fewer than ``min_coverage``
     of its genes present is marked incomplete (``complete`` False): its score rests on a part
-    of the panel, which the annotation reports.
+    of the panel, which the annotation reports. Genes are also found by previous or alias
+    symbols (see :func:`gene_positions`, which takes ``species`` and its default).
 
     Returns
     -------
     pandas.DataFrame
-        One row per panel (index ``panel``), columns :data:`COVERAGE_COLUMNS`; ``present``
-        and ``missing`` are comma-joined symbols.
+        One row per panel (index ``panel``), columns :data:`COVERAGE_COLUMNS` and
+        ``aliases_used`` (e.g. ``CXCL8<-IL8``); ``present`` and ``missing`` are comma-joined
+        symbols.
     """
-    positions = gene_positions(adata, case_insensitive=case_insensitive)
+    positions = gene_positions(adata, case_insensitive=case_insensitive, species=species)
+    exact = gene_positions(adata, case_insensitive=case_insensitive, aliases=False)
+    spelled = {index: symbol for symbol, index in exact.items()}
     key = str.upper if case_insensitive else str
     every = sorted(
         {positions[key(g)] for p in panels.values() for g in p.genes if key(g) in positions}
@@ -581,6 +698,14 @@ def panel_coverage(
     table = pd.DataFrame(
         rows, columns=list(COVERAGE_COLUMNS), index=pd.Index(list(panels), name="panel")
     )
+    table["aliases_used"] = [
+        "; ".join(
+            f"{g}<-{spelled.get(positions[key(g)], adata.var_names[positions[key(g)]])}"
+            for g in panel.genes
+            if key(g) in positions and key(g) not in exact
+        )
+        for panel in panels.values()
+    ]
     _check_species(table, adata, panels, case_insensitive=case_insensitive)
     return table
 
@@ -617,7 +742,8 @@ def lineage_specific(panels: dict[str, Panel]) -> dict[str, Panel]:
 
     A gene in two lineages' panels (CD34: HSC and B progenitors; Car2: erythroid progenitors
     and osteoclasts; Mpo: GMP and promyelocytes) cannot tell those lineages apart, so the
-    lineage step scores panels without them; panels left without genes are dropped. Each
+    lineage step scores panels without them; panels left without genes are dropped, and so are
+    the :data:`STATE_PANELS` (whose genes still count as listed by their lineage). Each
     lineage also gets a union panel ``<lineage>_lineage`` of all its specific genes, where
     weak but agreeing genes of different panels add up (small or random gene panels).
     """
@@ -627,6 +753,8 @@ def lineage_specific(panels: dict[str, Panel]) -> dict[str, Panel]:
             lineages.setdefault(gene, set()).add(panel.lineage)
     out = {}
     for name, panel in panels.items():
+        if name in STATE_PANELS:
+            continue
         genes = tuple(g for g in panel.genes if len(lineages[g]) == 1)
         if genes:
             out[name] = Panel(

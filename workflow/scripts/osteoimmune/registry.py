@@ -143,6 +143,13 @@ def _check_entry(name: str, entry: dict) -> None:
             "but no file has role 'labels'."
         )
         raise RegistryError(msg)
+    if entry.get("reference") and not (label and entry.get("author_label_map")):
+        msg = (
+            f"Dataset registry entry '{name}' has `reference: true` but no `author_label` and "
+            "`author_label_map`: a reference trains on its authors' labels mapped to this "
+            "project's cell types. Add both, or remove `reference: true`."
+        )
+        raise RegistryError(msg)
     names = [f["filename"] for f in entry["files"]]
     if len(set(names)) != len(names):
         msg = f"Dataset registry entry '{name}', field 'files': two files share a filename."

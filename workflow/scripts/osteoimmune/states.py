@@ -18,7 +18,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from osteoimmune.errors import OsteoimmuneError
-from osteoimmune.panels import UNASSIGNED, gene_positions
+from osteoimmune.panels import FAMILIES, UNASSIGNED, gene_positions
 from osteoimmune.signatures import SPECIES, SignatureLibrary, load_library
 
 GATE_TYPES = ("classical monocyte", "non-classical monocyte", "macrophage")
@@ -33,6 +33,9 @@ class StateError(OsteoimmuneError, ValueError):
 def gate_mask(obs: pd.DataFrame, *, cell_types: Sequence[str] = GATE_TYPES) -> np.ndarray:
     """Return which cells are in the polarization gate (monocytes and macrophages).
 
+    A type whose family (:data:`osteoimmune.panels.FAMILIES`) is in ``cell_types`` is in the
+    gate too: the macrophage states (lipid-associated, erythroblastic-island, osteal).
+
     Parameters
     ----------
     obs
@@ -46,7 +49,10 @@ def gate_mask(obs: pd.DataFrame, *, cell_types: Sequence[str] = GATE_TYPES) -> n
         Boolean, one value per row of ``obs``.
     """
     _require_columns(obs, ["cell_type"], what="obs")
-    return obs["cell_type"].isin(list(cell_types)).to_numpy(dtype=bool)
+    # States of a gated type (a lipid-associated or erythroblastic-island macrophage is a
+    # macrophage) are in the gate with it.
+    members = {*cell_types, *(t for t, family in FAMILIES.items() if family in cell_types)}
+    return obs["cell_type"].isin(sorted(members)).to_numpy(dtype=bool)
 
 
 def _require_columns(frame: pd.DataFrame, columns: Sequence[str], *, what: str) -> None:
