@@ -83,6 +83,7 @@ def qc_steps(samples: list[ad.AnnData], *, qc: dict, seed: int, timer: StepTimer
                 part,
                 counts_based=True,
                 lineage_aware=qc["lineage_aware"],
+                lineage_can_tighten=qc.get("lineage_can_tighten", False),
                 min_group_cells=qc["min_group_cells"],
                 remove_doublets=qc["remove_doublets"],
                 **threshold_params(qc),

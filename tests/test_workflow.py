@@ -378,3 +378,18 @@ def test_report_shows_the_annotation_per_cluster_with_its_basis(run):
     assert "the registry says every cell was sorted Lin- c-Kit+ Sca-1-" in section
     cite = (run / "results" / "luecken2021_bmmc_cite" / "report.html").read_text()
     assert "Lineage per cluster" in cite and "progenitor sort" not in cite
+
+
+def test_mirror_and_offline_do_not_rerun_finished_results(run, tmp_path):
+    # where the files come from and whether the network may be used are run settings, not
+    # inputs of any result: changing them plans nothing for a finished run
+    dry = snakemake(
+        run,
+        f"datasets={json.dumps(list(SHAPES))}",
+        f"mirror={tmp_path}",
+        "offline=False",
+        options=["--dry-run"],
+    )
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    planned = set(re.findall(r"^(?:local)?rule (\w+):", dry.stdout + dry.stderr, flags=re.M))
+    assert planned == set(), planned

@@ -46,6 +46,7 @@ def main(*, h5ad, leiden_markers, params, user_sets, seed, threads, out):
         seed=seed,
         threads=threads,
         case_insensitive=upper,
+        species=species,
     ).rename(columns={"group": group_key})
     ora = overrepresentation(
         pd.read_csv(leiden_markers, sep="\t", dtype={"cluster": str}),
@@ -55,6 +56,7 @@ def main(*, h5ad, leiden_markers, params, user_sets, seed, threads, out):
         top_n=params["top_n"],
         max_padj=params["max_padj"],
         case_insensitive=upper,
+        species=species,
     ).rename(columns={"group": "leiden"})
     prerank.to_csv(out["prerank"], sep="\t", index=False)
     ora.to_csv(out["ora"], sep="\t", index=False)

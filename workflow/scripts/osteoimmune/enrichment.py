@@ -86,9 +86,16 @@ def _check_prerank_options(*, min_size: int, max_size: int, permutations: int) -
 
 
 def _match_sets(
-    gene_sets: Mapping[str, Iterable[str]], universe: Sequence[str], *, case_insensitive: bool
+    gene_sets: Mapping[str, Iterable[str]],
+    universe: Sequence[str],
+    *,
+    case_insensitive: bool,
+    species: str | None = None,
 ) -> dict[str, list[str]]:
-    """Each set's genes as spelled in ``universe``, keeping only genes found there."""
+    """Each set's genes as spelled in ``universe``, keeping only genes found there.
+
+    With ``species``, a gene missing by its symbol is found by a previous or alias symbol.
+    """
     sets = {term: [str(g) for g in genes] for term, genes in gene_sets.items()}
     # one lookup over the universe for all sets, then split back per set
     found = iter(
@@ -96,6 +103,7 @@ def _match_sets(
             [g for genes in sets.values() for g in genes],
             universe,
             case_insensitive=case_insensitive,
+            species=species,
         )
     )
     matched = {}
@@ -168,6 +176,7 @@ def prerank_by_group(
     seed: int = 0,
     threads: int = 1,
     case_insensitive: bool = False,
+    species: str | None = None,
 ) -> pd.DataFrame:
     """Prerank GSEA per group, genes ranked by their marker statistic (highest first).
 
@@ -192,6 +201,9 @@ def prerank_by_group(
         Random seed and worker threads of gseapy; the same seed gives the same table.
     case_insensitive
         Match gene symbols ignoring letter case (e.g. mouse sets on upper-cased symbols).
+    species
+        ``human`` or ``mouse``: set genes missing by symbol are found by previous or alias
+        symbols (:mod:`osteoimmune.genes`); None matches symbols only.
 
     Returns
     -------
@@ -215,7 +227,9 @@ def prerank_by_group(
     tables = []
     for group, group_table in markers.groupby(group_col, sort=True, observed=True):
         ranking = _ranking(group_table, gene_col=gene_col, score_col=score_col)
-        matched = _match_sets(gene_sets, ranking.index, case_insensitive=case_insensitive)
+        matched = _match_sets(
+            gene_sets, ranking.index, case_insensitive=case_insensitive, species=species
+        )
         # gseapy also needs each set to be smaller than the ranking.
         sizes = range(min_size, min(max_size, len(ranking) - 1) + 1)
         sets = {t: g for t, g in matched.items() if len(g) in sizes}
@@ -320,6 +334,7 @@ def overrepresentation(
     score_col: str = "score",
     padj_col: str = "pval_adj",
     case_insensitive: bool = False,
+    species: str | None = None,
 ) -> pd.DataFrame:
     """Over-representation of each group's top markers in the gene sets (hypergeometric test).
 
@@ -341,6 +356,9 @@ def overrepresentation(
         Column names of ``markers``.
     case_insensitive
         Match gene symbols ignoring letter case.
+    species
+        ``human`` or ``mouse``: set genes missing by symbol are found by previous or alias
+        symbols (:mod:`osteoimmune.genes`); None matches symbols only.
 
     Returns
     -------
@@ -375,7 +393,7 @@ def overrepresentation(
         raise EnrichmentError(msg)
     if n_missing:
         log.warning("ORA: %d marker genes are not in the background; left out.", n_missing)
-    matched = _match_sets(gene_sets, universe, case_insensitive=case_insensitive)
+    matched = _match_sets(gene_sets, universe, case_insensitive=case_insensitive, species=species)
     sets = {term: genes for term, genes in matched.items() if genes}
     tables = [
         _enrich_one(query, sets, universe).assign(group=group)

@@ -635,6 +635,7 @@ PANEL_COLUMNS = [
     "cell_type",
     "n_genes",
     "n_present",
+    "aliases_used",
     "proteins",
     "used",
     "complete",
