@@ -7,7 +7,7 @@ import yaml
 from conftest import REPO
 
 from osteoimmune.errors import RegistryError
-from osteoimmune.registry import all_files, load_registry, select_datasets, validate
+from osteoimmune.registry import all_files, load_models, load_registry, select_datasets, validate
 
 REGISTRY = REPO / "config" / "datasets.yaml"
 
@@ -149,3 +149,36 @@ def test_a_reference_needs_author_labels(tmp_path, registry_data):
         "luecken2021_bmmc_cite": "human",
         "weinreb2020_larry_bm_culture": "mouse",
     }
+
+
+def test_models_are_validated_and_named_in_errors(tmp_path, registry_data):
+    assert load_models(REGISTRY) == {}  # the shipped registry trains its references
+    model = {
+        "title": "a model",
+        "species": "human",
+        "source": "a paper",
+        "license": "CC BY 4.0",
+        "file": {"url": "https://example.org/m/model.pkl", "sha256": None, "format": "celltypist"},
+        "label_map": {
+            "Classical monocytes": {"lineage": "myeloid", "cell_type": "classical monocyte"}
+        },
+    }
+    data = copy.deepcopy(registry_data) | {"models": {"atlas": model}}
+    (spec,) = load_models(write(tmp_path, data))["atlas"]["files"]
+    assert (spec["role"], spec["filename"]) == ("model", "model.pkl")
+    data["models"] = {"paul2015_bm_myeloid": model}
+    with pytest.raises(
+        RegistryError, match=r"'paul2015_bm_myeloid' names both a dataset and a model"
+    ):
+        load_models(write(tmp_path, data))
+    bad = copy.deepcopy(model)
+    bad["file"]["url"] = "https://example.org/m/model.h5"
+    data["models"] = {"atlas": bad}
+    with pytest.raises(RegistryError, match=r"model 'atlas'.*model.h5.*\.pkl"):
+        load_models(write(tmp_path, data))
+    data["models"] = {"atlas": model | {"label_map": {}}}
+    with pytest.raises(RegistryError, match=r"model 'atlas'.*label_map"):
+        load_models(write(tmp_path, data))
+    data["models"] = {"atlas": model | {"file": {"url": "https://example.org/m.pkl"}}}
+    with pytest.raises(RegistryError, match=r"models.*atlas"):
+        load_models(write(tmp_path, data))

@@ -5,12 +5,9 @@ bone-marrow cells of two donors) split by donor, or at random into six pseudo-do
 and written as 10x files, a samplesheet and a GEO-style RAW.tar served over HTTP on 127.0.0.1.
 """
 
-import functools
 import hashlib
 import json
 import re
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import anndata as ad
 import numpy as np
@@ -103,26 +100,6 @@ def test_split_by_donor_joins_back_to_the_single_file(cite, tmp_path):
     assert joined.obs["age"].dtype == np.float64
     assert set(joined.obs["age"]) == {41.0, 33.0}
     assert joined.uns["osteoimmune"]["covariates"] == ["age"]
-
-
-@pytest.fixture
-def http_folder(tmp_path):
-    """A folder served over HTTP on 127.0.0.1 (stopped after the test); yields (folder, base)."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    handler = functools.partial(QuietHandler, directory=str(folder))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 def six_samples(cite):

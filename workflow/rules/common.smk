@@ -5,7 +5,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from osteoimmune.registry import is_study, load_registry, select_datasets  # noqa: E402
+from osteoimmune.registry import (  # noqa: E402
+    is_study,
+    load_models,
+    load_registry,
+    select_datasets,
+)
 from osteoimmune.samplesheet import design_rows, study_covariates  # noqa: E402
 
 
@@ -19,6 +24,7 @@ REGISTRY_PATH = _repo_path(config["registry"])
 _COMPRESSION = config.get("intermediate_compression", "lzf")
 INTERMEDIATE_COMPRESSION = None if _COMPRESSION == "none" else _COMPRESSION
 REGISTRY = load_registry(REGISTRY_PATH)
+MODELS = load_models(REGISTRY_PATH)
 DATASETS = select_datasets(REGISTRY, config["datasets"])
 
 
@@ -108,40 +114,54 @@ def qc_sample_files(wildcards):
 
 
 def annotation_reference(dataset):
-    """The registry entry whose labelled cells type the cells of `dataset`, or None.
+    """The registry model or entry whose labels type the cells of `dataset`, or None.
 
-    config annotation.reference: "auto" (the first registry entry with `reference: true` of the
-    dataset's species), "none", or a registry id.
+    config annotation.reference: "auto" (the first registry model of the dataset's species,
+    else the first registry entry with `reference: true` of that species), "none", or the id
+    of a registry model or of an entry with `reference: true`.
     """
     choice = config["annotation"]["reference"]
     species = REGISTRY[dataset]["species"]
     if choice == "none":
         return None
+    references = {k: e for k, e in REGISTRY.items() if e.get("reference")}
     if choice != "auto":
-        if choice not in REGISTRY or not REGISTRY[choice].get("reference"):
+        if choice not in MODELS and choice not in references:
             raise ValueError(
-                f"config annotation.reference: {choice!r} is not a registry entry with "
-                "`reference: true`; use auto, none or one of "
-                f"{sorted(k for k, e in REGISTRY.items() if e.get('reference'))}"
+                f"config annotation.reference: {choice!r} is neither a registry model nor a "
+                "registry entry with `reference: true`; use auto, none or one of "
+                f"{sorted(MODELS) + sorted(references)}"
             )
-        return choice if REGISTRY[choice]["species"] == species else None
-    found = [k for k, e in REGISTRY.items() if e.get("reference") and e["species"] == species]
+        entry = MODELS.get(choice) or references[choice]
+        return choice if entry["species"] == species else None
+    found = [k for k, e in MODELS.items() if e["species"] == species]
+    found += [k for k, e in references.items() if e["species"] == species]
     return found[0] if found else None
 
 
 def reference_model(wildcards):
-    """The trained reference model the dataset's annotation reads ([] when none is needed)."""
+    """What the dataset's annotation reads of its reference ([] when none is needed): a
+    registry model's fetch manifest, or the model trained on a reference dataset."""
     reference = annotation_reference(wildcards.dataset)
     if reference is None or reference == wildcards.dataset:
         return []
+    if reference in MODELS:
+        return f"resources/models/{reference}/fetch_manifest.json"
     return f"results/references/{reference}/model.pkl"
 
 
 def reference_params(wildcards):
-    """The reference's id, species and labels: editing them reruns the annotation."""
+    """The reference's id, kind and labels: editing them reruns the annotation."""
     reference = annotation_reference(wildcards.dataset)
     if reference is None:
         return {}
+    if reference in MODELS:
+        return {
+            "id": reference,
+            "self": False,
+            "model_file": MODELS[reference]["files"][0]["filename"],
+            "label_map": MODELS[reference]["label_map"],
+        }
     return {
         "id": reference,
         "self": reference == wildcards.dataset,
@@ -150,12 +170,13 @@ def reference_params(wildcards):
 
 
 # Datasets run for their own results, and reference datasets their annotation needs.
-REFERENCES = sorted({annotation_reference(d) for d in DATASETS} - {None})
+REFERENCES = sorted({annotation_reference(d) for d in DATASETS} - {None} - set(MODELS))
 
 
 wildcard_constraints:
     dataset="|".join(sorted(set(DATASETS) | set(REFERENCES))),
     reference="|".join(REFERENCES) or "(?!)",
+    model="|".join(MODELS) or "(?!)",
     sample="[^/]+",
 
 

@@ -5,6 +5,7 @@
 localrules:
     fetch_dataset,
     fetch_sample,
+    fetch_model,
 
 
 # config mirror and offline say where the bytes come from, not what they are (every file is
@@ -23,6 +24,25 @@ rule fetch_dataset:
         "logs/fetch_dataset/{dataset}.log",
     benchmark:
         "benchmarks/fetch_dataset/{dataset}.tsv"
+    conda:
+        "../../envs/fetch.yaml"
+    script:
+        "../scripts/fetch_dataset.py"
+
+
+# A registry model (a trained CellTypist reference) is fetched as a dataset's files are: by URL
+# and sha256 or from the mirror, cached under resources/models/, never at annotation time.
+rule fetch_model:
+    output:
+        manifest="resources/models/{model}/fetch_manifest.json",
+    params:
+        files=lambda wildcards: MODELS[wildcards.model]["files"],
+        lock=CHECKSUM_LOCK,
+        strict=config.get("strict_checksums", False),
+    log:
+        "logs/fetch_model/{model}.log",
+    benchmark:
+        "benchmarks/fetch_model/{model}.tsv"
     conda:
         "../../envs/fetch.yaml"
     script:

@@ -1,16 +1,17 @@
 """Snakemake rule annotate_cells: lineage and cell type per cell, agreement with the authors."""
 
 import logging
-import pickle
 
 import anndata as ad
 import pandas as pd
 
 from osteoimmune.agreement import AUTHOR_KEY, agreement_tables, composition_table
 from osteoimmune.annotate import annotate_cells, marker_evidence, tissue_flags
+from osteoimmune.fetch import read_manifest
 from osteoimmune.panels import CELL_TYPES, build_panels
 from osteoimmune.reference import (
     leave_one_donor_out,
+    load_model,
     log_cp10k,
     predict,
     reconcile,
@@ -43,8 +44,9 @@ def reference_calls(adata, *, model_path, reference, min_shared_genes, min_cells
             min_cells=min_cells,
             min_shared_genes=min_shared_genes,
         )
-    with open(model_path, "rb") as handle:
-        model = pickle.load(handle)
+    if reference.get("model_file"):  # a registry model: model_path is its fetch manifest
+        model_path = read_manifest(model_path)[reference["model_file"]]
+    model = load_model(model_path, reference=reference["id"])
     return predict(
         expression, model, label_map=reference["label_map"], min_shared_genes=min_shared_genes
     )

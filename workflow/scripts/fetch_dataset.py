@@ -1,4 +1,4 @@
-"""Rules fetch_dataset and fetch_sample: fetch and verify a dataset's or sample's files."""
+"""Rules fetch_dataset, fetch_sample and fetch_model: fetch and verify the registry's files."""
 
 from pathlib import Path
 
@@ -25,7 +25,7 @@ if __name__ == "__main__":
     with logged(snakemake.log[0]):
         main(
             files=snakemake.params.files,
-            dataset=snakemake.wildcards.dataset,
+            dataset=getattr(snakemake.wildcards, "dataset", None) or snakemake.wildcards.model,
             manifest=snakemake.output.manifest,
             # not params (fetch.smk): where the files come from must not rerun the fetch
             mirror=snakemake.config["mirror"],

@@ -1,7 +1,6 @@
 """Snakemake rule train_reference: a CellTypist model from a labelled reference dataset."""
 
 import logging
-import pickle
 
 import anndata as ad
 
@@ -34,8 +33,7 @@ def main(*, h5ad, label_map, min_cells, model_out, labels_out):
     )
     summary = labels.value_counts().rename_axis("label").rename("n_cells").sort_index()
     summary.to_csv(labels_out, sep="\t")
-    with open(model_out, "wb") as handle:
-        pickle.dump(model, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    model.write(model_out)  # CellTypist's own format, as a registered model file
 
 
 if __name__ == "__main__":

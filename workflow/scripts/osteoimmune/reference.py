@@ -5,7 +5,9 @@ labels) trains a CellTypist logistic-regression model (Dominguez Conde et al. 20
 doi:10.1126/science.abl5197) on log1p counts per 10k. The model labels every cell of a dataset of
 the same species; the reference's ``author_label_map`` turns its labels into this project's
 vocabulary (:data:`osteoimmune.panels.CELL_TYPES`). When the dataset is the reference itself,
-each donor is labelled by a model trained on the other donors only.
+each donor is labelled by a model trained on the other donors only. A trained model can also be
+registered (the registry's ``models:``, e.g. a CellTypist atlas model) and is fetched by URL
+and sha256 like a dataset's files; its ``label_map`` does what ``author_label_map`` does.
 
 The marker panels stay as the explanation and the check (:func:`reconcile`): every cell's final
 type has a source (``both`` when reference and markers agree, ``reference``, ``markers``), a
@@ -15,6 +17,8 @@ confidence, and a flag when the markers contradict the reference's call.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -88,6 +92,26 @@ def train_model(expression: AnnData, labels: pd.Series, *, max_iter: int = 1000)
         max_iter=max_iter,
         n_jobs=1,
     )
+
+
+def load_model(path: str | os.PathLike, *, reference: str):
+    """A CellTypist model from its file (as ``celltypist.models.Model.write`` saves it).
+
+    Raises
+    ------
+    ValueError
+        Naming the reference and the file when it is not a CellTypist model.
+    """
+    from celltypist.models import Model
+
+    try:
+        return Model.load(str(Path(path).resolve()))
+    except Exception as error:  # celltypist re-raises every load failure as a bare Exception
+        msg = (
+            f"Reference '{reference}': {path} is not a CellTypist model ({error!r}); register "
+            "a .pkl written by celltypist (celltypist.train(...).write(path))."
+        )
+        raise ValueError(msg) from error
 
 
 def _vocabulary(label_map: dict) -> pd.DataFrame:

@@ -82,6 +82,55 @@ def load_registry(path: str | os.PathLike, *, schema_path: Path | None = None) -
     return datasets
 
 
+def load_models(path: str | os.PathLike, *, schema_path: Path | None = None) -> dict:
+    """Load and validate the registry's trained reference models (its ``models:`` section).
+
+    Parameters
+    ----------
+    path
+        The registry YAML file (``config/datasets.yaml``).
+    schema_path
+        The JSON schema; defaults to ``config/schemas/datasets.schema.yaml`` of this checkout.
+
+    Returns
+    -------
+    dict
+        Model id -> entry, with ``files``: the model file (role ``model``) as the fetch step
+        takes a dataset's files (``filename`` filled in). Empty when the registry has no models.
+    """
+    path = Path(path)
+    data = yaml.safe_load(path.read_text())
+    validate(
+        data,
+        schema_path=schema_path or SCHEMA_DIR / "datasets.schema.yaml",
+        what=f"Dataset registry {path}",
+    )
+    models = {}
+    for name, entry in (data.get("models") or {}).items():
+        if name in data["datasets"]:
+            msg = (
+                f"Dataset registry {path}: '{name}' names both a dataset and a model; rename "
+                "one of them."
+            )
+            raise RegistryError(msg)
+        entry = dict(entry)
+        spec = _complete_file(name, {**entry.pop("file"), "role": "model"}, base=path.parent)
+        if not spec["filename"].endswith(".pkl"):
+            msg = (
+                f"Dataset registry model '{name}': file '{spec['filename']}' is not a "
+                "CellTypist model (.pkl); set `filename:` to a name ending in .pkl."
+            )
+            raise RegistryError(msg)
+        if not entry["label_map"]:
+            msg = (
+                f"Dataset registry model '{name}': `label_map` is empty; map the model's "
+                "labels to this project's cell types."
+            )
+            raise RegistryError(msg)
+        models[name] = entry | {"files": [spec]}
+    return models
+
+
 def _complete_file(name: str, spec: dict, *, base: Path) -> dict:
     spec = dict(spec)
     if "path" in spec:

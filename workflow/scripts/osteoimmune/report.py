@@ -398,6 +398,7 @@ def dataset_report(
         dataset=meta["dataset"],
         **case_control_context(tables),
         **cell_type_calls(sources),
+        calls_reference=adata.uns.get("annotation", {}).get("reference", {}),
         rankl_opg=rankl_opg_note(tables["genes"]),
         pb=config.get("pseudobulk", {}),
         communication_resources="; ".join(
