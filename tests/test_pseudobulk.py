@@ -416,3 +416,16 @@ def test_figures_draw_the_results(spiked):
     for figure in (fig, heat):
         figure.savefig(io.BytesIO(), format="png")
         plt.close(figure)
+
+
+def test_a_cell_type_missing_from_one_condition_is_untested_saying_so():
+    # the type has pseudobulks in healthy only: 0 samples in osteoporosis, not an error
+    layout = _two_conditions(3, cells=15)
+    layout |= {f"osteo{i}": (f"o_d{i}", "osteoporosis", {"mono": 15}) for i in range(3)}
+    layout |= {f"healthy{i}": (f"h_d{i}", "healthy", {"mono": 15, "OC": 15}) for i in range(3)}
+    pb, _ = pseudobulk(_cells(layout, n_genes=30), min_cells=10, min_counts=0)
+    results, summary = differential_expression(pb, group="OC", reference="healthy")
+    assert results.empty
+    assert summary["reason"].tolist() == [
+        "0 samples in osteoporosis: no test (needs 2 per condition)"
+    ]

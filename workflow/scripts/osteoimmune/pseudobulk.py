@@ -492,7 +492,8 @@ def differential_expression(
     conditions = condition_order(pb.obs)
     _check_reference(conditions, reference)
     sub = pb[pb.obs[GROUP].astype(str) == group]
-    counts = sub.obs[CONDITION].astype(str).value_counts().to_dict()
+    # a condition with no pseudobulk of this group counts 0 samples (not a missing key)
+    counts = dict.fromkeys(conditions, 0) | sub.obs[CONDITION].astype(str).value_counts().to_dict()
     cases = [c for c in conditions if c != reference]
     if not cases:
         row = _summary_row(group, "", reference, counts)
