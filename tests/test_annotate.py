@@ -542,6 +542,11 @@ def test_marker_evidence_names_detected_genes_and_flags_unsupported_cells(annota
     _, supported = marker_evidence(adata, human, relabelled, min_genes=3)
     mono_cells = (adata.obs["group"] == "mono").to_numpy()
     assert supported[mono_cells].mean() < 0.5
+    # a type none of whose panel genes the data hold says so, instead of a blank
+    absent = adata[:, [g not in set(GROUPS["mono"]) for g in adata.var_names]].copy()
+    table, _ = marker_evidence(absent, human, absent.obs["cell_type"].astype(str))
+    assert table.loc["classical monocyte", "n_genes_present"] == 0
+    assert table.loc["classical monocyte", "marker_evidence"].startswith("none of its")
 
 
 def test_every_new_panel_cites_a_doi():

@@ -42,6 +42,7 @@ Author labels are never read here; :mod:`osteoimmune.agreement` compares with th
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -1025,8 +1026,17 @@ def marker_evidence(
         rows[kind] = {
             "n_cells": int(cells.sum()),
             "n_genes_present": len(own),
-            "marker_evidence": ", ".join(f"{g} {v:.0%}" for g, v in fractions[:n_top].items()),
+            "marker_evidence": _evidence_text(fractions[:n_top], panel=_type_genes(panels, kind)),
             "fraction_supported": float(supported[cells].mean()),
         }
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("cell_type")
     return table, supported
+
+
+def _evidence_text(fractions: pd.Series, *, panel: Sequence[str]) -> str:
+    """``CD14 92%, LYZ 99%``; or why there is none: the panel's genes are not in the data."""
+    if len(fractions):
+        return ", ".join(f"{g} {v:.0%}" for g, v in fractions.items())
+    if panel:
+        return f"none of its {len(set(panel))} panel genes is in this dataset"
+    return ""
