@@ -40,6 +40,20 @@ def validate(data: Any, *, schema_path: Path, what: str) -> None:
         raise RegistryError(msg)
 
 
+def _read_registry(path: Path, *, schema_path: Path | None) -> dict:
+    """The registry file's data, validated against its schema."""
+    if not path.is_file():
+        msg = f"Dataset registry {path} does not exist; set `registry:` in config/config.yaml."
+        raise RegistryError(msg)
+    data = yaml.safe_load(path.read_text())
+    validate(
+        data,
+        schema_path=schema_path or SCHEMA_DIR / "datasets.schema.yaml",
+        what=f"Dataset registry {path}",
+    )
+    return data
+
+
 def load_registry(path: str | os.PathLike, *, schema_path: Path | None = None) -> dict:
     """Load and validate a dataset registry.
 
@@ -59,15 +73,7 @@ def load_registry(path: str | os.PathLike, *, schema_path: Path | None = None) -
         :func:`osteoimmune.samplesheet.parse_samples`.
     """
     path = Path(path)
-    if not path.is_file():
-        msg = f"Dataset registry {path} does not exist; set `registry:` in config/config.yaml."
-        raise RegistryError(msg)
-    data = yaml.safe_load(path.read_text())
-    validate(
-        data,
-        schema_path=schema_path or SCHEMA_DIR / "datasets.schema.yaml",
-        what=f"Dataset registry {path}",
-    )
+    data = _read_registry(path, schema_path=schema_path)
     datasets = {}
     for name, entry in data["datasets"].items():
         entry = dict(entry)
@@ -99,12 +105,7 @@ def load_models(path: str | os.PathLike, *, schema_path: Path | None = None) -> 
         takes a dataset's files (``filename`` filled in). Empty when the registry has no models.
     """
     path = Path(path)
-    data = yaml.safe_load(path.read_text())
-    validate(
-        data,
-        schema_path=schema_path or SCHEMA_DIR / "datasets.schema.yaml",
-        what=f"Dataset registry {path}",
-    )
+    data = _read_registry(path, schema_path=schema_path)
     models = {}
     for name, entry in (data.get("models") or {}).items():
         if name in data["datasets"]:
