@@ -2,12 +2,38 @@
 # Stages live in workflow/rules/*.smk; the work is done by the library in
 # workflow/scripts/osteoimmune/, called from one thin script per rule.
 
-from snakemake.utils import min_version, validate
+from pathlib import Path
+
+from snakemake.common.configfile import load_configfile
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, update_config, validate
 
 min_version("9.0")
 
+# This workflow's own folder. config/, the registry and workflow/scripts/ are found from here,
+# never from the working directory nor from workflow.basedir (the folder of the main Snakefile:
+# the outer workflow's when this one is used as a module). current_basedir is the folder of
+# the Snakefile being parsed, i.e. this one, run directly or as a module.
+if not workflow.current_basedir.is_local:
+    raise WorkflowError(
+        "osteoimmune needs a local copy of its repository (the library in workflow/scripts/ and "
+        "the registry in config/): clone it at a tag and use `module: snakefile: "
+        "'<clone>/Snakefile'` (config/README.md)."
+    )
+WORKFLOW_DIR = Path(workflow.current_basedir)
+DEFAULT_CONFIG = WORKFLOW_DIR / "config" / "config.yaml"
 
-configfile: "config/config.yaml"
+
+# Run directly, `configfile:` loads the defaults under --configfile/--config. Under a module
+# statement with `config:`, Snakemake skips `configfile:` and the module gets only the outer
+# workflow's config; so the defaults are merged below as well: what the run or the outer
+# workflow sets, over this workflow's config/config.yaml (nested keys one by one).
+configfile: str(DEFAULT_CONFIG)
+
+
+_merged = load_configfile(str(DEFAULT_CONFIG))
+update_config(_merged, config)
+config = _merged
 
 
 validate(config, "config/schemas/config.schema.yaml")
@@ -17,6 +43,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/resources.smk"
 include: "workflow/rules/fetch.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/cluster.smk"

@@ -1,9 +1,22 @@
 # Shared setup: the dataset registry, the datasets to run, the mirror.
 
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+# The library (workflow/scripts/osteoimmune) of this copy of the workflow, found from its own
+# folder (WORKFLOW_DIR, set by the Snakefile), whether run directly or as a module, with or
+# without `pip install -e .`. Here for this process; on PYTHONPATH, first, for the jobs' rule
+# scripts (subprocesses, cluster jobs), so that they import the same copy rather than another
+# install on site-packages. (Snakemake's script preamble also appends this process's sys.path
+# and the script's folder, workflow/scripts, to a script's sys.path: after site-packages. Under
+# --sdm conda it drops PYTHONPATH, and that is how the conda envs find the library.)
+SCRIPTS_DIR = str(WORKFLOW_DIR / "workflow" / "scripts")
+sys.path.insert(0, SCRIPTS_DIR)
+_PYTHONPATH = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+_PYTHONPATH = [SCRIPTS_DIR, *(p for p in _PYTHONPATH if p != SCRIPTS_DIR)]
+# set here, not required of the user: not an `envvars:` entry (which remote jobs would copy)
+os.environ.update(PYTHONPATH=os.pathsep.join(_PYTHONPATH))
 
 from osteoimmune.registry import (  # noqa: E402
     is_study,
@@ -15,8 +28,10 @@ from osteoimmune.samplesheet import design_rows, study_covariates  # noqa: E402
 
 
 def _repo_path(path):
+    """A config path: as given when absolute, else in this workflow's folder (the registry and
+    the checksum lock belong to the workflow, not to the working directory)."""
     path = Path(path)
-    return path if path.is_absolute() else Path(workflow.basedir) / path
+    return path if path.is_absolute() else WORKFLOW_DIR / path
 
 
 REGISTRY_PATH = _repo_path(config["registry"])
