@@ -19,7 +19,8 @@ rule train_reference:
     benchmark:
         "benchmarks/train_reference/{reference}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
     script:
@@ -62,7 +63,8 @@ rule annotate_cells:
     benchmark:
         "benchmarks/annotate_cells/{dataset}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
     script:

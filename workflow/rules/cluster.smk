@@ -31,7 +31,8 @@ rule cluster_cells:
     benchmark:
         "benchmarks/cluster_cells/{dataset}.tsv"
     resources:
-        mem_mb=8000,
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
     script:

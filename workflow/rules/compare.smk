@@ -29,7 +29,8 @@ rule compare_conditions:
     benchmark:
         "benchmarks/compare_conditions/{dataset}.tsv"
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
     script:
@@ -66,7 +67,8 @@ rule enrichment:
     benchmark:
         "benchmarks/enrichment/{dataset}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
     script:
@@ -97,7 +99,8 @@ rule compare_expression:
     benchmark:
         "benchmarks/compare_expression/{dataset}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
     script:
@@ -119,7 +122,8 @@ rule compare_composition:
     benchmark:
         "benchmarks/compare_composition/{dataset}.tsv"
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
     script:
@@ -144,7 +148,8 @@ rule infer_communication:
     benchmark:
         "benchmarks/infer_communication/{dataset}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
     script:

@@ -65,7 +65,8 @@ checkpoint read_dataset:
     benchmark:
         "benchmarks/read_dataset/{dataset}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
     script:
@@ -106,7 +107,8 @@ rule read_sample:
     benchmark:
         "benchmarks/read_sample/{dataset}/{sample}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
     script:

@@ -17,7 +17,8 @@ rule qc_sample:
     benchmark:
         "benchmarks/qc_sample/{dataset}/{sample}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
     script:
@@ -50,7 +51,8 @@ rule filter_cells:
     benchmark:
         "benchmarks/filter_cells/{dataset}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
     script:

@@ -59,7 +59,8 @@ rule report_dataset:
     benchmark:
         "benchmarks/report_dataset/{dataset}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/report.yaml"
     script:
@@ -92,6 +93,9 @@ rule report_index:
         registry=REGISTRY_PATH,
     log:
         "logs/report_index/index.log",
+    resources:
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/report.yaml"
     script:

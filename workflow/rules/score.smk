@@ -42,7 +42,8 @@ rule score_signatures:
     benchmark:
         "benchmarks/score_signatures/{dataset}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
     script:

@@ -1,0 +1,143 @@
+"""Cluster jobs: requests that grow with input and retries, failures said plainly, and the
+README's SLURM command on a real single-node SLURM cluster (`.ci/slurm start`; CI runs these
+tests with `make test-slurm`)."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import REPO
+
+from osteoimmune.slurm import (
+    diagnose,
+    explain_failures,
+    failed_jobs,
+    memory_request,
+    runtime_request,
+)
+
+SLURM_LOG = """\
+slurmstepd-node1: error: StepId=35.batch exceeded memory limit (157392896 > 157286400), being killed
+slurmstepd-node1: error: Exceeded job memory limit
+"""
+
+
+def _main_log(tmp_path, slurm_text):
+    slurm = tmp_path / ".snakemake/slurm_logs/rule_qc_sample/d_s1/7.log"
+    slurm.parent.mkdir(parents=True)
+    slurm.write_text(slurm_text)
+    rule_log = tmp_path / "logs/qc_sample/d/s1.log"
+    main = tmp_path / "main.log"
+    main.write_text(
+        "[Sun Dec  6 21:12:31 2026]\nError in rule qc_sample:\n    message: SLURM-job '7' failed\n"
+        f"    jobid: 3\n    log: {rule_log}, {slurm} (check log file(s) for error details)\n"
+        "    external_jobid: 7\n\nShutting down\n"
+    )
+    return main, rule_log, slurm
+
+
+def test_requests_grow_with_input_and_attempt_up_to_the_cap():
+    small, large = memory_request(2, 1, cap_mb=64000), memory_request(400, 1, cap_mb=64000)
+    assert small == 1030 and large == 7000  # 1,000 MB + 15 MB per input MB
+    assert memory_request(400, 2, cap_mb=64000) == 2 * large
+    assert memory_request(400, 3, cap_mb=16000) == 16000
+    assert runtime_request(2, 1, cap_min=1440) == "15m"  # a unit: a bare 15 means seconds
+    assert runtime_request(400, 2, cap_min=1440) == "110m"
+    assert runtime_request(400, 30, cap_min=1440) == "1440m"
+
+
+def test_a_job_killed_for_memory_is_explained_in_its_rule_log(tmp_path):
+    main, rule_log, slurm = _main_log(tmp_path, SLURM_LOG)
+    (job,) = failed_jobs(main.read_text())
+    assert (job.rule, job.logs, job.slurm_log) == ("qc_sample", (rule_log,), slurm)
+    messages = explain_failures([str(main)], max_mem_mb=8000, max_runtime_min=60)
+    assert len(messages) == 1
+    assert "Rule qc_sample: the SLURM job ran out of memory" in messages[0]
+    assert "resources.max_mem_mb (now 8000)" in messages[0]
+    assert messages[0] in rule_log.read_text()
+
+
+def test_time_limit_and_other_failures():
+    assert diagnose("slurmstepd: error: *** JOB 9 ON n1 CANCELLED DUE TO TIME LIMIT ***") == "time"
+    assert diagnose(SLURM_LOG) == "memory"
+    assert diagnose("Traceback (most recent call last):\nValueError: bad input") is None
+
+
+def test_a_failure_slurm_did_not_cause_is_left_alone(tmp_path):
+    main, rule_log, _ = _main_log(tmp_path, "Traceback ...\nValueError: bad input\n")
+    assert explain_failures(main, max_mem_mb=8000, max_runtime_min=60) == []
+    assert not rule_log.exists()
+
+
+# --------------------------------------------------------------------- a real SLURM cluster
+
+cluster = pytest.mark.skipif(
+    shutil.which("sinfo") is None
+    or subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0,
+    reason="no SLURM cluster here (start one with `.ci/slurm start`, as root)",
+)
+DATASETS = ["paul2015_bm_myeloid", "shalek2014_bmdc_lps"]
+
+
+def _readme_slurm_command():
+    """The README's SLURM command, exactly as it stands there."""
+    readme = (REPO / "README.md").read_text()
+    (command,) = re.findall(r"^snakemake --profile profiles/slurm$", readme, flags=re.M)
+    return command.split()
+
+
+def _run(workdir, *extra, config=()):
+    env = os.environ | {"PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    cmd = [*_readme_slurm_command(), "--directory", str(workdir), *extra, "--config", *config]
+    return subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+
+
+@cluster
+@pytest.mark.slurm
+def test_readme_slurm_command_runs_the_workflow_through_sbatch(mirror, tmp_path):
+    result = _run(
+        tmp_path,
+        config=[f"datasets={DATASETS}", f"mirror={mirror}", "offline=True"],
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    log = result.stdout + result.stderr
+    submitted = set(re.findall(r"slurm_logs/rule_(\w+)/", log))
+    local = set(re.findall(r"^localrule (\w+):", log, flags=re.M))
+    assert {"read_dataset", "qc_sample", "cluster_cells", "report_dataset"} <= submitted
+    assert "fetch_dataset" in local and "fetch_dataset" not in submitted
+    for dataset in DATASETS:
+        assert (tmp_path / "results" / dataset / "report.html").is_file()
+    # each job asked for memory and time from its input (and a unit on the time)
+    ids = re.findall(r"submitted with SLURM jobid (\d+)", log)
+    shown = subprocess.run(["scontrol", "show", "job", ids[0]], capture_output=True, text=True)
+    if shown.returncode == 0:  # still known to slurmctld (MinJobAge)
+        assert "TimeLimit=00:15:00" in shown.stdout
+        assert re.search(r"MinMemoryNode=10\d\dM", shown.stdout)
+
+
+@cluster
+@pytest.mark.slurm
+def test_a_job_out_of_memory_names_the_resource_and_the_setting(mirror, tmp_path):
+    caps = tmp_path / "caps.yaml"
+    caps.write_text(yaml.safe_dump({"resources": {"max_mem_mb": 150}}))
+    target = "results/paul2015_bm_myeloid/intermediate/read.h5ad"
+    result = _run(
+        tmp_path,
+        "--retries",
+        "0",
+        "--configfile",
+        str(caps),
+        config=['datasets=["paul2015_bm_myeloid"]', f"mirror={mirror}", "offline=True"],
+    )
+    assert result.returncode != 0
+    assert "Rule read_dataset: the SLURM job ran out of memory" in result.stderr
+    assert "resources.max_mem_mb (now 150)" in result.stderr
+    rule_log = (tmp_path / "logs/read_dataset/paul2015_bm_myeloid.log").read_text()
+    assert "ran out of memory" in rule_log
+    assert not (tmp_path / target).exists()

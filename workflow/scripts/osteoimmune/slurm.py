@@ -1,0 +1,134 @@
+"""Cluster jobs: what each asks for, and why one failed (out of memory or time) said plainly.
+
+Requests (:func:`memory_request`, :func:`runtime_request`) grow with the size of what a job
+reads and with each retry, and never pass the config's caps. The model, measured in
+bench/README.md: a 100,000-cell full-transcriptome sample (377 MB as an lzf h5ad) peaks at 5.3 GB
+in QC and 5.5 GB in clustering, ~15 MB of memory per MB of input; the default run's jobs
+(inputs of 1-13 MB) peak at 220-880 MB, under the 1,000 MB base. The whole 100,000-cell
+workflow took 7.5 min on 2 cores and the slowest job of the default run 21 s: 15 min plus
+0.1 min per input MB leaves a wide margin for slower, shared nodes.
+
+SLURM reports a job killed for memory as ``FAILED`` (reason unknown to Snakemake) and the rule's
+own log stays empty: the process was killed. What it ran out of is written by slurmstepd into
+the job's SLURM log (``.snakemake/slurm_logs/rule_<rule>/<wildcards>/<jobid>.log``). After a
+failed run (the Snakefile's ``onerror``), :func:`explain_failures` reads the failed jobs from
+Snakemake's log, finds that reason in each job's SLURM log, and writes a sentence naming the
+resource and the setting to raise into the rule's log and to the terminal.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# What slurmstepd / slurmctld write when a job is killed for memory or time.
+MEMORY = re.compile(
+    r"exceeded memory limit|exceeded job memory limit|oom[-_ ]kill|out_of_memory|out of memory",
+    re.IGNORECASE,
+)
+TIME = re.compile(r"due to time limit|time limit exhausted|\bTIMEOUT\b", re.IGNORECASE)
+MEMORY_BASE_MB = 1000
+MEMORY_PER_INPUT_MB = 15
+RUNTIME_BASE_MIN = 15
+RUNTIME_PER_INPUT_MB = 0.1
+
+
+def memory_request(
+    input_mb: float,
+    attempt: int,
+    *,
+    cap_mb: int,
+    base_mb: float = MEMORY_BASE_MB,
+    per_input_mb: float = MEMORY_PER_INPUT_MB,
+) -> int:
+    """``mem_mb`` of a job: (base + per_input_mb x input MB) x attempt, at most ``cap_mb``."""
+    return int(min((base_mb + per_input_mb * input_mb) * attempt, cap_mb))
+
+
+def runtime_request(
+    input_mb: float,
+    attempt: int,
+    *,
+    cap_min: int,
+    base_min: float = RUNTIME_BASE_MIN,
+    per_input_mb: float = RUNTIME_PER_INPUT_MB,
+) -> str:
+    """``runtime`` of a job with its unit (Snakemake reads a bare number as seconds)."""
+    return f"{int(min((base_min + per_input_mb * input_mb) * attempt, cap_min))}m"
+
+
+_ERROR = re.compile(r"^Error in rule (\w+):\n((?:[ \t]+.*\n?)*)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    """A failed job as Snakemake's log names it: its rule, its logs, its SLURM log if any."""
+
+    rule: str
+    logs: tuple[Path, ...]
+    slurm_log: Path | None
+
+
+def failed_jobs(text: str) -> list[FailedJob]:
+    """The failed jobs in the text of Snakemake's log (its ``Error in rule ...`` blocks)."""
+    jobs = {}
+    for match in _ERROR.finditer(text):
+        fields = dict(re.findall(r"^[ \t]+(\w+): (.*)$", match.group(2), flags=re.MULTILINE))
+        paths = [Path(p.strip()) for p in fields.get("log", "").split(" (check")[0].split(",") if p]
+        slurm = [p for p in paths if "slurm_logs" in p.parts]
+        own = tuple(p for p in paths if "slurm_logs" not in p.parts)
+        job = FailedJob(match.group(1), own, slurm[0] if slurm else None)
+        jobs[(job.rule, job.logs, job.slurm_log)] = job
+    return list(jobs.values())
+
+
+def diagnose(slurm_log: str) -> str | None:
+    """``"memory"`` or ``"time"`` when the SLURM log says the job was killed for it."""
+    if MEMORY.search(slurm_log):
+        return "memory"
+    if TIME.search(slurm_log):
+        return "time"
+    return None
+
+
+def explanation(job: FailedJob, kind: str, *, detail: str, max_mem_mb: int, max_runtime_min: int):
+    """The sentence for a job killed for ``kind`` (memory or time)."""
+    if kind == "memory":
+        what, setting = "memory", f"resources.max_mem_mb (now {max_mem_mb})"
+    else:
+        what, setting = "time", f"resources.max_runtime_min (now {max_runtime_min})"
+    return (
+        f"Rule {job.rule}: the SLURM job ran out of {what} ({detail}). Its request grows with "
+        f"its input and with each retry up to config {setting}: raise that cap, or `retries:` in "
+        f"profiles/slurm/config.yaml, and run again. SLURM log: {job.slurm_log}"
+    )
+
+
+def explain_failures(main_log, *, max_mem_mb: int, max_runtime_min: int) -> list[str]:
+    """Explain every failed job of a run that SLURM killed for memory or time.
+
+    ``main_log`` is Snakemake's log of the run (a path, or the list of them ``onerror`` gets).
+    Each sentence is appended to the rule's own log (so it is never empty) and returned.
+    """
+    logs = [main_log] if isinstance(main_log, str | Path) else list(main_log or [])
+    text = "".join(Path(p).read_text(errors="replace") for p in logs if Path(p).is_file())
+    messages = []
+    for job in failed_jobs(text):
+        if job.slurm_log is None or not job.slurm_log.is_file():
+            continue
+        text = job.slurm_log.read_text(errors="replace")
+        kind = diagnose(text)
+        if kind is None:
+            continue
+        pattern = MEMORY if kind == "memory" else TIME
+        line = next(ln for ln in text.splitlines() if pattern.search(ln)).strip()
+        message = explanation(
+            job, kind, detail=line, max_mem_mb=max_mem_mb, max_runtime_min=max_runtime_min
+        )
+        for log in job.logs:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a") as handle:
+                handle.write(message + "\n")
+        messages.append(message)
+    return messages
