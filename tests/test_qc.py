@@ -513,3 +513,20 @@ def test_group_bounds_are_widened_to_the_sample_bounds_unless_they_may_tighten()
         sample = tables[False].loc[("sample", metric)]
         assert not row["lower"] > sample["lower"], (scope, metric)  # NaN: unbounded
         assert not row["upper"] < sample["upper"], (scope, metric)
+
+
+def test_gzipped_tables_are_byte_reproducible(tmp_path, monkeypatch):
+    import gzip
+    import time
+
+    from osteoimmune.qc import write_gzip_tsv
+
+    table = pd.DataFrame({"n_counts": [1.5, 2.0]}, index=["c1", "c2"])
+    write_gzip_tsv(table, tmp_path / "a.tsv.gz")
+    later = time.time() + 3600
+    monkeypatch.setattr(time, "time", lambda: later)  # a run an hour later
+    write_gzip_tsv(table, tmp_path / "a2.tsv.gz")
+    first, second = (tmp_path / "a.tsv.gz").read_bytes(), (tmp_path / "a2.tsv.gz").read_bytes()
+    assert first[4:8] == b"\0\0\0\0"  # gzip header MTIME
+    assert gzip.decompress(first) == gzip.decompress(second)
+    assert first[4:8] == second[4:8]

@@ -5,7 +5,7 @@ import logging
 import anndata as ad
 import pandas as pd
 
-from osteoimmune.qc import finish_qc, qc_cells_table
+from osteoimmune.qc import finish_qc, qc_cells_table, write_gzip_tsv
 from osteoimmune.runlog import logged
 from osteoimmune.samples import apply_design, concat_samples, design_table, share_counts
 
@@ -24,7 +24,7 @@ def main(*, h5ads, thresholds, qc, out, tables, design=None, covariates=None, co
     adata = concat_samples(parts)
     if design is not None:  # a study: donor, condition and covariates from its samplesheet
         apply_design(adata, design, covariates=covariates)
-    qc_cells_table(adata.obs).to_csv(tables["cells"], sep="\t")
+    write_gzip_tsv(qc_cells_table(adata.obs), tables["cells"])
     filtered, summary, losses = finish_qc(
         adata,
         min_cells_per_gene=qc["min_cells_per_gene"],

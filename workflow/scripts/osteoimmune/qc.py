@@ -980,6 +980,11 @@ QC_COLUMNS = (
 )
 
 
+def write_gzip_tsv(table: pd.DataFrame, path) -> None:
+    """Write ``table`` as a gzipped TSV, byte-reproducibly (no timestamp in the gzip header)."""
+    table.to_csv(path, sep="\t", compression={"method": "gzip", "mtime": 0})
+
+
 def qc_cells_table(obs: pd.DataFrame) -> pd.DataFrame:
     """Per cell (before filtering): QC metrics, doublet score, group, reasons and verdicts."""
     flags = [c for c in obs.columns if c.startswith(FLAG_PREFIX) or c.startswith("qc_removed")]
