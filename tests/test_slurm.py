@@ -115,10 +115,13 @@ def test_readme_slurm_command_runs_the_workflow_through_sbatch(mirror, tmp_path)
         assert (tmp_path / "results" / dataset / "report.html").is_file()
     # each job asked for memory and time from its input (and a unit on the time)
     ids = re.findall(r"submitted with SLURM jobid (\d+)", log)
-    shown = subprocess.run(["scontrol", "show", "job", ids[0]], capture_output=True, text=True)
-    if shown.returncode == 0:  # still known to slurmctld (MinJobAge)
-        assert "TimeLimit=00:15:00" in shown.stdout
-        assert re.search(r"MinMemoryNode=10\d\dM", shown.stdout)
+    # the last job (finished jobs stay known to slurmctld for MinJobAge, 600 s in .ci/slurm);
+    # its inputs are a few MB: 1,000 MB + 15 MB per input MB, 15 min + 0.1 min per input MB
+    shown = subprocess.run(["scontrol", "show", "job", ids[-1]], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"TimeLimit=00:1\d:00", shown.stdout), shown.stdout
+    memory = int(re.search(r"MinMemoryNode=(\d+)M", shown.stdout).group(1))
+    assert 1000 < memory < 1000 + 15 * 50, memory
 
 
 @cluster

@@ -208,9 +208,9 @@ def predict(
     for start in range(0, expression.n_obs, chunk_size):
         chunk = expression[start : start + chunk_size].copy()
         decisions.append(celltypist.annotate(chunk, model=model).decision_matrix)
-    call, confidence = vocabulary_calls(pd.concat(decisions), _vocabulary(label_map))
-    table["reference_label"] = call.to_numpy()
     vocabulary = _vocabulary(label_map)
+    call, confidence = vocabulary_calls(pd.concat(decisions), vocabulary)
+    table["reference_label"] = call.to_numpy()
     known = set(vocabulary["cell_type"].dropna())
     table["reference_cell_type"] = call.where(call.isin(known)).to_numpy()
     lineage_of = dict(zip(vocabulary["cell_type"].fillna(""), vocabulary["lineage"], strict=True))
