@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import struct
 import tarfile
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.io
+import tenx
 import xarray as xr
 from conftest import MANIFEST_SHAPES, REPO
 from scipy import sparse
@@ -523,9 +525,10 @@ def test_gene_column_replaces_ensembl_index(tmp_path, counts):
     with pytest.raises(ReaderError, match=f"{DATASET}.*e.h5ad.*Ensembl.*gene_column"):
         read_one(make_entry([spec]), tmp_path)
     adata = read_one(make_entry([{**spec, "gene_column": "symbol"}]), tmp_path)
-    assert list(adata.var_names) == GENES[:-1] + [f"{GENES[0]}-1"]
-    assert list(adata.var["original_symbol"]) == GENES[:-1] + [GENES[0]]
-    assert list(adata.var["gene_id"]) == ids
+    # the duplicate symbol's counts are summed into its first column (see the tests below)
+    assert list(adata.var_names) == GENES[:-1]
+    assert list(adata.var["original_symbol"]) == GENES[:-1]
+    assert list(adata.var["gene_id"]) == ids[:-1]
 
 
 def test_unknown_species_in_entry(tmp_path, counts):
@@ -537,6 +540,251 @@ def test_unknown_species_in_entry(tmp_path, counts):
     )
     with pytest.raises(ReaderError, match=f"{DATASET}.*species 'rat'"):
         read_one(entry, tmp_path)
+
+
+# --------------------------------------------------------------------------- suspicious input
+
+
+def _dup_symbol_h5ad(path: Path, matrix: np.ndarray, *, values: str = "counts") -> list[str]:
+    """An h5ad whose symbols repeat Gene0 (twice more) and Gene1 (once more); returns them."""
+    symbols = GENES[:-3] + ["Gene0", "Gene1", "Gene0"]
+    ids = [f"ENSMUSG{i:011d}" for i in range(N_GENES)]
+    var = pd.DataFrame({"symbol": symbols}, index=ids)
+    obs = pd.DataFrame(index=CELLS)
+    ad.AnnData(X=sparse.csr_matrix(matrix), obs=obs, var=var).write_h5ad(path)
+    return symbols
+
+
+def test_duplicate_symbols_sum_counts_in_first_column(tmp_path, counts, caplog):
+    _dup_symbol_h5ad(tmp_path / "d.h5ad", counts)
+    spec = {"role": "counts", "format": "h5ad", "filename": "d.h5ad", "gene_column": "symbol"}
+    with caplog.at_level(logging.WARNING, logger="osteoimmune"):
+        adata = read_one(make_entry([spec]), tmp_path)
+    assert list(adata.var_names) == GENES[:-3]  # first-occurrence order, no 'Gene0-1'
+    expected = counts[:, :-3].copy()
+    expected[:, 0] += counts[:, -3] + counts[:, -1]
+    expected[:, 1] += counts[:, -2]
+    assert_standard(adata, expected, genes=GENES[:-3])
+    assert adata.var["gene_id"].iloc[0] == "ENSMUSG00000000000"  # the first copy's
+    assert isinstance(adata.X, sparse.csr_matrix) and adata.X.has_sorted_indices
+    (record,) = [r for r in caplog.records if "more than once" in r.getMessage()]
+    message = record.getMessage()
+    assert record.levelname == "WARNING" and DATASET in message and "d.h5ad" in message
+    assert "2 gene symbols" in message and "'Gene0' (3 columns)" in message
+    assert "summed" in message
+
+
+@pytest.mark.parametrize("fmt", ["10x_h5", "10x_mtx"])
+def test_duplicate_symbols_of_10x_files_are_summed_without_anndata_warnings(
+    tmp_path, counts, fmt, caplog, recwarn
+):
+    genes = GENES[:-1] + ["Gene3"]  # Cell Ranger references repeat a few symbols
+    ids = [f"ENSMUSG{i:011d}" for i in range(N_GENES)]
+    source = ad.AnnData(
+        X=sparse.csr_matrix(counts), obs=pd.DataFrame(index=CELLS), var=pd.DataFrame(index=genes)
+    )
+    source.var["gene_id"] = ids
+    filename = "m.h5" if fmt == "10x_h5" else "mtx"
+    if fmt == "10x_h5":
+        tenx.write_10x_h5(source, tmp_path / filename)
+    else:
+        tenx.write_10x_mtx(source, tmp_path / filename)
+    entry = make_entry([{"role": "counts", "format": fmt, "filename": filename}])
+    recwarn.clear()  # building the source above warns; reading it should not
+    with caplog.at_level(logging.WARNING, logger="osteoimmune"):
+        adata = read_one(entry, tmp_path)
+    expected = counts[:, :-1].copy()
+    expected[:, 3] += counts[:, -1]
+    assert_standard(adata, expected, genes=GENES[:-1])
+    assert adata.var["gene_id"].iloc[3] == ids[3]
+    assert any("'Gene3' (2 columns)" in r.getMessage() for r in caplog.records)
+    assert not [w for w in recwarn if "not unique" in str(w.message)]  # merged, not to be fixed
+
+
+def test_duplicate_symbols_of_normalized_values_keep_the_better_covered_copy(
+    tmp_path, counts, caplog
+):
+    source = counts.copy()
+    source[5:, 0] = 0  # the first Gene0 is in 5 cells
+    source[3:, -1] = 0  # the third in 3
+    source[:, -3] = 2  # the second in every cell: kept
+    values = cp10k(source)
+    _dup_symbol_h5ad(tmp_path / "d.h5ad", values)
+    spec = {"role": "counts", "format": "h5ad", "filename": "d.h5ad", "gene_column": "symbol"}
+    with caplog.at_level(logging.WARNING, logger="osteoimmune"):
+        adata = read_one(make_entry([spec], values="normalized"), tmp_path)
+    assert list(adata.var_names) == GENES[:-3]
+    np.testing.assert_array_equal(adata.X[:, 0].toarray().ravel(), values[:, -3].astype(np.float32))
+    assert adata.var["gene_id"].iloc[0] == f"ENSMUSG{N_GENES - 3:011d}"  # the kept copy's
+    np.testing.assert_array_equal(adata.X[:, 2:].toarray(), values[:, 2:-3].astype(np.float32))
+    message = next(r.getMessage() for r in caplog.records if "more than once" in r.getMessage())
+    assert "most non-zero cells" in message and "summed" not in message.split(";")[0]
+
+
+def test_duplicate_barcodes_within_a_sample_are_refused(tmp_path, counts):
+    cells = CELLS[:-2] + [CELLS[0], CELLS[1]]
+    obs = pd.DataFrame({"batch": ["b1"] * 10 + ["b2"] * 10}, index=cells)
+    var = pd.DataFrame(index=GENES)
+    ad.AnnData(X=sparse.csr_matrix(counts), obs=obs, var=var).write_h5ad(tmp_path / "c.h5ad")
+    spec = {"role": "counts", "format": "h5ad", "filename": "c.h5ad"}
+    with pytest.raises(
+        ReaderError,
+        match=f"Dataset '{DATASET}', file 'c.h5ad': 2 cell barcodes occur more than once "
+        f"within sample 's1' .*'{CELLS[0]}'.*`sample:`",
+    ):
+        read_one(make_entry([spec]), tmp_path)
+    # the same barcodes in different samples are normal: read, with unique cell names
+    metadata = {**make_entry([])["metadata"], "sample": {"column": "batch"}}
+    adata = read_one(make_entry([spec], metadata=metadata), tmp_path)
+    assert adata.obs_names.is_unique and adata.n_obs == N_CELLS
+    assert list(adata.obs["sample"]) == ["b1"] * 10 + ["b2"] * 10
+
+
+def test_duplicate_barcodes_in_a_study_sample_are_refused(tmp_path, counts):
+    cells = [CELLS[0]] + CELLS[1:-1] + [CELLS[0]]
+    obs = pd.DataFrame(index=cells)
+    var = pd.DataFrame(index=GENES)
+    ad.AnnData(X=sparse.csr_matrix(counts), obs=obs, var=var).write_h5ad(tmp_path / "a.h5ad")
+    row = {"sample": "a", "donor": "d", "condition": "c", "file": "a.h5ad", "format": "h5ad"}
+    (sample,) = parse_samples([row], dataset="x", source="s.tsv", base=tmp_path)
+    paths = {f["filename"]: f["path"] for f in sample["files"]}
+    settings = {"species": "mouse", "values": "counts", "author_label": None}
+    with pytest.raises(
+        ReaderError,
+        match=r"Dataset 'x', sample 'a' \(samplesheet row 1\), file 'a.h5ad': 1 cell barcode "
+        f"occurs more than once.*'{CELLS[0]}'",
+    ):
+        read_study_sample(sample, paths, dataset="x", settings=settings)
+
+
+def _labels_entry(tmp_path, counts, labels: pd.Series) -> dict:
+    write_rds(tmp_path / "m.rds", r_dense(counts.T, GENES, CELLS))
+    labels.rename_axis("cell").rename("label").to_csv(tmp_path / "labels.csv")
+    return make_entry(
+        [
+            {
+                "role": "counts",
+                "format": "rds",
+                "filename": "m.rds",
+                "orientation": "genes_x_cells",
+            },
+            {"role": "labels", "format": "csv", "filename": "labels.csv"},
+        ],
+        author_label={"file": "labels"},
+    )
+
+
+def test_partial_labels_are_reported(tmp_path, counts, caplog):
+    labels = pd.Series(["T", "B"] * 8, index=CELLS[4:])  # the first 4 cells have no label
+    entry = _labels_entry(tmp_path, counts, labels)
+    with caplog.at_level(logging.WARNING, logger="osteoimmune"):
+        adata = read_one(entry, tmp_path)
+    assert adata.obs["author_cell_type"].isna().sum() == 4
+    assert list(adata.obs["author_cell_type"][4:]) == ["T", "B"] * 8
+    (message,) = [r.getMessage() for r in caplog.records if "labels.csv" in r.getMessage()]
+    assert DATASET in message and "16 of 20 cells have an author label" in message
+    assert f"'{CELLS[0]}'" in message
+
+
+def test_complete_labels_are_silent(tmp_path, counts, caplog):
+    entry = _labels_entry(tmp_path, counts, pd.Series(["T", "B"] * 10, index=CELLS[::-1]))
+    with caplog.at_level(logging.WARNING, logger="osteoimmune"):
+        adata = read_one(entry, tmp_path)
+    assert list(adata.obs["author_cell_type"]) == ["B", "T"] * 10
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_labels_matching_no_cell_say_the_names_do_not_match(tmp_path, counts):
+    labels = pd.Series(["T", "B"] * 10, index=[f"{c}-1" for c in CELLS])
+    entry = _labels_entry(tmp_path, counts, labels)
+    with pytest.raises(
+        ReaderError,
+        match=f"Dataset '{DATASET}', file 'labels.csv': none of the 20 cells.*"
+        "names do not match the matrix's cell names",
+    ):
+        read_one(entry, tmp_path)
+
+
+def _truncated(data: bytes) -> bytes:
+    return data[: len(data) * 2 // 3]
+
+
+def _csv_gz(tmp_path, counts, damage) -> dict:
+    table = pd.DataFrame(counts.astype(int), index=CELLS, columns=GENES)
+    raw = gzip.compress(table.to_csv().encode())
+    (tmp_path / "m.csv.gz").write_bytes(damage(raw))
+    spec = {"role": "counts", "format": "csv", "filename": "m.csv.gz"}
+    return make_entry([{**spec, "orientation": "cells_x_genes"}])
+
+
+def case_truncated_csv_gz(tmp_path, counts):
+    return _csv_gz(tmp_path, counts, _truncated), "m.csv.gz", "m.csv.gz' is truncated.*re-download"
+
+
+def case_garbage_csv_gz(tmp_path, counts):
+    def garbage(raw: bytes) -> bytes:
+        return bytes(np.random.default_rng(3).integers(0, 256, 4000, dtype=np.uint8))
+
+    return _csv_gz(tmp_path, counts, garbage), "m.csv.gz", "not a valid gzip file.*re-download"
+
+
+def case_corrupt_csv_gz(tmp_path, counts):
+    def flipped(raw: bytes) -> bytes:
+        middle = len(raw) // 2
+        return (
+            raw[:middle] + bytes(b ^ 0xFF for b in raw[middle : middle + 40]) + raw[middle + 40 :]
+        )
+
+    return _csv_gz(tmp_path, counts, flipped), "m.csv.gz", "m.csv.gz' is not a valid gzip file"
+
+
+def case_truncated_mtx_gz(tmp_path, counts):
+    folder = tmp_path / "filtered_feature_bc_matrix"
+    write_mtx_folder(folder, counts)
+    matrix = folder / "matrix.mtx.gz"
+    matrix.write_bytes(_truncated(matrix.read_bytes()))
+    entry = make_entry([{"role": "counts", "format": "10x_mtx", "filename": folder.name}])
+    return entry, folder.name, "'matrix.mtx.gz' is truncated.*re-download"
+
+
+def case_truncated_labels_csv_gz(tmp_path, counts):
+    entry = _labels_entry(tmp_path, counts, pd.Series(["T", "B"] * 10, index=CELLS))
+    raw = gzip.compress((tmp_path / "labels.csv").read_bytes())
+    (tmp_path / "labels.csv.gz").write_bytes(_truncated(raw))
+    entry["files"][1]["filename"] = "labels.csv.gz"
+    return entry, "labels.csv.gz", "is truncated.*re-download"
+
+
+GZIP_CASES = [
+    case_truncated_csv_gz,
+    case_garbage_csv_gz,
+    case_corrupt_csv_gz,
+    case_truncated_mtx_gz,
+    case_truncated_labels_csv_gz,
+]
+
+
+@pytest.mark.parametrize("case", GZIP_CASES, ids=lambda c: c.__name__.removeprefix("case_"))
+def test_corrupt_gzip_is_reported_as_such(tmp_path, counts, case):
+    entry, filename, pattern = case(tmp_path, counts)
+    with pytest.raises(ReaderError, match=pattern) as info:
+        read_one(entry, tmp_path)
+    message = str(info.value)
+    assert DATASET in message and filename in message
+    assert "gzip" in message and "layout" not in message and "not numeric" not in message
+
+
+def test_csv_duplicate_gene_columns_are_not_renamed_by_pandas(tmp_path, counts, caplog):
+    genes = GENES[:-1] + ["Gene0"]
+    pd.DataFrame(counts.astype(int), index=CELLS, columns=genes).to_csv(tmp_path / "m.csv")
+    spec = {"role": "counts", "format": "csv", "filename": "m.csv", "orientation": "cells_x_genes"}
+    with caplog.at_level(logging.WARNING, logger="osteoimmune"):
+        adata = read_one(make_entry([spec]), tmp_path)
+    assert list(adata.var_names) == GENES[:-1]  # not 'Gene0.1'
+    expected = counts[:, :-1].copy()
+    expected[:, 0] += counts[:, -1]
+    assert_standard(adata, expected, genes=GENES[:-1])
+    assert any("'Gene0' (2 columns)" in r.getMessage() for r in caplog.records)
 
 
 # --------------------------------------------------------------------------- bad input

@@ -6,7 +6,9 @@ The standard form, whatever the source format:
   for ``values: counts`` the same values again in ``layers['counts']``, for normalized,
   log-normalised or TPM input no counts layer;
 - ``var_names`` unique gene symbols, with ``var['original_symbol']`` and, when known,
-  ``var['gene_id']``;
+  ``var['gene_id']``; a symbol the source gives to several genes is one column (counts summed,
+  other values the copy in most cells kept; logged, see :func:`merge_duplicate_symbols`);
+- cell barcodes unique within a sample (a repeated one is an error), cell names unique;
 - ``obs`` with categorical ``dataset``, ``sample``, ``donor``, ``condition`` and, when the
   registry names author labels, ``author_cell_type``;
 - ``obsm['protein']`` (cells x proteins DataFrame) for a CITE-seq protein file;
@@ -18,10 +20,13 @@ The standard form, whatever the source format:
 
 from __future__ import annotations
 
+import gzip
+import logging
 import re
 import tarfile
 import tempfile
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,6 +45,8 @@ from scipy import sparse
 
 from osteoimmune.errors import ReaderError
 from osteoimmune.values import VALUE_TYPES, ValueEvidence, check_value_type, input_note
+
+log = logging.getLogger(__name__)
 
 SPECIES = ("human", "mouse")
 ORIENTATIONS = ("genes_x_cells", "cells_x_genes")
@@ -61,6 +68,9 @@ _ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{6,}")
 _PLAIN_SYMBOL = re.compile(r"^[A-Za-z][A-Za-z0-9]+$")
 # Fewer recognisable symbols than this and the case rule has too little to go on.
 _MIN_SYMBOLS = 20
+_GZIP_MAGIC = b"\x1f\x8b"
+# Errors that reading a damaged gzip stream raises, besides the parser's own.
+_READ_ERRORS = (ValueError, UnicodeDecodeError, EOFError, OSError, zlib.error)
 
 
 def _keep_s4(obj: Any, attrs: Any) -> Any:
@@ -73,6 +83,14 @@ _R_CLASSES = {**rdata.conversion.DEFAULT_CLASS_MAP, "dgCMatrix": _keep_s4, "dgTM
 
 def _where(dataset: str, filename: str) -> str:
     return f"Dataset '{dataset}', file '{filename}'"
+
+
+def _examples(names: Sequence[Any], n: int = 3) -> str:
+    return ", ".join(f"'{name}'" for name in list(names)[:n])
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # --------------------------------------------------------------------------- entry point
@@ -107,6 +125,7 @@ def read_dataset(entry: dict, paths: dict[str, Path], *, dataset: str) -> ad.Ann
     source = read_matrix_file(spec, _local_path(spec, paths, dataset=dataset), dataset=dataset)
     evidence = _check_values(source.X, value_type=entry["values"], where=where)
     var = _gene_table(source.var, spec, where=where)
+    matrix, var = merge_duplicate_symbols(source.X, var, value_type=entry["values"], where=where)
     check_species_symbols(
         var["original_symbol"],
         entry["species"],
@@ -115,7 +134,7 @@ def read_dataset(entry: dict, paths: dict[str, Path], *, dataset: str) -> ad.Ann
         filename=spec["filename"],
     )
     obs = _cell_table(source.obs, entry, paths, dataset=dataset, where=where)
-    adata = ad.AnnData(X=source.X, obs=obs, var=var)
+    adata = ad.AnnData(X=matrix, obs=obs, var=var)
     if entry["values"] == "counts":
         # A copy, not the same object: in-place normalisation of X must not touch the counts.
         adata.layers["counts"] = adata.X.copy()
@@ -170,19 +189,21 @@ def read_study_sample(
     where += f", file '{spec['filename']}'"
     evidence = _check_values(source.X, value_type=settings["values"], where=where)
     var = _gene_table(source.var, spec, where=where)
+    matrix, var = merge_duplicate_symbols(source.X, var, value_type=settings["values"], where=where)
     check_species_symbols(
         var["original_symbol"], settings["species"], dataset=dataset,
         gene_symbol_case=settings.get("gene_symbol_case", "as_is"), filename=spec["filename"],
     )  # fmt: skip
+    _check_unique_cells(pd.Index(source.obs_names.astype(str)), None, where=where)
     cells = pd.Index(source.obs_names.astype(str) + f"-{name}")
-    obs = pd.DataFrame(index=make_index_unique(cells))
+    obs = pd.DataFrame(index=cells)
     obs["dataset"] = pd.Categorical([dataset] * len(cells))
     obs["sample"] = pd.Categorical([name] * len(cells))
     label = settings.get("author_label") or {}
     if "column" in label:
         values = _obs_column(source.obs, label["column"], key="author_label", where=where)
         obs["author_cell_type"] = pd.Categorical(values)
-    adata = ad.AnnData(X=source.X, obs=obs, var=var)
+    adata = ad.AnnData(X=matrix, obs=obs, var=var)
     if settings["values"] == "counts":
         adata.layers["counts"] = adata.X.copy()
     adata.uns["osteoimmune"] = {
@@ -289,6 +310,13 @@ def read_matrix_file(spec: dict, path: Path, *, dataset: str) -> ad.AnnData:
         The matrix as found in the file: source cell and gene names, the source ``obs`` and
         ``var`` tables where the format has them, ``X`` CSR float32. Values are not validated.
     """
+    with warnings.catch_warnings():
+        # anndata says to make repeated names unique; the caller merges or refuses them.
+        warnings.filterwarnings("ignore", "(Observation|Variable) names are not unique")
+        return _read_matrix_file(spec, path, dataset=dataset)
+
+
+def _read_matrix_file(spec: dict, path: Path, *, dataset: str) -> ad.AnnData:
     where = _where(dataset, spec["filename"])
     fmt = spec["format"]
     if fmt in ("10x_mtx", "10x_h5") and spec.get("orientation", "cells_x_genes") != "cells_x_genes":
@@ -378,9 +406,18 @@ def _read_10x_mtx(path: Path, *, where: str) -> ad.AnnData:
     if path.is_file() and tarfile.is_tarfile(path):
         # Extract into a private temporary folder, never beside the raw download.
         with tempfile.TemporaryDirectory(prefix="osteoimmune-10x-") as tmp:
-            with tarfile.open(path) as tar:
-                tar.extractall(tmp, filter="data")
+            try:
+                with tarfile.open(path) as tar:
+                    tar.extractall(tmp, filter="data")
+            except tarfile.FilterError:
+                raise  # an unsafe member, not a damaged download: the caller refuses it
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+                _raise_if_bad_gzip(path, where=where)
+                msg = f"{where}: the tar archive could not be extracted ({err}); download it again."
+                raise ReaderError(msg) from err
             return _read_mtx_folder(_find_mtx_folder(Path(tmp), where=where), where=where)
+    if path.is_file():
+        _raise_if_bad_gzip(path, where=where)
     msg = (
         f"{where}: format 10x_mtx needs a folder with matrix.mtx(.gz), features.tsv(.gz) or "
         "genes.tsv, and barcodes.tsv(.gz), or a .tar.gz of such a folder."
@@ -422,10 +459,13 @@ def _read_mtx_folder(matrix: Path, *, where: str) -> ad.AnnData:
         )
         raise ReaderError(msg)
     try:
+        # Not made unique: repeated symbols are merged and repeated barcodes refused later.
         return sc.read_10x_mtx(
             folder, var_names="gene_symbols", make_unique=False, prefix=prefix, gex_only=True
         )
-    except (ValueError, KeyError, IndexError, OSError, pd.errors.ParserError) as err:
+    except (*_READ_ERRORS, KeyError, IndexError, pd.errors.ParserError) as err:
+        for name in expected:
+            _raise_if_bad_gzip(folder / f"{prefix}{name}", where=where)
         msg = f"{where}: the 10x matrix could not be read ({err}); check the files are intact."
         raise ReaderError(msg) from err
 
@@ -443,15 +483,10 @@ def _read_10x_h5(path: Path, *, where: str) -> ad.AnnData:
 
 
 def _read_table(path: Path, *, sep: str, spec: dict, where: str) -> ad.AnnData:
-    with path.open("rb") as handle:
-        gzipped = handle.read(2) == b"\x1f\x8b"
-    try:
-        table = pd.read_csv(path, sep=sep, index_col=0, compression="gzip" if gzipped else None)
-    except (ValueError, UnicodeDecodeError, EOFError, OSError) as err:
-        msg = f"{where}: could not be read as a {spec['format'].upper()} table ({err})."
-        raise ReaderError(msg) from err
+    table = _read_delimited(path, sep=sep, what=f"{spec['format'].upper()} table", where=where)
     bad = [c for c, t in table.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
     if bad:
+        _raise_if_bad_gzip(path, where=where)
         msg = (
             f"{where}: column {bad[0]!r} is not numeric; a dense table needs names in the first "
             "column and numbers everywhere else. Check the separator (`format: csv` or `tsv`)."
@@ -462,6 +497,59 @@ def _read_table(path: Path, *, sep: str, spec: dict, where: str) -> ad.AnnData:
     return _oriented(
         matrix, table.index, table.columns, orientation=spec.get("orientation"), where=where
     )
+
+
+def _read_delimited(path: Path, *, sep: str, what: str, where: str) -> pd.DataFrame:
+    """A text table, gzipped or not, indexed by its first column; columns named as written."""
+    with path.open("rb") as handle:
+        compression = "gzip" if handle.read(2) == _GZIP_MAGIC else None
+    try:
+        table = pd.read_csv(path, sep=sep, index_col=0, compression=compression)
+        header = pd.read_csv(
+            path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False,
+            compression=compression,
+        ).iloc[0].tolist()  # fmt: skip
+    except _READ_ERRORS as err:
+        _raise_if_bad_gzip(path, where=where)
+        msg = f"{where}: could not be read as a {what} ({err})."
+        raise ReaderError(msg) from err
+    # pandas renames repeated column names (Actb, Actb.1); they are genes or cells to merge or
+    # refuse, so the names are taken from the header line as written (R omits the corner one).
+    names = header[1:] if len(header) == table.shape[1] + 1 else header
+    if len(names) == table.shape[1]:
+        table.columns = pd.Index(names)
+    return table
+
+
+def _gzip_problem(path: Path) -> str | None:
+    """What is wrong with ``path`` as a gzip file; None when it is whole or not gzip at all."""
+    if not path.is_file():
+        return None
+    with path.open("rb") as handle:
+        magic = handle.read(2) == _GZIP_MAGIC
+    if not magic:
+        return "is not a valid gzip file (no gzip header)" if path.name.endswith(".gz") else None
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
+    except EOFError:
+        return "is truncated (the gzip stream ends before its end marker)"
+    except (OSError, zlib.error) as err:
+        return f"is not a valid gzip file ({err})"
+    return None
+
+
+def _raise_if_bad_gzip(path: Path, *, where: str) -> None:
+    """Raise when ``path`` is a damaged gzip file, so that is what the error says."""
+    problem = _gzip_problem(path)
+    if problem is None:
+        return
+    msg = (
+        f"{where}: '{path.name}' {problem}, so the download is damaged; re-download it "
+        f"(delete the local copy {path} and the dataset's fetch manifest, then fetch again)."
+    )
+    raise ReaderError(msg)
 
 
 # --------------------------------------------------------------------------- R data
@@ -697,7 +785,8 @@ def _read_labels(spec: dict, path: Path, *, dataset: str) -> tuple[pd.Series, bo
         labels = labels_from_r(obj, names=names, dataset=dataset, filename=spec["filename"])
         return labels, names is not None
     if spec["format"] in ("csv", "tsv"):
-        table = pd.read_csv(path, sep="," if spec["format"] == "csv" else "\t", index_col=0)
+        sep = "," if spec["format"] == "csv" else "\t"
+        table = _read_delimited(path, sep=sep, what="labels table", where=where)
         if table.shape[1] != 1:
             msg = f"{where}: a labels table needs two columns, cell name and label."
             raise ReaderError(msg)
@@ -724,15 +813,27 @@ def _align_labels(labels: pd.Series, by_name: bool, cells: pd.Index, *, where: s
             raise ReaderError(msg)
         return labels.to_numpy(dtype=object)
     position = _positions(labels.index, cells, what="labels", where=where)
-    if np.all(position < 0):
+    unmatched = position < 0
+    if np.all(unmatched):
         msg = (
-            f"{where}: none of the {len(cells)} cell names (e.g. '{cells[0]}') is among the "
-            f"label names (e.g. '{labels.index[0]}'); use the labels file of this matrix."
+            f"{where}: none of the {len(cells)} cells (e.g. '{cells[0]}') is among the "
+            f"{len(labels)} label names (e.g. '{labels.index[0]}'): the label names do not "
+            "match the matrix's cell names. Use the labels file of this matrix, or one whose "
+            "cell names are written as the matrix writes them."
         )
         raise ReaderError(msg)
     # Cells the authors did not label (e.g. removed in their QC) keep a missing label.
     values = labels.to_numpy(dtype=object)[np.maximum(position, 0)]
-    return np.where(position < 0, None, values)
+    values = np.where(unmatched, None, values)
+    if np.any(unmatched):
+        log.warning(
+            "%s: %d of %d cells have an author label; %d cells (e.g. %s) are not among the %d "
+            "label names and stay unlabelled. Expected for cells the authors removed; if many "
+            "are missing, check that the labels belong to this matrix.",
+            where, int(np.count_nonzero(pd.notna(values))), len(cells),
+            int(np.count_nonzero(unmatched)), _examples(cells[unmatched]), len(labels),
+        )  # fmt: skip
+    return values
 
 
 def _read_protein(spec: dict, path: Path, cells: pd.Index, *, dataset: str) -> pd.DataFrame:
@@ -774,6 +875,7 @@ def _cell_table(
         obs[key] = pd.Categorical(
             _metadata_values(entry["metadata"][key], source_obs, key=key, where=where)
         )
+    _check_unique_cells(cells, obs["sample"].to_numpy(), where=where)
     for name in entry["metadata"].get("covariates", []):
         obs[name] = covariate_values(source_obs, name, where=where)
     label = entry.get("author_label")
@@ -788,6 +890,33 @@ def _cell_table(
         values = _align_labels(labels, by_name, cells, where=_where(dataset, spec["filename"]))
         obs["author_cell_type"] = pd.Categorical(values)
     return obs
+
+
+def _check_unique_cells(cells: pd.Index, samples: np.ndarray | None, *, where: str) -> None:
+    """Raise if a barcode repeats within a sample (across samples barcodes may repeat)."""
+    keys = pd.DataFrame({"cell": cells, "sample": "" if samples is None else samples})
+    repeated = keys[keys.duplicated()].drop_duplicates()
+    if repeated.empty:
+        return
+    scope = "within one sample"
+    if samples is not None:
+        scope = f"within sample {_examples(pd.unique(repeated['sample']))}"
+    n = len(repeated)
+    msg = (
+        f"{where}: {_count(n, 'cell barcode')} {'occurs' if n == 1 else 'occur'} more than once "
+        f"{scope} (e.g. {_examples(repeated['cell'])}), so their cells cannot be told apart. "
+    )
+    if samples is None:
+        msg += (
+            "If the file joins several samples, give each sample its own file and samplesheet "
+            "row; otherwise the file is damaged or not a cell matrix: check it."
+        )
+    else:
+        msg += (
+            "If the file joins several samples, set `sample:` in the registry to the obs column "
+            "(or cell-name pattern) that tells them apart; otherwise check the file."
+        )
+    raise ReaderError(msg)
 
 
 def _metadata_values(source: dict, obs: pd.DataFrame, *, key: str, where: str) -> np.ndarray:
@@ -857,11 +986,72 @@ def _gene_table(var: pd.DataFrame, spec: dict, *, where: str) -> pd.DataFrame:
         blank = pd.isna(symbols) | (pd.Series(symbols).astype(str).str.strip() == "").to_numpy()
         symbols = np.where(blank, ids, symbols)  # no symbol: fall back to the ID
     symbols = symbols.astype(str)
-    table = pd.DataFrame(index=make_index_unique(pd.Index(symbols)))
+    # Repeated symbols stay repeated here; merge_duplicate_symbols makes one column of each.
+    table = pd.DataFrame(index=pd.Index(symbols))
     if ids is not None:
         table["gene_id"] = ids.astype(str)
     table["original_symbol"] = symbols
     return table
+
+
+def merge_duplicate_symbols(
+    matrix: sparse.csr_matrix, var: pd.DataFrame, *, value_type: str, where: str
+) -> tuple[sparse.csr_matrix, pd.DataFrame]:
+    """One column per gene symbol, in order of first occurrence, with a logged warning.
+
+    A symbol can name several genes of the source annotation (e.g. two Ensembl IDs). Counts
+    of its columns are summed into one column, which keeps the first copy's ``var`` row (its
+    gene ID); other value types (size- or log-normalised, TPM) cannot be summed, so the copy
+    with the most non-zero cells is kept and the others dropped. The matrix stays sparse.
+
+    Parameters
+    ----------
+    matrix
+        Cells x genes CSR matrix.
+    var
+        The gene table, one row per column of ``matrix``, with ``original_symbol``.
+    value_type
+        The registry's ``values:``.
+    where
+        Dataset, sample and file, for the warning.
+
+    Returns
+    -------
+    tuple
+        The matrix and the gene table, indexed by the now unique symbols.
+    """
+    codes, symbols = pd.factorize(var["original_symbol"].to_numpy())
+    symbols = pd.Index(symbols.astype(str))
+    if len(symbols) == len(codes):
+        return matrix, var.set_axis(symbols)
+    if value_type == "counts":
+        # A genes x symbols indicator: the product adds up each symbol's columns, sparse.
+        indicator = sparse.csr_matrix(
+            (np.ones(len(codes), dtype=np.float32), (np.arange(len(codes)), codes)),
+            shape=(len(codes), len(symbols)),
+        )
+        merged = sparse.csr_matrix(matrix @ indicator, dtype=np.float32)
+        kept = np.unique(codes, return_index=True)[1]
+        how = "their counts are summed into one column each (the first copy's gene ID kept)"
+    else:
+        cells = np.bincount(matrix.indices[matrix.data != 0], minlength=matrix.shape[1])
+        order = np.lexsort((np.arange(len(codes)), -cells, codes))
+        kept = order[np.r_[True, np.diff(codes[order]) != 0]]
+        merged = matrix[:, kept].tocsr()
+        how = (
+            f"`values: {value_type}` cannot be summed, so of each the copy with the most "
+            "non-zero cells is kept and the others dropped"
+        )
+    merged.sort_indices()
+    copies = pd.Series(np.bincount(codes), index=symbols)
+    repeated = copies[copies > 1]
+    log.warning(
+        "%s: %s %s more than once (%d columns in all), e.g. %s; %s.",
+        where, _count(len(repeated), "gene symbol"), "occurs" if len(repeated) == 1 else "occur",
+        int(repeated.sum()),
+        ", ".join(f"'{s}' ({n} columns)" for s, n in repeated.iloc[:3].items()), how,
+    )  # fmt: skip
+    return merged, var.iloc[kept].set_axis(symbols)
 
 
 # --------------------------------------------------------------------------- checks
