@@ -13,6 +13,7 @@ from osteoimmune.stability import (
     choose_resolution,
     cluster_over_resolutions,
     resolution_key,
+    small_dataset_caveat,
 )
 
 RESOLUTIONS = [0.2, 0.4, 0.6, 0.8, 1.0, 1.5]
@@ -92,3 +93,45 @@ def test_choose_resolution_rule(rows, expected):
 def test_resolution_columns_are_named_by_the_resolution():
     assert resolution_key(1) == "leiden_1.0" and resolution_key(0.4) == "leiden_0.4"
     assert np.isclose(float(resolution_key(1.5).removeprefix("leiden_")), 1.5)
+
+
+def test_ten_cells_are_one_cluster_without_a_grid():
+    # 10 cells (3 groups of 4 would give several Leiden clusters): fewer than two clusters of
+    # min_cells_per_cluster cells, so no grid and a reason; the whole step still runs.
+    adata = make_adata(n_per_group=4)[:10].copy()
+    adata.uns["osteoimmune"] = {}
+    prepare(adata)
+    table = cluster_over_resolutions(
+        adata, resolutions=RESOLUTIONS, repeats=3, seed=0, min_cells_per_cluster=10
+    )
+    assert table.empty and list(table.columns) == STABILITY_COLUMNS
+    assert adata.obs["leiden"].unique().tolist() == ["0"]
+    record = adata.uns["osteoimmune"]["clustering"]
+    assert record["n_clusters"] == 1 and "10 cells" in record["reason"]
+    assert not any(key.startswith("leiden_") for key in adata.obs)
+    assert markers(adata, n_genes=5).empty
+
+
+def test_grid_goes_only_as_far_as_the_cells_support():
+    # 240 cells at 40 cells per cluster support 6 clusters: resolutions giving more are left
+    # out of the grid and of the choice, and the record says which.
+    adata = make_adata()
+    prepare(adata)
+    full = cluster_over_resolutions(
+        adata.copy(), resolutions=[0.5, 8.0], repeats=2, seed=0, min_cells_per_cluster=1
+    )
+    assert full.set_index("resolution").loc[8.0, "n_clusters"] > 6  # the fine one over-splits
+    table = cluster_over_resolutions(
+        adata, resolutions=[0.5, 8.0], repeats=2, seed=0, min_cells_per_cluster=40
+    )
+    assert table["resolution"].tolist() == [0.5] and table["n_clusters"].max() <= 6
+    record = adata.uns["osteoimmune"]["clustering"]
+    assert "8 left out" in record["limited"] and "at most 6 clusters" in record["limited"]
+    assert resolution_key(8.0) not in adata.obs
+
+
+def test_small_dataset_caveat():
+    assert small_dataset_caveat(5000, small_dataset_cells=200) == ""
+    caveat = small_dataset_caveat(10, small_dataset_cells=200, limited="no grid")
+    assert "Only 10 cells" in caveat and "exploratory" in caveat and "no grid" in caveat
+    assert "Clustering: x." in small_dataset_caveat(500, small_dataset_cells=200, limited="x")

@@ -6,7 +6,7 @@ import anndata as ad
 
 from osteoimmune.cluster import embed, markers, normalize, select_hvg
 from osteoimmune.runlog import logged
-from osteoimmune.stability import cluster_over_resolutions
+from osteoimmune.stability import cluster_over_resolutions, small_dataset_caveat
 
 log = logging.getLogger("osteoimmune")
 
@@ -36,8 +36,20 @@ def main(*, h5ad, params, seed, out, stability, marker_table, compression="gzip"
     )
     log.info(note)
     table = cluster_over_resolutions(
-        adata, resolutions=params["resolutions"], repeats=params["stability_repeats"], seed=seed
+        adata,
+        resolutions=params["resolutions"],
+        repeats=params["stability_repeats"],
+        seed=seed,
+        min_cells_per_cluster=params["min_cells_per_cluster"],
     )
+    clustering = adata.uns["osteoimmune"]["clustering"]
+    clustering["caveat"] = small_dataset_caveat(
+        adata.n_obs,
+        small_dataset_cells=params["small_dataset_cells"],
+        limited=clustering["limited"],
+    )
+    if clustering["caveat"]:
+        log.warning(clustering["caveat"])
     genes = markers(adata, n_genes=params["n_markers"])
     adata.uns["osteoimmune"]["seed"] = seed
     table.to_csv(stability, sep="\t", index=False)

@@ -178,6 +178,10 @@ def integrate(
     if batches < 2:
         return "X_pca", f"one {batch_key}: no batch integration"
     options = HARMONY_DEFAULTS | {k: v for k, v in (harmony or {}).items() if v is not None}
+    if "nclust" not in options and adata.n_obs < 45:
+        # harmonypy's default, round(cells / 30) soft clusters, is under 2 below 45 cells, and
+        # harmonypy 0.0.10 fails with 0 or 1 cluster: too few cells to integrate
+        return "X_pca", f"{adata.n_obs} cells: too few for harmony, no batch integration"
     sc.external.pp.harmony_integrate(
         adata,
         key=batch_key,
@@ -422,7 +426,7 @@ def markers(adata: ad.AnnData, *, n_genes: int = 25, groupby: str = "leiden") ->
     ]
     if len(groups) < sizes.size:
         log.info(
-            "No markers for clusters of one cell: %s",
+            "No markers for clusters of one cell or without other cells to compare with: %s",
             ", ".join(sorted(set(sizes.index) - set(groups))),
         )
     adata.uns.pop("rank_genes_groups", None)

@@ -636,7 +636,9 @@ def compare_pseudobulk(
         results.append(res)
         summaries.append(summ)
     results = pd.concat([r for r in results if not r.empty] or [pd.DataFrame()], ignore_index=True)
-    summary = pd.concat(summaries, ignore_index=True).sort_values(["group", "contrast"])
+    # no group with a pseudobulk (too few cells everywhere): an empty summary
+    summary = pd.concat(summaries or [pd.DataFrame(columns=SUMMARY_COLUMNS)], ignore_index=True)
+    summary = summary.sort_values(["group", "contrast"])
     results = _sort_results(results.reindex(columns=RESULT_COLUMNS))
     return results, summary.reset_index(drop=True)
 

@@ -155,16 +155,25 @@ def dataset_figures(
         else []
     }
     chosen = adata.uns["osteoimmune"]["clustering"]["resolution"]
-    out["clusters"] = [
-        make(
-            "cluster_stability",
-            "Clustering stability per Leiden resolution",
-            figures.stability_plot(stability, chosen=chosen),
-        ),
+    grid = not stability.empty  # no grid: too few cells, one cluster (stability.py)
+    out["clusters"] = []
+    if grid:
+        out["clusters"].append(
+            make(
+                "cluster_stability",
+                "Clustering stability per Leiden resolution",
+                figures.stability_plot(stability, chosen=chosen),
+            )
+        )
+    out["clusters"] += [
         make(
             "umap_leiden",
             "UMAP by Leiden cluster",
-            figures.umap_categorical(adata, "leiden", title=f"Leiden, resolution {chosen:g}"),
+            figures.umap_categorical(
+                adata,
+                "leiden",
+                title=f"Leiden, resolution {chosen:g}" if grid else "one cluster (too few cells)",
+            ),
         ),
     ]
     for key in ("author_cell_type", "sample", "condition"):

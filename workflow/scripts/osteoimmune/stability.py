@@ -115,26 +115,66 @@ def choose_resolution(table: pd.DataFrame, *, tolerance: float = 0.02) -> tuple[
     return float(row["resolution"]), reason
 
 
+def supported_clusters(n_cells: int, *, min_cells_per_cluster: int) -> int:
+    """How many clusters ``n_cells`` cells support (at least 1).
+
+    As many as give clusters of ``min_cells_per_cluster`` cells on average.
+    """
+    return max(n_cells // min_cells_per_cluster, 1)
+
+
 def cluster_over_resolutions(
     adata: ad.AnnData,
     *,
     resolutions: Sequence[float],
     repeats: int,
     seed: int,
+    min_cells_per_cluster: int = 10,
     fraction: float = 0.8,
     tolerance: float = 0.02,
 ) -> pd.DataFrame:
     """Leiden grid, stability, choice; ``obs['leiden']`` at the chosen resolution.
 
+    The grid goes only as far as the cells support: a resolution giving more clusters than
+    :func:`supported_clusters` is left out of the stability test and the choice (the coarsest
+    resolution is kept when every one gives too many). With fewer than two clusters' worth of
+    cells there is no grid: every cell is in cluster "0", and the reason says why.
+
     Records the choice in ``uns['osteoimmune']['clustering']`` (resolution, n_clusters,
-    mean_ari, sd_ari, reason, ...) and the table in ``uns['osteoimmune']['cluster_stability']``
-    (a dict of columns). Returns the stability table with a boolean ``chosen`` column.
+    mean_ari, sd_ari, reason, limited, ...) and the table in
+    ``uns['osteoimmune']['cluster_stability']`` (a dict of columns). Returns the stability
+    table with a boolean ``chosen`` column.
     """
     resolutions = sorted({float(res) for res in resolutions})
+    max_clusters = supported_clusters(adata.n_obs, min_cells_per_cluster=min_cells_per_cluster)
+    settings = {
+        "stability_repeats": int(repeats),
+        "stability_fraction": float(fraction),
+        "tolerance": float(tolerance),
+        "min_cells_per_cluster": int(min_cells_per_cluster),
+        "max_clusters": int(max_clusters),
+    }
+    if max_clusters < 2:
+        return _one_cluster(adata, settings=settings, min_cells_per_cluster=min_cells_per_cluster)
     leiden_grid(adata, resolutions=resolutions, seed=seed)
-    table = stability_table(
-        adata, resolutions=resolutions, repeats=repeats, seed=seed, fraction=fraction
-    )
+    counts = {res: adata.obs[resolution_key(res)].nunique() for res in resolutions}
+    kept = [res for res in resolutions if counts[res] <= max_clusters] or [resolutions[0]]
+    limited = ""
+    if len(kept) < len(resolutions):
+        left_out = [res for res in resolutions if res not in kept]
+        limited = (
+            f"{adata.n_obs} cells support at most {max_clusters} clusters of "
+            f"{min_cells_per_cluster} cells (cluster.min_cells_per_cluster): resolution"
+            f"{'s' if len(left_out) > 1 else ''} {', '.join(f'{r:g}' for r in left_out)} "
+            "left out of the grid"
+        )
+        if counts[kept[0]] > max_clusters:
+            limited += f"; kept the coarsest, {kept[0]:g}, with {counts[kept[0]]} clusters"
+        log.info("%s.", limited)
+        for res in left_out:
+            del adata.obs[resolution_key(res)]
+            adata.uns.pop(resolution_key(res), None)
+    table = stability_table(adata, resolutions=kept, repeats=repeats, seed=seed, fraction=fraction)
     chosen, reason = choose_resolution(table, tolerance=tolerance)
     table["chosen"] = table["resolution"] == chosen
     key = resolution_key(chosen)
@@ -147,14 +187,61 @@ def cluster_over_resolutions(
         "mean_ari": float(row["mean_ari"]),
         "sd_ari": float(row["sd_ari"]),
         "reason": reason,
+        "limited": limited,
         "column": key,
-        "resolutions": ", ".join(f"{res:g}" for res in resolutions),
-        "stability_repeats": int(repeats),
-        "stability_fraction": float(fraction),
-        "tolerance": float(tolerance),
+        "resolutions": ", ".join(f"{res:g}" for res in kept),
+        **settings,
     }
     adata.uns["osteoimmune"]["cluster_stability"] = {
         col: table[col].to_numpy() for col in STABILITY_COLUMNS
     }
     log.info("Chose resolution %s: %s", chosen, reason)
     return table[STABILITY_COLUMNS]
+
+
+def _one_cluster(adata: ad.AnnData, *, settings: dict, min_cells_per_cluster: int) -> pd.DataFrame:
+    """Every cell in cluster "0": too few cells for a clustering grid."""
+    reason = (
+        f"{adata.n_obs} cells are fewer than two clusters of {min_cells_per_cluster} cells "
+        "(cluster.min_cells_per_cluster): no Leiden grid, every cell is in one cluster"
+    )
+    adata.obs["leiden"] = pd.Categorical(["0"] * adata.n_obs)
+    adata.uns.setdefault("osteoimmune", {})["clustering"] = {
+        "resolution": float("nan"),
+        "n_clusters": 1,
+        "mean_ari": float("nan"),
+        "sd_ari": float("nan"),
+        "reason": reason,
+        "limited": reason,
+        "column": "leiden",
+        "resolutions": "",
+        **settings,
+    }
+    table = pd.DataFrame({col: [] for col in STABILITY_COLUMNS})
+    table = table.astype(
+        {"resolution": float, "n_clusters": int, "mean_ari": float, "sd_ari": float, "chosen": bool}
+    )
+    adata.uns["osteoimmune"]["cluster_stability"] = {
+        col: table[col].to_numpy() for col in STABILITY_COLUMNS
+    }
+    log.info("%s.", reason)
+    return table
+
+
+def small_dataset_caveat(n_cells: int, *, small_dataset_cells: int, limited: str = "") -> str:
+    """The report's caveat for a dataset of few cells ("" when it has enough).
+
+    ``limited`` is the clustering's own note (:func:`cluster_over_resolutions`), said too.
+    """
+    if n_cells >= small_dataset_cells and not limited:
+        return ""
+    caveat = ""
+    if n_cells < small_dataset_cells:
+        caveat = (
+            f"Only {n_cells} cells after QC (fewer than cluster.small_dataset_cells, "
+            f"{small_dataset_cells}): clusters, cell-type calls, proportions and score "
+            "comparisons rest on few cells; read them as exploratory."
+        )
+    if limited:
+        caveat = f"{caveat} Clustering: {limited}.".strip()
+    return caveat

@@ -1,0 +1,63 @@
+"""A tiny dataset with a minimal registry entry runs to its report, with a visible caveat.
+
+Test input rebuilt from the mirror's bytes: 10 real bone-marrow cells drawn from the
+Luecken 2021 CITE-seq counts, registered with only the entry's required fields (no doi,
+accession, records, author labels) as a user's own local file.
+"""
+
+import re
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, snakemake
+
+pytestmark = pytest.mark.e2e
+
+CITE = "luecken2021_bmmc_cite/openproblems_bmmc_cite_starter.output_rna.h5ad"
+
+
+def test_ten_cells_with_a_minimal_entry_get_a_caveat_and_one_cluster(mirror, tmp_path):
+    source = ad.read_h5ad(mirror / CITE)
+    cells = np.sort(np.random.default_rng(0).choice(source.n_obs, 10, replace=False))
+    tiny = ad.AnnData(X=source.layers["counts"][cells], var=source.var[[]])
+    tiny.obs_names = source.obs_names[cells]
+    tiny.write_h5ad(tmp_path / "tiny.h5ad")
+    entry = {  # the schema's required fields only: every optional field left out
+        "title": "Ten cells",
+        "species": "human",
+        "tissue": "bone marrow",
+        "paper": "test input: 10 cells of Luecken et al. 2021",
+        "license": "CC-BY-4.0",
+        "values": "counts",
+        "metadata": {k: {"constant": v} for k, v in (("sample", "s1"), ("donor", "d1"))}
+        | {"condition": {"constant": "c"}},
+        "files": [{"role": "counts", "format": "h5ad", "path": str(tmp_path / "tiny.h5ad")}],
+    }
+    registry = tmp_path / "datasets.yaml"
+    registry.write_text(yaml.safe_dump({"datasets": {"tiny": entry}}, sort_keys=False))
+    # as the QC error advises for so few cells: a lower minimum per sample
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"qc": {"min_cells_per_sample": 5}}))
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    result = snakemake(
+        workdir,
+        f"registry={registry}",
+        "datasets=all",
+        options=["--configfile", str(REPO / "config" / "config.yaml"), str(extra)],
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+
+    results = workdir / "results" / "tiny"
+    adata = ad.read_h5ad(results / "tiny.h5ad", backed="r")
+    assert adata.obs["leiden"].nunique() == 1  # no clustering grid on 10 cells
+    assert pd.read_csv(results / "tables" / "cluster_stability.tsv", sep="\t").empty
+    page = re.sub(r"\s+", " ", (results / "report.html").read_text())
+    caveat = page[page.index('id="small-dataset"') :][:600]
+    assert "Small dataset." in caveat and "exploratory" in caveat
+    assert f"Only {adata.n_obs} cells after QC" in caveat and "one cluster" in caveat
+    assert "doi" not in page[page.index("<h2>Provenance") : page.index("<h2>Design")]
+    assert "tiny/report.html" in (workdir / "results" / "index.html").read_text()
