@@ -2,6 +2,7 @@
 # Stages live in workflow/rules/*.smk; the work is done by the library in
 # workflow/scripts/osteoimmune/, called from one thin script per rule.
 
+import sys
 from pathlib import Path
 
 from snakemake.common.configfile import load_configfile
@@ -22,6 +23,12 @@ if not workflow.current_basedir.is_local:
     )
 WORKFLOW_DIR = Path(workflow.current_basedir)
 DEFAULT_CONFIG = WORKFLOW_DIR / "config" / "config.yaml"
+CONFIG_SCHEMA = "config/schemas/config.schema.yaml"
+# The library checks the config below, before common.smk sets up the library for the jobs.
+sys.path.insert(0, str(WORKFLOW_DIR / "workflow" / "scripts"))
+
+from osteoimmune.configcheck import check_user_sets, describe_config_errors
+from osteoimmune.errors import RegistryError
 
 
 # Run directly, `configfile:` loads the defaults under --configfile/--config. Under a module
@@ -36,7 +43,19 @@ update_config(_merged, config)
 config = _merged
 
 
-validate(config, "config/schemas/config.schema.yaml")
+try:
+    validate(config, CONFIG_SCHEMA)  # also fills in the schema's defaults
+except WorkflowError as err:
+    # Snakemake's message prints the schema around the bad key (100 lines for a typo in a key
+    # name); this one names the key, its value and the rule, a line each.
+    short = describe_config_errors(config, schema_path=WORKFLOW_DIR / CONFIG_SCHEMA)
+    raise WorkflowError(short or str(err)) from None
+# The user's signature files are read by the score rules, after QC and clustering: check them
+# now. A relative path is in the working directory, where the jobs run.
+try:
+    check_user_sets(config["signatures"].get("user_sets", []), workdir=Path.cwd())
+except RegistryError as err:
+    raise WorkflowError(str(err)) from None
 
 
 report: "workflow/report/workflow.rst"

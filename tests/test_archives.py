@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import logging
 import shutil
 import tarfile
@@ -261,3 +262,39 @@ def test_not_a_tar_is_refused(tmp_path):
     with pytest.raises(ReaderError, match="not a readable tar archive") as err:
         archive_samples(archive, dataset=DATASET)
     assert f"Dataset '{DATASET}', archive 'GSE100000_RAW.tar'" in str(err.value)
+
+
+@pytest.mark.parametrize("inner", ["../../evil.txt", "/tmp/evil-absolute.txt"])
+def test_unsafe_member_of_a_nested_tar_is_refused(tmp_path, scratch, inner):
+    """A GSM's 10x folder packed as a .tar.gz inside the archive is checked member by member."""
+    nested = io.BytesIO()
+    with tarfile.open(fileobj=nested, mode="w:gz") as tar:
+        info, data = tar_member(inner, data=b"pwned")
+        tar.addfile(info, io.BytesIO(data))
+    name = "GSM100001_S1_filtered_feature_bc_matrix.tar.gz"
+    extra = [tar_member(name, data=nested.getvalue())]
+    archive = write_geo_raw_tar(tmp_path / "GSE100000_RAW.tar", {}, extra_members=extra)
+    with pytest.raises(ReaderError) as err:
+        read_archive_sample(archive, member="GSM100001", spec=SPEC, dataset=DATASET, sample="S1")
+    message = str(err.value)
+    assert f"Dataset '{DATASET}'" in message and "archive 'GSE100000_RAW.tar'" in message
+    assert f"member '{name}'" in message and f"'{inner}'" in message
+    assert "refused" in message
+    assert not list(tmp_path.rglob("evil*")) and not Path("/tmp/evil-absolute.txt").exists()
+    assert list(scratch.iterdir()) == []
+
+
+def test_nested_tar_of_a_10x_folder_is_read(tmp_path, splits, scratch):
+    """The check of a nested tar lets a plain 10x folder through (``./`` names, a folder)."""
+    folder = tmp_path / "filtered_feature_bc_matrix"
+    folder.mkdir()
+    write_10x_mtx(splits["GSM100001_S1"], folder)
+    nested = tmp_path / "nested.tar.gz"
+    with tarfile.open(nested, "w:gz") as tar:
+        tar.add(folder, arcname="./filtered_feature_bc_matrix")
+    name = "GSM100001_S1_filtered_feature_bc_matrix.tar.gz"
+    extra = [tar_member(name, data=nested.read_bytes())]
+    archive = write_geo_raw_tar(tmp_path / "GSE100000_RAW.tar", {}, extra_members=extra)
+    got = read_archive_sample(archive, member="GSM100001", spec=SPEC, dataset=DATASET, sample="S1")
+    assert_same_cells(got, splits["GSM100001_S1"])
+    assert list(scratch.iterdir()) == []

@@ -182,3 +182,35 @@ def test_models_are_validated_and_named_in_errors(tmp_path, registry_data):
     data["models"] = {"atlas": model | {"file": {"url": "https://example.org/m.pkl"}}}
     with pytest.raises(RegistryError, match=r"models.*atlas"):
         load_models(write(tmp_path, data))
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "datasets.yaml"
+    path.write_text("datasets:\n  mine:\n    species: human\n   title: [\n")
+    for load in (load_registry, load_models):
+        with pytest.raises(RegistryError) as err:
+            load(path)
+        message = str(err.value)
+        assert str(path) in message and "line 4, column 4" in message
+        assert "not valid YAML" in message
+
+
+def test_a_one_of_error_says_what_the_field_takes_not_the_whole_entry(tmp_path, registry_data):
+    data = copy.deepcopy(registry_data)
+    del data["datasets"]["shalek2014_bmdc_lps"]["files"][0]["url"]
+    with pytest.raises(RegistryError) as err:
+        load_registry(write(tmp_path, data))
+    (line,) = [s for s in str(err.value).splitlines() if "files/0" in s]
+    assert "url" in line and "sha256" in line and "path" in line
+    assert "lpsdata" not in line  # the entry's values are not dumped
+    assert len(line) < 200
+
+
+def test_each_missing_key_is_named_once(tmp_path, registry_data):
+    data = copy.deepcopy(registry_data)
+    data["datasets"]["shalek2014_bmdc_lps"]["metadata"] = {"sample": {"constant": "s1"}}
+    with pytest.raises(RegistryError) as err:
+        load_registry(write(tmp_path, data))
+    lines = str(err.value).splitlines()
+    for key in ("donor", "condition"):
+        assert lines.count(f"  - at datasets/shalek2014_bmdc_lps/metadata/{key}: is required") == 1

@@ -109,23 +109,41 @@ def _safe_members(
     return files
 
 
-def _check_member(info: tarfile.TarInfo, *, archive: Path, dataset: str) -> None:
+def _unsafe(info: tarfile.TarInfo) -> str | None:
+    """Why a member is unsafe to extract, or None when it is a plain file or folder inside."""
     name = info.name
     if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
-        why = "has an absolute path"
-    elif ".." in re.split(r"[\\/]", name):
-        why = "points outside the archive folder"
-    elif info.issym() or info.islnk():
+        return "has an absolute path"
+    if ".." in re.split(r"[\\/]", name):
+        return "points outside the archive folder"
+    if info.issym() or info.islnk():
         kind = "symbolic" if info.issym() else "hard"
-        why = f"is a {kind} link (to '{info.linkname}')"
-    elif info.ischr() or info.isblk() or info.isfifo():
-        why = "is a device or FIFO, not a regular file"
-    elif not (info.isreg() or info.isdir()):
-        why = f"has tar type {info.type!r}, not a regular file or folder"
-    else:
-        return
-    msg = f"{_where(dataset, archive)}: member '{name}' {why}; {_REFUSED}"
-    raise ReaderError(msg)
+        return f"is a {kind} link (to '{info.linkname}')"
+    if info.ischr() or info.isblk() or info.isfifo():
+        return "is a device or FIFO, not a regular file"
+    if not (info.isreg() or info.isdir()):
+        return f"has tar type {info.type!r}, not a regular file or folder"
+    return None
+
+
+def _check_member(info: tarfile.TarInfo, *, archive: Path, dataset: str) -> None:
+    why = _unsafe(info)
+    if why:
+        msg = f"{_where(dataset, archive)}: member '{info.name}' {why}; {_REFUSED}"
+        raise ReaderError(msg)
+
+
+def _check_nested(tar: tarfile.TarFile, info: tarfile.TarInfo, *, where: str) -> None:
+    """Check the members of a tar inside the archive (a 10x folder), read in place."""
+    try:
+        with tarfile.open(fileobj=tar.extractfile(info), mode="r:*") as nested:
+            unsafe = next(((i.name, why) for i in nested if (why := _unsafe(i))), None)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        msg = f"{where}: member '{info.name}' is not a readable tar ({err}); download again."
+        raise ReaderError(msg) from err
+    if unsafe:
+        msg = f"{where}: member '{info.name}' holds '{unsafe[0]}', which {unsafe[1]}; {_REFUSED}"
+        raise ReaderError(msg)
 
 
 def _group_by_gsm(names: list[str], *, archive: Path, dataset: str) -> dict[str, list[str]]:
@@ -220,6 +238,9 @@ def _read_members(
     """Extract the members into a private temporary folder and read them as ``spec`` says."""
     with tempfile.TemporaryDirectory(prefix="osteoimmune-geo-") as tmp:
         folder = Path(tmp)
+        for info in members:
+            if info.name.lower().endswith(_NESTED_TAR):
+                _check_nested(tar, info, where=where)
         for info in members:
             _extract(tar, info, folder=folder, where=where)
         path = _prepare(spec["format"], [info.name for info in members], folder=folder)

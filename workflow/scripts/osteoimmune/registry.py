@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
+from osteoimmune.configcheck import MISSING, read_yaml, schema_problems, show
 from osteoimmune.errors import RegistryError
 from osteoimmune.samplesheet import check_covariate_name, parse_samples, read_samplesheet
 
@@ -32,10 +32,13 @@ def validate(data: Any, *, schema_path: Path, what: str) -> None:
         A name for the document, used in the message (e.g. the file path).
     """
     schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  - at {_format_path(e.absolute_path)}: {e.message}" for e in errors]
+    problems = schema_problems(data, schema=schema)
+    if problems:
+        lines = [
+            f"  - at {_format_path(p.path)}: "
+            + (p.rule if p.value is MISSING else f"{show(p.value)} {p.rule}")
+            for p in problems
+        ]
         msg = f"{what} is invalid:\n" + "\n".join(lines) + "\nFix these fields and run again."
         raise RegistryError(msg)
 
@@ -45,7 +48,7 @@ def _read_registry(path: Path, *, schema_path: Path | None) -> dict:
     if not path.is_file():
         msg = f"Dataset registry {path} does not exist; set `registry:` in config/config.yaml."
         raise RegistryError(msg)
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path, what="Dataset registry")
     validate(
         data,
         schema_path=schema_path or SCHEMA_DIR / "datasets.schema.yaml",
