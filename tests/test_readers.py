@@ -392,6 +392,18 @@ def test_10x_mtx(tmp_path, counts, layout):
     assert sorted(p.name for p in raw.rglob("*")) == before  # nothing extracted beside it
 
 
+def test_10x_tar_with_a_member_outside_its_folder_is_refused(tmp_path, counts):
+    raw = tmp_path / "raw"
+    write_mtx_folder(raw / "filtered_feature_bc_matrix", counts)
+    with tarfile.open(raw / "sample.tar.gz", "w:gz") as tar:
+        tar.add(raw / "filtered_feature_bc_matrix", arcname="filtered_feature_bc_matrix")
+        tar.add(raw / "filtered_feature_bc_matrix" / "barcodes.tsv.gz", arcname="../evil.tsv.gz")
+    entry = make_entry([{"role": "counts", "format": "10x_mtx", "filename": "sample.tar.gz"}])
+    with pytest.raises(ReaderError, match=r"'sample.tar.gz'.*member '../evil.tsv.gz'.*outside"):
+        read_one(entry, raw)
+    assert not (tmp_path / "evil.tsv.gz").exists()
+
+
 def test_10x_h5(tmp_path, counts):
     write_10x_h5(tmp_path / "m.h5", counts)
     entry = make_entry([{"role": "counts", "format": "10x_h5", "filename": "m.h5"}])

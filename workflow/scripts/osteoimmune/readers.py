@@ -409,8 +409,13 @@ def _read_10x_mtx(path: Path, *, where: str) -> ad.AnnData:
             try:
                 with tarfile.open(path) as tar:
                     tar.extractall(tmp, filter="data")
-            except tarfile.FilterError:
-                raise  # an unsafe member, not a damaged download: the caller refuses it
+            except tarfile.FilterError as err:  # an unsafe member, not a damaged download
+                msg = (
+                    f"{where}: member '{err.tarinfo.name}' of the tar archive points outside "
+                    f"the folder it is extracted to ({err}); nothing is extracted from it. "
+                    "Pack the 10x files with paths inside one folder."
+                )
+                raise ReaderError(msg) from err
             except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
                 _raise_if_bad_gzip(path, where=where)
                 msg = f"{where}: the tar archive could not be extracted ({err}); download it again."
