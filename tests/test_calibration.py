@@ -52,38 +52,6 @@ def _random_sets(n_sets: int, *, size: int = 15, seed: int = 5) -> dict[str, lis
     }
 
 
-def test_mean_scores_equal_scanpy_score_genes(adata):
-    sets = {"up": UP, "partly_absent": [*GENES[100:110], "absent"], **_random_sets(3)}
-    # ctrl_size 10 < 33 genes per bin: the control genes are a random choice.
-    for seed, ctrl_size in ((0, 10), (7, 10), (0, 50)):
-        got = mean_scores(adata, sets, seed=seed, ctrl_size=ctrl_size, chunk_size=333)
-        for name, genes in sets.items():
-            work = adata.copy()
-            sc.tl.score_genes(
-                work,
-                genes,
-                ctrl_as_ref=False,
-                ctrl_size=ctrl_size,
-                random_state=seed,
-                score_name="s",
-            )
-            # scanpy sums the float32 matrix in float32; the rest is the same computation.
-            np.testing.assert_allclose(got[name], work.obs["s"], rtol=0, atol=1e-5)
-    seed0 = mean_scores(adata, sets, seed=0, ctrl_size=10)
-    assert not np.allclose(seed0, mean_scores(adata, sets, seed=7, ctrl_size=10), atol=1e-3)
-
-
-def test_gene_means_and_bins_are_scanpys(adata):
-    means = gene_means(adata.X, chunk_size=77)
-    expected = np.asarray(adata.X.sum(axis=0, dtype=np.float64)).ravel() / adata.n_obs
-    np.testing.assert_array_equal(means, expected)
-    bins = expression_bins(means, n_bins=25)
-    per_bin = round(N_GENES / 24)
-    np.testing.assert_array_equal(bins, pd.Series(means).rank(method="min") // per_bin)
-    with pytest.raises(SignatureError, match="cannot fill"):
-        expression_bins(means[:10], n_bins=25)
-
-
 def test_null_sets_are_matched_in_bins_and_deterministic(adata):
     bins = expression_bins(gene_means(adata.X), n_bins=25)
     set_index = np.arange(N_SET)

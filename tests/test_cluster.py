@@ -181,39 +181,6 @@ def test_markers_leave_out_a_single_cell_cluster_without_failing():
     assert markers(one_cluster, n_genes=5).empty
 
 
-def test_wilcoxon_vs_rest_equals_scanpys_rank_genes_groups(monkeypatch):
-    import scanpy as sc
-
-    import osteoimmune.cluster as cluster
-
-    rng = np.random.default_rng(1)
-    counts = rng.poisson(rng.gamma(0.3, 2, size=(1, 200)), size=(900, 200)).astype(np.float32)
-    adata = ad.AnnData(X=sp.csr_matrix(counts))
-    adata.var_names = [f"G{i}" for i in range(200)]
-    normalize(adata, value_type="counts")
-    adata.X[:4] = -adata.X[:4]  # negative values rank below the zeros
-    adata.obs["leiden"] = pd.Categorical(rng.integers(0, 9, adata.n_obs).astype(str))
-    groups = list(adata.obs["leiden"].cat.categories[:-1])  # the last one is only "rest"
-    reference = adata.copy()
-    sc.tl.rank_genes_groups(
-        reference,
-        "leiden",
-        groups=groups,
-        reference="rest",
-        method="wilcoxon",
-        n_genes=50,
-        use_raw=False,
-    )
-    monkeypatch.setattr(cluster, "RANK_CHUNK_NNZ", 5_000)  # several chunks of genes
-    cluster.wilcoxon_vs_rest(adata, groupby="leiden", groups=groups, n_genes=50)
-    ours, theirs = adata.uns["rank_genes_groups"], reference.uns["rank_genes_groups"]
-    assert ours["params"] == theirs["params"]
-    for group in groups:
-        assert list(ours["names"][group]) == list(theirs["names"][group])
-        for field in ("scores", "pvals", "pvals_adj", "logfoldchanges"):
-            np.testing.assert_allclose(ours[field][group], theirs[field][group], rtol=1e-5)
-
-
 UMAP_RUN = """
 import sys
 import numpy as np

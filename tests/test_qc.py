@@ -14,13 +14,10 @@ from osteoimmune.qc import (
     assign_qc_groups,
     compute_qc_metrics,
     detect_doublets,
-    doublet_threshold,
     filter_cells,
     finish_qc,
     flag_cells,
     mad_outlier,
-    scrublet_sparse,
-    seurat_hvg,
 )
 from osteoimmune.samples import concat_samples, sample_slugs, share_counts, split_by_sample
 
@@ -210,68 +207,6 @@ def test_scrublet_with_and_without_mean_centring_both_find_the_doublets():
     assert np.corrcoef(sparse_scores, dense_scores)[0, 1] > 0.8
 
 
-def test_sparse_scrublet_equals_scanpys_scrublet():
-    """The default doublet scores are scanpy's scrublet scores, computed without densifying."""
-    import scanpy as sc
-
-    adata, _ = with_doublets(make_populations([150, 150, 100]), n_doublets=30)
-    counts = sp.csr_matrix(adata.X)
-    counts[0] = 0  # a cell with < 3 genes: dropped by scrublet, NaN in both
-    counts.eliminate_zeros()
-    scores, sim_scores = scrublet_sparse(counts, seed=3, score_simulated=True)
-    reference = ad.AnnData(X=counts.copy())
-    sc.pp.scrublet(
-        reference, threshold=0.25, random_state=3, use_approx_neighbors=False, verbose=False
-    )
-    expected = reference.obs["doublet_score"].to_numpy(dtype=float)
-    assert np.isnan(scores[0]) and np.isnan(expected[0])
-    # equal but where rounding in the PCA changes a neighbour (at most 1 cell per sample on
-    # the mirror's real samples)
-    differ = np.abs(scores[1:] - expected[1:]) > 1e-6
-    assert differ.sum() <= 0.01 * len(differ) and np.abs(scores - expected)[1:].max() < 0.1
-    assert np.array_equal(scores[1:] > 0.25, expected[1:] > 0.25)
-    np.testing.assert_allclose(
-        sim_scores, reference.uns["scrublet"]["doublet_scores_sim"], rtol=1e-6, atol=1e-9
-    )
-    # the seed reaches the doublet simulation
-    assert not np.allclose(scrublet_sparse(counts, seed=4)[1], sim_scores)
-    # simulated doublets are scored only when asked (scrublet's automatic threshold)
-    # (the observed cells' scores then come from chunked neighbour searches: the same but for
-    # rounding, as above)
-    unscored, none = scrublet_sparse(counts, seed=3, score_simulated=False)
-    assert none is None and np.isnan(unscored[0])
-    differ = np.abs(unscored[1:] - expected[1:]) > 1e-6
-    assert differ.sum() <= 0.01 * len(differ)
-    assert np.array_equal(unscored[1:] > 0.25, expected[1:] > 0.25)
-
-
-@pytest.mark.parametrize("n_top_genes", [None, 40])
-def test_chunked_seurat_hvg_equals_scanpys(monkeypatch, n_top_genes):
-    """Highly variable genes of log1p values without copying the matrix: scanpy's genes."""
-    import scanpy as sc
-
-    import osteoimmune.qc
-
-    rng = np.random.default_rng(5)
-    rates = rng.gamma(0.5, 2.0, size=(1, 300)) * rng.gamma(2.0, 1.0, size=(500, 1))
-    counts = sp.csr_matrix(rng.poisson(rates).astype(np.float32))
-    counts[:, :20] = rng.poisson(rates[:, :20] * 8 * (np.arange(500) % 2)[:, None])  # variable
-    counts.eliminate_zeros()
-    reference = ad.AnnData(X=counts.copy())
-    sc.pp.normalize_total(reference)
-    sc.pp.log1p(reference)
-    sc.pp.highly_variable_genes(reference, n_top_genes=n_top_genes, flavor="seurat")
-    expected = reference.var["highly_variable"].to_numpy()
-    assert 10 < expected.sum() < 300
-    normalised = ad.AnnData(X=counts.copy())
-    sc.pp.normalize_total(normalised)
-    monkeypatch.setattr(osteoimmune.qc, "HVG_CHUNK_CELLS", 64)  # several chunks
-    logged = seurat_hvg(reference.X, logged=True, n_top_genes=n_top_genes)
-    unlogged = seurat_hvg(normalised.X, logged=False, n_top_genes=n_top_genes)
-    assert np.array_equal(logged, expected) and np.array_equal(unlogged, expected)
-    assert expected[:20].mean() > 2 * expected[20:].mean()  # the planted variable genes
-
-
 def test_scrublet_skips_small_samples_with_a_note():
     adata = make_populations([150, 100])
     adata.obs["sample"] = pd.Categorical(["big"] * 220 + ["tiny"] * 30)
@@ -281,13 +216,6 @@ def test_scrublet_skips_small_samples_with_a_note():
     assert adata.obs["doublet_score"][tiny].isna().all()
     assert not adata.obs["doublet_score"][~tiny].isna().any()
     assert not adata.obs["predicted_doublet"][tiny].any()
-
-
-def test_auto_doublet_threshold_lies_between_the_modes():
-    rng = np.random.default_rng(0)
-    scores = np.r_[rng.normal(0.1, 0.03, 1000), rng.normal(0.6, 0.05, 400)]
-    assert 0.2 < doublet_threshold(scores) < 0.5
-    assert doublet_threshold(np.full(100, 0.1)) is None  # one mode: no threshold, no calls
 
 
 def test_qc_flags_and_groups_are_deterministic_for_a_seed():

@@ -1,4 +1,4 @@
-"""Null calibration of per-cell signature scores, and score_genes-style mean scores for all sets.
+"""Null calibration of per-cell signature scores against expression-matched random gene sets.
 
 For every gene set, random gene sets of the same size are drawn, each random gene from the same
 expression bin as the set gene it replaces (bins as in :func:`scanpy.tl.score_genes`: genes
@@ -7,8 +7,9 @@ same method gives every cell a null distribution for every set, hence a z-score 
 empirical p-value. All observed and random sets are scored in one pass over the matrix: one
 sparse product of each chunk of cells (or of its rank deficits) with a genes x sets matrix.
 
-:func:`mean_scores` reproduces :func:`scanpy.tl.score_genes` (``ctrl_as_ref=False``, same seed,
-same control genes) for many sets at once, instead of one call and one pass per set.
+The expression bins, control genes and mean scores are those of scanpy's ``score_genes``
+(:mod:`osteoimmune.kernels.score_genes`; :func:`mean_scores` scores many sets at once), the
+rank scores those of :mod:`osteoimmune.kernels.ranks`.
 """
 
 from __future__ import annotations
@@ -23,172 +24,35 @@ from anndata import AnnData
 from scipy import sparse
 
 from osteoimmune.errors import SignatureError
-from osteoimmune.ranks import (
-    DEFAULT_CHUNK_SIZE,
-    as_csr,
-    chunk_rank_scores,
-    map_row_chunks,
-    resolve_max_rank,
-    row_chunks,
+from osteoimmune.kernels.ranks import chunk_rank_scores, resolve_max_rank
+from osteoimmune.kernels.score_genes import (
+    control_genes,
+    expression_bins,
+    gene_means,
+    mean_scores,
+    obs_names_of,
+    present_indices,
+    weights_matrix,
 )
+from osteoimmune.ranks import DEFAULT_CHUNK_SIZE, as_csr, map_row_chunks
+
+__all__ = [
+    "METHODS",
+    "Calibration",
+    "calibrate",
+    "control_genes",
+    "expression_bins",
+    "gene_means",
+    "mean_scores",
+    "null_gene_sets",
+    "present_indices",
+    "set_rng",
+    "z_and_p",
+]
 
 METHODS = ("ucell", "aucell", "mean")
 # Relative size below which a null's spread, or a score's distance from it, is float rounding.
 FLAT_TOLERANCE = 1e-9
-
-
-def gene_means(matrix: sparse.csr_matrix, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
-    """Mean of every gene over all cells, computed as :func:`scanpy.tl.score_genes` does.
-
-    scanpy's ``X.sum(axis=0)`` accumulates float32 data in float32, cell after cell; the same
-    order here gives bit-identical means (hence identical bins), chunk by chunk without the
-    float64 copy of the whole matrix that scipy makes.
-    """
-    dtype = np.float32 if matrix.dtype == np.float32 else np.float64
-    sums = np.zeros(matrix.shape[1], dtype=dtype)
-    for _, chunk in row_chunks(matrix, chunk_size=chunk_size):
-        np.add.at(sums, chunk.indices, chunk.data.astype(dtype, copy=False))
-    return sums.astype(np.float64) / matrix.shape[0]
-
-
-def expression_bins(means: np.ndarray, *, n_bins: int = 25) -> np.ndarray:
-    """Assign genes to expression bins the way :func:`scanpy.tl.score_genes` does.
-
-    Parameters
-    ----------
-    means
-        Mean expression per gene.
-    n_bins
-        Number of bins; each holds ``round(n_genes / (n_bins - 1))`` genes by rank of the
-        mean (ties share the lowest rank).
-
-    Returns
-    -------
-    numpy.ndarray
-        Bin number per gene (int).
-    """
-    per_bin = int(np.round(len(means) / (n_bins - 1))) if n_bins > 1 else 0
-    if per_bin < 1:
-        msg = (
-            f"{len(means)} genes cannot fill {n_bins} expression bins; use fewer bins "
-            "(about one per 10 genes)."
-        )
-        raise SignatureError(msg)
-    ranks = pd.Series(means).rank(method="min").to_numpy()
-    return (ranks // per_bin).astype(np.int64)
-
-
-def present_indices(
-    gene_sets: Mapping[str, Sequence[str]], *, var_names: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """Column indices of each set's genes present in ``var_names`` (duplicates once).
-
-    A set with none of its genes present is an error (coverage filtering should drop it).
-    """
-    names = pd.Index(var_names)
-    present = {}
-    for name, genes in gene_sets.items():
-        index = names.get_indexer(list(dict.fromkeys(genes)))
-        if not (index >= 0).any():
-            msg = f"No gene of set '{name}' is in the dataset; drop it before scoring."
-            raise SignatureError(msg)
-        present[name] = index[index >= 0]
-    return present
-
-
-def control_genes(
-    set_index: np.ndarray, bins: np.ndarray, *, ctrl_size: int, seed: int
-) -> np.ndarray:
-    """Control genes of one set as :func:`scanpy.tl.score_genes` picks them.
-
-    From every bin holding a set gene, ``ctrl_size`` genes outside the set are drawn (all if
-    fewer), with scanpy's generator: numpy's legacy ``RandomState(seed)``, reseeded per set.
-
-    Returns
-    -------
-    numpy.ndarray
-        Sorted column indices of the control genes.
-    """
-    state = np.random.RandomState(seed)
-    outside = np.ones(len(bins), dtype=bool)
-    outside[set_index] = False
-    chosen = []
-    for cut in np.unique(bins[set_index]):
-        pool = np.flatnonzero((bins == cut) & outside)
-        if ctrl_size < len(pool):
-            pool = pool[state.choice(len(pool), ctrl_size, replace=False)]
-        chosen.append(pool)
-    controls = np.unique(np.concatenate(chosen))
-    if len(controls) == 0:
-        msg = "No control genes in any expression bin of the set; the gene panel is too small."
-        raise SignatureError(msg)
-    return controls
-
-
-def _weights_matrix(
-    columns: Sequence[tuple[np.ndarray, np.ndarray]], n_genes: int
-) -> sparse.csr_matrix:
-    # genes x columns; column j holds values columns[j][1] on genes columns[j][0] (repeats add).
-    rows = np.concatenate([genes for genes, _ in columns])
-    values = np.concatenate([vals for _, vals in columns])
-    cols = np.repeat(np.arange(len(columns)), [len(genes) for genes, _ in columns])
-    return sparse.csr_matrix((values, (rows, cols)), shape=(n_genes, len(columns)))
-
-
-def _obs_names(data) -> pd.Index | None:
-    return data.obs_names if isinstance(data, AnnData) else None
-
-
-def mean_scores(
-    data: AnnData | sparse.spmatrix | np.ndarray,
-    gene_sets: Mapping[str, Sequence[str]],
-    *,
-    var_names: Sequence[str] | None = None,
-    n_bins: int = 25,
-    ctrl_size: int = 50,
-    seed: int = 0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> pd.DataFrame:
-    """Score all sets like :func:`scanpy.tl.score_genes` in one pass over the matrix.
-
-    The score is the mean of the set's present genes minus the mean of its control genes,
-    which are those ``sc.tl.score_genes(adata, genes, ctrl_as_ref=False, random_state=seed,
-    n_bins=n_bins, ctrl_size=ctrl_size)`` would pick; scores agree with it up to scanpy's
-    float32 sums.
-
-    Parameters
-    ----------
-    data
-        Log-normalised expression, cells x genes: an AnnData (``X``), sparse or dense matrix.
-    gene_sets
-        Set name -> gene symbols; absent genes are ignored, as scanpy does.
-    var_names
-        Gene names of the columns; default ``data.var_names`` for an AnnData.
-    n_bins, ctrl_size, seed
-        As in :func:`scanpy.tl.score_genes`.
-    chunk_size
-        Cells per chunk (bounds the extra memory).
-
-    Returns
-    -------
-    pandas.DataFrame
-        Cells x sets.
-    """
-    matrix, names = as_csr(data, var_names=var_names)
-    present = present_indices(gene_sets, var_names=names)
-    bins = expression_bins(gene_means(matrix, chunk_size=chunk_size), n_bins=n_bins)
-    columns = []
-    for index in present.values():
-        controls = control_genes(index, bins, ctrl_size=ctrl_size, seed=seed)
-        values = np.r_[
-            np.full(len(index), 1 / len(index)), np.full(len(controls), -1 / len(controls))
-        ]
-        columns.append((np.r_[index, controls], values))
-    weights = _weights_matrix(columns, len(names))
-    (scores,) = map_row_chunks(
-        matrix, lambda chunk: ((chunk @ weights).toarray(),), chunk_size=chunk_size
-    )
-    return pd.DataFrame(scores, index=_obs_names(data), columns=list(gene_sets))
 
 
 def null_gene_sets(
@@ -339,7 +203,7 @@ def _chunk_scorer(
 ) -> Callable:
     n_sets = len(present)
     end = n_sets * (1 + n_null)
-    weights = _weights_matrix(_score_columns(present, nulls, controls, method=method), n_genes)
+    weights = weights_matrix(_score_columns(present, nulls, controls, method=method), n_genes)
     if method == "mean":
 
         def score(chunk):
@@ -449,5 +313,5 @@ def calibrate(
         n_null=n_null,
     )
     parts = map_row_chunks(matrix, scorer, chunk_size=chunk_size)
-    index, columns = _obs_names(data), list(gene_sets)
+    index, columns = obs_names_of(data), list(gene_sets)
     return Calibration(*(pd.DataFrame(part, index=index, columns=columns) for part in parts))

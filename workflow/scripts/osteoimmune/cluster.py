@@ -1,6 +1,7 @@
 """Normalisation, highly variable genes, PCA, batch integration, neighbours, UMAP, Leiden, markers.
 
-Resampling stability over a grid of Leiden resolutions is in :mod:`osteoimmune.stability`.
+Resampling stability over a grid of Leiden resolutions is in :mod:`osteoimmune.stability`. The
+markers' Wilcoxon statistics are scanpy's, computed by :mod:`osteoimmune.kernels.wilcoxon`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from scipy import sparse, stats
 
 from osteoimmune.jit import cache_umap_functions
+from osteoimmune.kernels import check_implementation
+from osteoimmune.kernels.wilcoxon import wilcoxon_vs_rest
 from osteoimmune.values import VALUE_TYPES, normalization_note
 
 log = logging.getLogger(__name__)
@@ -264,151 +266,19 @@ def leiden(adata: ad.AnnData, *, resolution: float, seed: int, key_added: str = 
     )
 
 
-# Nonzeros ranked at a time by wilcoxon_vs_rest: bounds its temporaries (a few int64/float64
-# arrays of this length) whatever the matrix size.
-RANK_CHUNK_NNZ = 250_000
-
-
-def _sparse_ranks(data: np.ndarray, indptr: np.ndarray, n_cells: int) -> tuple:
-    """Average ranks (as ``scipy.stats.rankdata``) of CSC columns holding ``n_cells`` values.
-
-    Returns the rank of each stored value (in storage order) and the rank of a zero, per
-    column; only stored values are sorted (zeros form one tied block).
-    """
-    counts = np.diff(indptr)
-    gene = np.repeat(np.arange(len(counts)), counts)
-    order = np.lexsort((data, gene))
-    values, genes = data[order], gene[order]
-    first = np.r_[True, (genes[1:] != genes[:-1]) | (values[1:] != values[:-1])]
-    starts = np.flatnonzero(first)
-    tied = np.diff(np.r_[starts, len(values)])
-    n_zero = n_cells - counts
-    # 1-based average position among the column's stored values, shifted past the zeros
-    rank = starts - indptr[genes[starts]] + (tied + 1) / 2
-    rank += np.where(values[starts] > 0, n_zero[genes[starts]], 0)
-    ranks = np.empty(len(data))
-    ranks[order] = rank[np.cumsum(first) - 1]
-    n_negative = np.bincount(gene[data < 0], minlength=len(counts))
-    return ranks, n_negative + (n_zero + 1) / 2
-
-
-def _column_chunks(x: sparse.csc_matrix):
-    """Column ranges of ``x`` holding about ``RANK_CHUNK_NNZ`` stored values each."""
-    nnz_per_gene = np.diff(x.indptr)
-    left = 0
-    while left < x.shape[1]:
-        right = left + max(
-            int(np.searchsorted(np.cumsum(nnz_per_gene[left:]), RANK_CHUNK_NNZ, side="right")), 1
-        )
-        yield left, right
-        left = right
-
-
-def _group_sums(x: sparse.csc_matrix, members: sparse.csr_matrix) -> tuple:
-    """Column sums over each group's cells and over all cells, in float64, chunk by chunk."""
-    sums = np.empty((members.shape[0], x.shape[1]))
-    totals = np.empty(x.shape[1])
-    for left, right in _column_chunks(x):
-        chunk = x[:, left:right].astype(np.float64)
-        sums[:, left:right] = (members @ chunk).toarray()
-        totals[left:right] = np.asarray(chunk.sum(axis=0)).ravel()
-    return sums, totals
-
-
-def _rank_sums(x: sparse.csc_matrix, members: sparse.csr_matrix) -> np.ndarray:
-    """Sum of each column's ranks over the cells of each group (``members``: groups x cells)."""
-    sums = np.empty((members.shape[0], x.shape[1]))
-    sizes = np.asarray(members.sum(axis=1))
-    for left, right in _column_chunks(x):
-        chunk = x[:, left:right]
-        ranks, zero_rank = _sparse_ranks(chunk.data, chunk.indptr, x.shape[0])
-        # each stored value adds its rank minus the zero rank every cell is first given
-        ranks -= np.repeat(zero_rank, np.diff(chunk.indptr))
-        shifted = sparse.csc_matrix((ranks, chunk.indices, chunk.indptr), shape=chunk.shape)
-        sums[:, left:right] = (members @ shifted).toarray() + sizes * zero_rank
-    return sums
-
-
-def _top_n(scores: np.ndarray, n_top: int) -> np.ndarray:
-    # scanpy's _select_top_n: the same genes in the same order for tied scores
-    partition = np.argpartition(scores, -n_top)[-n_top:]
-    return partition[np.argsort(scores[partition])[::-1]]
-
-
-def wilcoxon_vs_rest(adata: ad.AnnData, *, groupby: str, groups: list[str], n_genes: int) -> None:
-    """Wilcoxon rank-sum test of each group against all other cells, on sparse ``X``.
-
-    The statistics of ``sc.tl.rank_genes_groups(method="wilcoxon", reference="rest",
-    use_raw=False)`` (z-score without tie correction, two-sided normal p-value,
-    Benjamini-Hochberg, log2 fold change of ``expm1`` means), stored the same way in
-    ``uns['rank_genes_groups']``. scanpy copies the rest of the matrix for every group;
-    here ranks are computed once, sorting only stored values in chunks of columns, and
-    summed over groups with a sparse product, so the cost does not grow with the number of
-    groups times the matrix size.
-    """
-    # one CSC copy in X's own dtype (ranks only compare values; sums are taken in float64)
-    x = adata.X.tocsc(copy=True) if sparse.issparse(adata.X) else sparse.csc_matrix(adata.X)
-    x.eliminate_zeros()
-    labels = adata.obs[groupby].astype(str).to_numpy()
-    rows = [np.flatnonzero(labels == str(group)) for group in groups]
-    members = sparse.csr_matrix(
-        (
-            np.ones(sum(map(len, rows))),
-            np.concatenate(rows),
-            np.cumsum([0] + [len(r) for r in rows]),
-        ),
-        shape=(len(groups), adata.n_obs),
-    )
-    n_cells, sizes = adata.n_obs, np.array([len(r) for r in rows], dtype=float)[:, None]
-    std = np.sqrt(sizes * (n_cells - sizes) * (n_cells + 1) / 12.0)
-    scores = (_rank_sums(x, members) - sizes * (n_cells + 1) / 2.0) / std
-    scores[np.isnan(scores)] = 0
-    pvals = 2 * stats.norm.sf(np.abs(scores))
-    pvals_adj = stats.false_discovery_control(pvals, axis=1, method="bh")
-    group_sums, totals = _group_sums(x, members)
-    mean_group = group_sums / sizes
-    mean_rest = (totals[None, :] - group_sums) / (n_cells - sizes)
-    base = adata.uns.get("log1p", {}).get("base")
-    scale = np.log(base) if base is not None else 1.0
-    log_fold = np.log2((np.expm1(mean_group * scale) + 1e-9) / (np.expm1(mean_rest * scale) + 1e-9))
-    fields = {"names": {}, "scores": {}, "pvals": {}, "pvals_adj": {}, "logfoldchanges": {}}
-    for i, group in enumerate(map(str, groups)):
-        top = _top_n(scores[i], n_genes)
-        fields["names"][group] = adata.var_names[top].to_numpy()
-        for name, values in [
-            ("scores", scores),
-            ("pvals", pvals),
-            ("pvals_adj", pvals_adj),
-            ("logfoldchanges", log_fold),
-        ]:
-            fields[name][group] = values[i, top]
-    dtypes = {
-        "names": "O",
-        "scores": "float32",
-        "logfoldchanges": "float32",
-        "pvals": "float64",
-        "pvals_adj": "float64",
-    }
-    adata.uns["rank_genes_groups"] = {
-        "params": {
-            "groupby": groupby,
-            "reference": "rest",
-            "method": "wilcoxon",
-            "use_raw": False,
-            "layer": None,
-            "corr_method": "benjamini-hochberg",
-        }
-    } | {
-        name: pd.DataFrame(columns).to_records(index=False, column_dtypes=dtypes[name])
-        for name, columns in fields.items()
-    }
-
-
-def markers(adata: ad.AnnData, *, n_genes: int = 25, groupby: str = "leiden") -> pd.DataFrame:
+def markers(
+    adata: ad.AnnData,
+    *,
+    n_genes: int = 25,
+    groupby: str = "leiden",
+    implementation: str = "osteoimmune",
+) -> pd.DataFrame:
     """Top marker genes per cluster: Wilcoxon test of each cluster against the rest.
 
-    Tested on log-normalised ``X`` by :func:`wilcoxon_vs_rest` (scanpy's statistics); the
-    full result stays in ``uns['rank_genes_groups']``.
+    Tested on log-normalised ``X`` by :func:`osteoimmune.kernels.wilcoxon.wilcoxon_vs_rest`
+    (scanpy's statistics, ranks computed once), or with ``implementation="scanpy"`` by
+    ``sc.tl.rank_genes_groups(method="wilcoxon")`` itself; the full result stays in
+    ``uns['rank_genes_groups']``.
     Clusters of a single cell (or whose rest has a single cell) cannot be tested and are
     left out of the table, with a log message.
 
@@ -417,6 +287,7 @@ def markers(adata: ad.AnnData, *, n_genes: int = 25, groupby: str = "leiden") ->
     Columns cluster, rank (1 = best), gene, score, logfoldchange, pval_adj; ``n_genes`` rows
     per tested cluster.
     """
+    check_implementation(implementation)
     columns = ["cluster", "rank", "gene", "score", "logfoldchange", "pval_adj"]
     sizes = adata.obs[groupby].value_counts()
     groups = [
@@ -432,7 +303,19 @@ def markers(adata: ad.AnnData, *, n_genes: int = 25, groupby: str = "leiden") ->
     adata.uns.pop("rank_genes_groups", None)
     if not groups:
         return pd.DataFrame(columns=columns)
-    wilcoxon_vs_rest(adata, groupby=groupby, groups=groups, n_genes=min(n_genes, adata.n_vars))
+    n_genes = min(n_genes, adata.n_vars)
+    if implementation == "scanpy":
+        sc.tl.rank_genes_groups(
+            adata,
+            groupby,
+            groups=groups,
+            reference="rest",
+            method="wilcoxon",
+            n_genes=n_genes,
+            use_raw=False,
+        )
+    else:
+        wilcoxon_vs_rest(adata, groupby=groupby, groups=groups, n_genes=n_genes)
     table = sc.get.rank_genes_groups_df(adata, group=groups)
     if "group" not in table:  # a single group comes back without its column
         table["group"] = groups[0]

@@ -5,6 +5,10 @@ sample, so that lineages with few counts (neutrophils) or a few dominant genes (
 hemoglobin) are not mistaken for low-quality cells. A group's bounds are widened to at least
 its sample's (``lineage_can_tighten=False``, the default): lineage-aware QC may spare cells
 that the per-sample thresholds remove, but never removes a cell that they keep.
+
+Doublet scores and the coarse groups' variable genes come from kernels that mirror scanpy
+(:mod:`osteoimmune.kernels.scrublet`, :mod:`osteoimmune.kernels.hvg`); ``implementation="scanpy"``
+runs scanpy's own functions instead.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from scipy import ndimage, sparse
+from scipy import sparse
 
 from osteoimmune.errors import QCError
 from osteoimmune.jit import cache_umap_functions
+from osteoimmune.kernels import check_implementation
+from osteoimmune.kernels.hvg import seurat_hvg
+from osteoimmune.kernels.scrublet import doublet_threshold, scrublet_sparse
 from osteoimmune.samples import cells_of
 
 log = logging.getLogger(__name__)
@@ -222,299 +229,16 @@ def counts_matrix(adata: ad.AnnData) -> sparse.csr_matrix:
     return sparse.csr_matrix(counts, dtype=np.float32)
 
 
-def doublet_threshold(sim_scores: np.ndarray, *, nbins: int = 256) -> float | None:
-    """Score threshold at the minimum between the two modes of the simulated doublet scores.
-
-    The rule scrublet applies by default (``skimage.filters.threshold_minimum``, not a
-    dependency here): smooth the histogram until it has two maxima, take the lowest bin between
-    them. Returns None when the scores are not bimodal, as scrublet then calls no doublets.
-    """
-    hist, edges = np.histogram(np.asarray(sim_scores, dtype=float), bins=nbins)
-    centers = (edges[:-1] + edges[1:]) / 2
-    smooth = hist.astype(float)
-    for _ in range(10_000):
-        smooth = ndimage.uniform_filter1d(smooth, 3)
-        # a maximum where the histogram turns from rising (or its start) to falling; ties
-        # continue a plateau, as in skimage
-        steps = np.diff(smooth)
-        moves = np.flatnonzero(steps != 0)
-        signs = np.sign(steps[moves])
-        maxima = moves[(np.r_[1.0, signs[:-1]] > 0) & (signs < 0)]
-        if len(maxima) < 3:
-            break
-    if len(maxima) != 2:
-        return None
-    lo, hi = maxima
-    return float(centers[lo + np.argmin(smooth[lo : hi + 1])])
-
-
-# Cells whose log values are expanded at a time by :func:`seurat_hvg`.
-HVG_CHUNK_CELLS = 10_000
-
-
-def seurat_hvg(
-    x: sparse.csr_matrix,
-    *,
-    logged: bool,
-    n_top_genes: int | None = None,
-    min_mean: float = 0.0125,
-    max_mean: float = 3.0,
-    min_disp: float = 0.5,
-    n_bins: int = 20,
-) -> np.ndarray:
-    """Scanpy's ``highly_variable_genes(flavor="seurat")`` of log1p values, without copies.
-
-    scanpy copies the log matrix twice (``x.copy()``, then ``np.expm1``) to take the gene
-    means and variances of ``expm1(log1p(x))``. Here each chunk of ``HVG_CHUNK_CELLS`` cells
-    is expanded in turn (float32, as scanpy) and summed in float64; the dispersions, their
-    20 mean bins and the cut-offs or top genes follow scanpy 1.11 line by line. Sums are
-    taken in another order than scanpy's threaded kernel, so a gene exactly at a cut-off
-    could differ in the last bit (tests/test_qc.py compares the two on real samples).
-
-    Parameters
-    ----------
-    x
-        Normalised values, or their log1p.
-    logged
-        Whether ``x`` holds log1p values already; if not, log1p is applied per chunk, as
-        ``highly_variable_genes`` of a ``log1p`` layer sees them.
-    n_top_genes
-        The genes of the ``n_top_genes`` highest normalised dispersions; None: the cut-offs.
-    min_mean, max_mean, min_disp, n_bins
-        scanpy's defaults.
-
-    Returns
-    -------
-    A boolean mask of the highly variable genes.
-    """
-    x = sparse.csr_matrix(x)
-    n_cells, n_genes = x.shape
-    sums, squares = np.zeros(n_genes), np.zeros(n_genes)
-    for start in range(0, n_cells, HVG_CHUNK_CELLS):
-        part = x[start : start + HVG_CHUNK_CELLS]
-        values = np.expm1(part.data if logged else np.log1p(part.data))
-        sums += np.bincount(part.indices, weights=values, minlength=n_genes)
-        squares += np.bincount(part.indices, weights=values * values, minlength=n_genes)
-    mean = sums / n_cells
-    var = (squares / n_cells - mean**2) * (n_cells / (n_cells - 1))
-    mean[mean == 0] = 1e-12
-    dispersion = var / mean
-    dispersion[dispersion == 0] = np.nan
-    dispersion = np.log(dispersion)
-    mean = np.log1p(mean)
-    bins = pd.cut(pd.Series(mean), bins=n_bins)
-    stats = pd.Series(dispersion).groupby(bins, observed=True).agg(avg="mean", dev="std")
-    single = stats["dev"].isnull()  # a bin of one gene: normalised dispersion 1
-    stats.loc[single, "dev"] = stats.loc[single, "avg"]
-    stats.loc[single, "avg"] = 0
-    stats = stats.loc[bins]
-    norm = (dispersion - stats["avg"].to_numpy()) / stats["dev"].to_numpy()
-    if n_top_genes is None:
-        norm = np.nan_to_num(norm)
-        return (mean > min_mean) & (mean < max_mean) & (norm > min_disp) & (norm < np.inf)
-    ranked = np.sort(norm[~np.isnan(norm)])[::-1]
-    cutoff = ranked[min(n_top_genes, n_genes, ranked.size) - 1]
-    return np.nan_to_num(norm, nan=-np.inf) >= cutoff
-
-
-def scrublet_sparse(
-    counts: sparse.spmatrix,
-    *,
-    seed: int,
-    n_prin_comps: int = 30,
-    sim_doublet_ratio: float = 2.0,
-    expected_doublet_rate: float = 0.05,
-    score_simulated: bool = True,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Scanpy's scrublet with its defaults (z-scored genes, PCA), without dense matrices.
-
-    The same steps and parameters as ``sc.pp.scrublet(mean_center=True,
-    normalize_variance=True, use_approx_neighbors=False)`` of scanpy 1.11: genes in >= 3 cells,
-    cells with >= 3 genes, highly variable genes of the log-normalised counts
-    (:func:`seurat_hvg`), doublets simulated as ``scrublet_simulate_doublets`` does (the same
-    pairs of cells for the seed; :func:`_simulated_manifold`), both normalised to 1e6, PCA,
-    and scrublet's kNN classifier. What differs is how, not what, is computed. scanpy copies
-    the whole matrix for its filters and gene selection and holds all simulated doublets at
-    once; here they are read off the sparsity pattern, summed by chunks and simulated by
-    chunks. scanpy z-scores the observed and the simulated cells into dense matrices (stored
-    again as "sparse" matrices with every entry set, then densified for PCA: ~14 GB for
-    20,000 cells of a full transcriptome, bench/README.md); here the genes are scaled to unit
-    variance on the sparse matrices and sklearn's PCA (same ARPACK solver, start vector and
-    signs) centres them implicitly, which is the same z-score. And scanpy builds the kNN graph
-    of all observed and
-    simulated cells at once; unless the simulated doublets' scores are asked for
-    (``score_simulated``; scrublet's automatic threshold needs them, and then scanpy's
-    classifier runs), the neighbours of the observed cells only are found here, a chunk of
-    cells at a time. Scores equal scanpy's but where rounding changes a neighbour
-    (tests/test_qc.py): on the count samples of the mirror and of the 20k benchmark, at most
-    one cell per sample scored differently (by up to 0.015) and no doublet call changed.
-
-    Returns
-    -------
-    The doublet scores of the observed cells (NaN for cells with < 3 genes, which scrublet
-    drops) and the scores of the simulated doublets (None unless ``score_simulated``).
-    """
-    from scanpy.preprocessing._utils import _get_mean_var
-    from sklearn.decomposition import PCA
-    from sklearn.utils import check_random_state
-
-    counts = sparse.csr_matrix(counts)
-    # scanpy's filter_genes(min_cells=3), then filter_cells(min_genes=3), read off the
-    # sparsity pattern; one copy of the kept counts is made, for normalize_total
-    positive = counts.data > 0
-    genes = np.flatnonzero(np.bincount(counts.indices[positive], minlength=counts.shape[1]) >= 3)
-    in_genes = np.zeros(counts.shape[1], dtype=bool)
-    in_genes[genes] = True
-    detected = np.r_[positive & in_genes[counts.indices], False]
-    per_cell = np.add.reduceat(detected, counts.indptr[:-1], dtype=np.int32)
-    per_cell[np.diff(counts.indptr) == 0] = 0  # reduceat gives an empty row its next entry
-    del positive, detected
-    kept = np.flatnonzero(per_cell >= 3)
-    obs = ad.AnnData(X=counts[kept][:, genes] if len(kept) < counts.shape[0] else counts[:, genes])
-    sc.pp.normalize_total(obs)
-    hvg = seurat_hvg(obs.X, logged=False)  # highly_variable_genes of log1p(X)
-    obs = obs[:, hvg].copy()
-    # the raw counts of the kept cells and variable genes, taken from the input (scanpy keeps
-    # a copy of all genes for this)
-    raw = counts[:, genes[hvg]][kept]
-    sc.pp.normalize_total(obs, target_sum=1e6)
-    x_obs = _float64(obs.X)
-    del obs
-    _, var = _get_mean_var(x_obs, axis=0)
-    inverse_sd = 1 / np.sqrt(var)
-    x_obs.data *= inverse_sd[x_obs.indices]  # unit variance, in place: X @ diag(1 / sd)
-    # scanpy's classifier holds a RandomState of the seed and passes it to PCA, whose ARPACK
-    # start vector draws from it: the same here
-    pca = PCA(n_components=n_prin_comps, random_state=check_random_state(seed), svd_solver="arpack")
-    pca.fit(x_obs)
-    manifold_obs = pca.transform(x_obs)
-    del x_obs
-    manifold_sim = _simulated_manifold(
-        raw, pca, inverse_sd, seed=seed, sim_doublet_ratio=sim_doublet_ratio
-    )
-    del raw
-    n_neighbors = round(0.5 * np.sqrt(len(manifold_obs)))
-    sim_scores = None
-    if score_simulated:  # scanpy's own classifier, which holds the graph of all cells
-        from scanpy.preprocessing._scrublet.core import Scrublet
-
-        scrub = Scrublet(
-            sparse.csc_matrix((len(manifold_obs), 1), dtype=np.float32),  # counts: unused
-            n_neighbors=n_neighbors,
-            expected_doublet_rate=expected_doublet_rate,
-            random_state=seed,
-        )
-        scrub.set_manifold(manifold_obs, manifold_sim)
-        scrub.doublet_parents_ = np.zeros((len(manifold_sim), 2), dtype=int)  # unused
-        scrub.calculate_doublet_scores(use_approx_neighbors=False, distance_metric="euclidean")
-        scored, sim_scores = scrub.doublet_scores_obs_, np.asarray(scrub.doublet_scores_sim_)
-    else:
-        scored = _neighbour_doublet_scores(
-            manifold_obs,
-            manifold_sim,
-            n_neighbors=n_neighbors,
-            expected_rate=expected_doublet_rate,
-        )
-    scores = np.full(counts.shape[0], np.nan)
-    scores[kept] = scored
-    return scores, sim_scores
-
-
-# Simulated doublets made, normalised and projected at a time by _simulated_manifold.
-SIM_CHUNK_CELLS = 20_000
-
-
-def _simulated_manifold(
-    raw: sparse.csr_matrix,
-    pca,
-    inverse_sd: np.ndarray,
-    *,
-    seed: int,
-    sim_doublet_ratio: float,
-) -> np.ndarray:
-    """PCA coordinates of scrublet's simulated doublets, made ``SIM_CHUNK_CELLS`` at a time.
-
-    The doublets of ``sc.pp.scrublet_simulate_doublets(random_seed=seed)``: the same pairs of
-    observed cells (scanpy's ``sample_comb``: sklearn's ``sample_without_replacement`` with a
-    RandomState of the seed), their raw counts added. Each chunk is normalised to 1e6 (per
-    cell, as ``normalize_total``), scaled by the observed cells' gene standard deviations and
-    projected; scanpy holds all of them (twice the observed cells) at once, and a float64
-    copy.
-    """
-    from sklearn.utils import check_random_state
-    from sklearn.utils.random import sample_without_replacement
-
-    n_obs = raw.shape[0]
-    n_sim = int(n_obs * sim_doublet_ratio)
-    pairs = np.vstack(
-        np.unravel_index(
-            sample_without_replacement(n_obs * n_obs, n_sim, random_state=check_random_state(seed)),
-            (n_obs, n_obs),
-        )
-    ).T
-    manifold = np.empty((n_sim, pca.n_components_))
-    for start in range(0, n_sim, SIM_CHUNK_CELLS):
-        pair = pairs[start : start + SIM_CHUNK_CELLS]
-        sim = ad.AnnData(X=raw[pair[:, 0]] + raw[pair[:, 1]])
-        sc.pp.normalize_total(sim, target_sum=1e6)
-        x = _float64(sim.X)
-        x.data *= inverse_sd[x.indices]
-        manifold[start : start + len(pair)] = pca.transform(x)
-    return manifold
-
-
-def _neighbour_doublet_scores(
-    manifold_obs: np.ndarray,
-    manifold_sim: np.ndarray,
-    *,
-    n_neighbors: int,
-    expected_rate: float,
-    chunk: int = 5000,
-) -> np.ndarray:
-    """Scrublet's kNN doublet likelihood of the observed cells (Wolock et al. 2019).
-
-    Each observed cell's ``k_adj`` nearest neighbours among the observed and simulated cells
-    (exact, euclidean, the cell itself included; ``k_adj`` = ``n_neighbors`` x (1 + simulated
-    / observed)) and, from how many are simulated doublets, scrublet's Bayesian doublet
-    likelihood with prior ``expected_rate``. Found ``chunk`` cells at a time, for the observed
-    cells only, so the graph of all cells is never held. On every count sample of the mirror
-    and the 20k benchmark it gave scanpy 1.11's classifier scores (one cell in one sample
-    differed by one neighbour).
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    n_obs, n_sim = len(manifold_obs), len(manifold_sim)
-    k_adj = round(n_neighbors * (1 + n_sim / n_obs))
-    points = np.vstack([manifold_obs, manifold_sim])
-    is_sim = np.arange(len(points)) >= n_obs
-    index = NearestNeighbors(n_neighbors=k_adj, algorithm="brute").fit(points)
-    n_sim_neighbours = np.concatenate(
-        [
-            is_sim[index.kneighbors(points[i : min(i + chunk, n_obs)], return_distance=False)].sum(
-                axis=1
-            )
-            for i in range(0, n_obs, chunk)
-        ]
-    )
-    ratio, rho = n_sim / n_obs, expected_rate
-    q = (n_sim_neighbours + 1) / (k_adj + 2)
-    return q * rho / ratio / (1 - rho - q * (1 - rho - rho / ratio))
-
-
-def _float64(matrix: sparse.spmatrix) -> sparse.csr_matrix:
-    """A float64 CSR matrix with sorted indices, sharing the index arrays of ``matrix``."""
-    matrix = sparse.csr_matrix(matrix)
-    matrix.sort_indices()
-    return sparse.csr_matrix(
-        (matrix.data.astype(np.float64), matrix.indices, matrix.indptr), shape=matrix.shape
-    )
-
-
 def _scrublet_sample(
-    counts: sparse.csr_matrix, *, seed: int, threshold, mean_center: bool = True
+    counts: sparse.csr_matrix,
+    *,
+    seed: int,
+    threshold,
+    mean_center: bool = True,
+    implementation: str = "osteoimmune",
 ) -> tuple:
     """Scrublet on one sample's counts; returns (scores, calls, threshold used or None)."""
-    if mean_center:  # scrublet's default, computed sparse
+    if mean_center and implementation == "osteoimmune":  # scrublet's default, computed sparse
         scores, sim_scores = scrublet_sparse(counts, seed=seed, score_simulated=threshold == "auto")
         if threshold == "auto":
             threshold = doublet_threshold(sim_scores)
@@ -550,6 +274,7 @@ def detect_doublets(
     threshold: float | str = 0.25,
     min_cells: int = SCRUBLET_MIN_CELLS,
     mean_center: bool = True,
+    implementation: str = "osteoimmune",
 ) -> list[str]:
     """Score doublets per sample with scanpy's scrublet on raw counts (in place).
 
@@ -565,16 +290,21 @@ def detect_doublets(
         Samples with fewer cells are not scored.
     mean_center
         Z-score the genes and reduce them by PCA (scrublet's default; computed sparse by
-        :func:`scrublet_sparse`: scanpy's ``sc.pp.scrublet`` scores up to rounding); False
-        scales the genes to unit variance and reduces them by truncated SVD (scanpy's scrublet
-        with ``mean_center=False``). On the real datasets in the mirror the two call the same
-        doublets but for 2-3 cells per sample (bench/README.md).
+        :func:`osteoimmune.kernels.scrublet.scrublet_sparse`: scanpy's ``sc.pp.scrublet``
+        scores up to rounding); False scales the genes to unit variance and reduces them by
+        truncated SVD (scanpy's scrublet with ``mean_center=False``). On the real datasets in
+        the mirror the two call the same doublets but for 2-3 cells per sample
+        (bench/README.md).
+    implementation
+        ``osteoimmune`` (the sparse kernel when ``mean_center``) or ``scanpy``
+        (``sc.pp.scrublet`` in every case).
 
     Returns
     -------
     Notes naming each sample that was skipped or had no doublets called. Adds
     ``obs['doublet_score']`` (NaN when not scored) and ``obs['predicted_doublet']``.
     """
+    check_implementation(implementation)
     scores = np.full(adata.n_obs, np.nan)
     calls = np.zeros(adata.n_obs, dtype=bool)
     notes = []
@@ -588,6 +318,7 @@ def detect_doublets(
                 seed=seed,
                 threshold=threshold,
                 mean_center=mean_center,
+                implementation=implementation,
             )
         except (ValueError, IndexError, np.linalg.LinAlgError) as err:
             notes.append(f"sample {sample}: scrublet failed ({err}), doublets not scored")
@@ -607,18 +338,23 @@ def coarse_groups(
     n_comps: int = 20,
     n_top_genes: int = 2000,
     n_neighbors: int = 15,
+    implementation: str = "osteoimmune",
 ) -> np.ndarray:
     """Coarse clusters (lineages) of the cells of one sample, from a copy of its counts.
 
     normalize_total + log1p, PCA on the top highly variable genes, kNN graph and Leiden at low
     resolution, all seeded; the counts stay sparse. Returns labels ``g0``, ``g1``, ... (largest
-    first).
+    first). ``implementation`` chooses how the variable genes are found
+    (:func:`osteoimmune.kernels.hvg.seurat_hvg`, or ``scanpy``'s own function).
     """
     work = ad.AnnData(X=counts_matrix(adata))
     sc.pp.normalize_total(work, target_sum=1e4)
     sc.pp.log1p(work)
     if work.n_vars > n_top_genes:  # highly_variable_genes(flavor="seurat"), without copies
-        work = work[:, seurat_hvg(work.X, logged=True, n_top_genes=n_top_genes)].copy()
+        hvg = seurat_hvg(
+            work.X, logged=True, n_top_genes=n_top_genes, implementation=implementation
+        )
+        work = work[:, hvg].copy()
     n_comps = int(min(n_comps, work.n_vars - 1, work.n_obs - 1))
     sc.pp.pca(work, n_comps=n_comps, random_state=seed)
     cache_umap_functions()
@@ -640,7 +376,12 @@ def coarse_groups(
 
 
 def assign_qc_groups(
-    adata: ad.AnnData, *, seed: int, resolution: float, min_group_cells: int
+    adata: ad.AnnData,
+    *,
+    seed: int,
+    resolution: float,
+    min_group_cells: int,
+    implementation: str = "osteoimmune",
 ) -> None:
     """Store each sample's coarse clusters in ``obs['qc_group']`` (see :func:`coarse_groups`).
 
@@ -649,7 +390,12 @@ def assign_qc_groups(
     groups = np.full(adata.n_obs, "all", dtype=object)
     for _, idx in adata.obs.groupby("sample", observed=True).indices.items():
         if len(idx) >= 2 * min_group_cells:
-            groups[idx] = coarse_groups(cells_of(adata, idx), seed=seed, resolution=resolution)
+            groups[idx] = coarse_groups(
+                cells_of(adata, idx),
+                seed=seed,
+                resolution=resolution,
+                implementation=implementation,
+            )
     adata.obs["qc_group"] = pd.Categorical(groups)
 
 

@@ -1,17 +1,10 @@
-"""Rank-based per-cell signature scores (UCell and AUCell style), computed on sparse rows.
+"""Rank-based per-cell signature scores (UCell and AUCell), for many gene sets at once.
 
 Each cell's genes are ranked by expression, highest first, with tied values sharing their
-average rank. Only a cell's nonzero entries are ranked: zeros, and genes missing from the
-dataset, count as "not in the top ``max_rank``" and get rank ``max_rank + 1``. Every rank
-enters a score only through its deficit (``max_rank + 1 - rank`` for UCell, ``max_rank - rank``
-for AUCell, 0 beyond the cutoff), which is zero for most genes of a cell, so the deficits are
-a sparse matrix and one sparse product with a genes x sets indicator scores all sets at once.
-The matrix is processed in chunks of rows and is never densified.
-
-Differences from the R packages, by design: UCell ranks zeros at their average tie rank,
-which is above ``max_rank`` for a full transcriptome (so the scores agree) but not for a small
-gene panel; AUCell breaks ties at random, here they are averaged so that scores are
-deterministic. Values are compared at float32 precision.
+average rank; a set's score is UCell's ``1 - U / (n * max_rank)`` or AUCell's area under the
+recovery curve up to ``max_rank``. This module checks the input, builds the genes x sets
+indicator and runs the cells in chunks; the ranking and scoring kernel, and how it differs from
+the R packages, is :mod:`osteoimmune.kernels.ranks`. The matrix is never densified.
 """
 
 from __future__ import annotations
@@ -24,11 +17,32 @@ from anndata import AnnData
 from scipy import sparse, stats
 
 from osteoimmune.errors import SignatureError
+from osteoimmune.kernels.ranks import (
+    DEFAULT_MAX_RANK,
+    METHODS,
+    chunk_rank_scores,
+    rank_deficits,
+    rankdata_scores,
+    resolve_max_rank,
+)
 
-DEFAULT_MAX_RANK = 1500
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_MAX_RANK",
+    "METHODS",
+    "as_csr",
+    "chunk_rank_scores",
+    "gene_set_indicator",
+    "map_row_chunks",
+    "method_agreement",
+    "rank_deficits",
+    "rank_scores",
+    "resolve_max_rank",
+    "row_chunks",
+]
+
 DEFAULT_CHUNK_SIZE = 1000
-METHODS = ("ucell", "aucell")
-_VALUE_BITS = 31  # a non-negative float32 without its sign bit
+IMPLEMENTATIONS = ("osteoimmune", "rankdata")
 
 
 def as_csr(
@@ -126,85 +140,6 @@ def row_chunks(
         yield slice(start, stop), chunk
 
 
-def _sorted_keys(chunk: sparse.csr_matrix, gene_bits: int) -> np.ndarray:
-    # One uint64 per entry: row | value bits | gene. The IEEE bits of a non-negative float
-    # order like the float, so sorting the keys sorts each row by value ascending; a single
-    # flat sort is much faster than a per-row or lexicographic argsort.
-    lengths = np.diff(chunk.indptr)
-    row_part = np.arange(chunk.shape[0], dtype=np.uint64) << np.uint64(_VALUE_BITS + gene_bits)
-    keys = np.repeat(row_part, lengths)
-    values = chunk.data.astype(np.float32, copy=False).view(np.uint32).astype(np.uint64)
-    values <<= np.uint64(gene_bits)
-    keys |= values
-    keys |= chunk.indices.astype(np.uint64)
-    keys.sort()
-    return keys
-
-
-def rank_deficits(
-    chunk: sparse.csr_matrix, *, max_rank: int, method: str = "ucell"
-) -> sparse.csr_matrix:
-    """Per-cell rank deficits of the nonzero entries: what each adds to a rank score.
-
-    Ranks are per row (cell), highest value first, ties averaged; zeros have no deficit.
-
-    Parameters
-    ----------
-    chunk
-        Non-negative CSR rows (cells x genes), at most ``2 ** (33 - gene_bits)`` rows.
-    max_rank
-        The rank cutoff.
-    method
-        ``ucell``: ``max_rank + 1 - rank`` for ranks up to ``max_rank`` (UCell counts any
-        rank above it as ``max_rank + 1``); ``aucell``: ``max(0, max_rank - rank)``, the
-        area a gene adds to the recovery curve.
-
-    Returns
-    -------
-    scipy.sparse.csr_matrix
-        Same shape, float64, holding only the positive deficits (column order unsorted).
-    """
-    if method not in METHODS:
-        msg = f"Unknown rank method '{method}'; use one of {', '.join(METHODS)}."
-        raise SignatureError(msg)
-    n_rows, n_genes = chunk.shape
-    gene_bits = max(1, int(n_genes - 1).bit_length())
-    if n_rows > 2 ** (64 - _VALUE_BITS - gene_bits):
-        msg = f"A chunk of {n_rows} rows is too large for {n_genes} genes; use smaller chunks."
-        raise SignatureError(msg)
-    if chunk.nnz == 0:
-        return sparse.csr_matrix(chunk.shape, dtype=np.float64)
-    keys = _sorted_keys(chunk, gene_bits)
-    starts, group_key = _tie_groups(keys, gene_bits)
-    sizes = np.diff(starts, append=len(keys))
-    row = (group_key >> np.uint64(_VALUE_BITS)).astype(np.intp)
-    # Sorting keeps each row's entries within the row's own indptr range. Ascending positions
-    # a..b (0-based, within the row) hold descending ranks L - b .. L - a, average
-    # L - (a + b) / 2.
-    within = starts - chunk.indptr[row]
-    rank = np.diff(chunk.indptr)[row] - (2 * within + sizes - 1) / 2
-    if method == "ucell":
-        deficit = np.where(rank <= max_rank, max_rank + 1 - rank, 0.0)
-    else:
-        deficit = max_rank - rank
-    kept = (deficit > 0) & ((group_key & np.uint64(2**_VALUE_BITS - 1)) != 0)
-    per_row = np.bincount(row[kept], weights=sizes[kept], minlength=n_rows).astype(np.int64)
-    indptr = np.concatenate(([0], np.cumsum(per_row)))
-    genes = (keys[np.repeat(kept, sizes)] & np.uint64(2**gene_bits - 1)).astype(np.int32)
-    data = np.repeat(deficit[kept], sizes[kept])
-    return sparse.csr_matrix((data, genes, indptr), shape=chunk.shape)
-
-
-def _tie_groups(keys: np.ndarray, gene_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    # Entries of one row with the same value (the key without its gene bits) form a tie group.
-    tie_keys = keys >> np.uint64(gene_bits)
-    first = np.empty(len(keys), dtype=bool)
-    first[0] = True
-    np.not_equal(tie_keys[1:], tie_keys[:-1], out=first[1:])
-    starts = np.flatnonzero(first)
-    return starts, tie_keys[starts]
-
-
 def map_row_chunks(
     matrix: sparse.csr_matrix, func, *, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> list[np.ndarray]:
@@ -233,95 +168,6 @@ def map_row_chunks(
     return [np.concatenate(parts) for parts in zip(*outputs, strict=True)]
 
 
-def resolve_max_rank(
-    n_genes: int,
-    *,
-    method: str,
-    max_rank: int | None,
-    set_sizes: Mapping[str, int] | None = None,
-) -> int:
-    """Return the rank cutoff to use and check that every gene set fits under it.
-
-    Parameters
-    ----------
-    n_genes
-        Genes in the dataset; the cutoff is never more than this (as in UCell).
-    method
-        ``ucell`` (default cutoff 1500) or ``aucell`` (default 5% of the genes, rounded up).
-    max_rank
-        The requested cutoff, or None for the method's default.
-    set_sizes
-        Set name -> number of genes; for UCell a set larger than the cutoff is an error.
-    """
-    if method not in METHODS:
-        msg = f"Unknown rank method '{method}'; use one of {', '.join(METHODS)}."
-        raise SignatureError(msg)
-    if max_rank is None:
-        max_rank = DEFAULT_MAX_RANK if method == "ucell" else int(np.ceil(0.05 * n_genes))
-    if max_rank < 1:
-        msg = f"max_rank must be at least 1, got {max_rank}."
-        raise SignatureError(msg)
-    max_rank = int(min(max_rank, n_genes))
-    # UCell's score needs every set gene to fit under the cutoff; AUCell's area does not.
-    sizes = (set_sizes or {}) if method == "ucell" else {}
-    too_big = [name for name, size in sizes.items() if size > max_rank]
-    if too_big:
-        msg = f"Gene sets {too_big} have more genes than max_rank={max_rank}; raise max_rank."
-        raise SignatureError(msg)
-    return max_rank
-
-
-def _deficit_scores(dsum, *, n_genes, n_present, method, max_rank):
-    if method == "aucell":  # area under the recovery curve up to max_rank
-        denom = max_rank * n_present.astype(np.float64)
-        return np.divide(dsum, denom, out=np.zeros_like(dsum), where=denom > 0)
-    # UCell: 1 - U / (n * max_rank), with U = rank sum - n(n+1)/2 and ranks above max_rank
-    # (deficit 0) counted as max_rank + 1; 0 when no gene is in the top max_rank, as in UCell.
-    # In place, as an affine map of dsum: the arrays are cells x (sets and random sets).
-    n = n_genes.astype(np.float64)
-    offset = 1 - (n * (max_rank + 1) - n * (n + 1) / 2) / (n * max_rank)
-    none_in_top = dsum == 0
-    dsum /= n * max_rank
-    dsum += offset
-    dsum[none_in_top] = 0.0
-    return dsum
-
-
-def chunk_rank_scores(
-    chunk: sparse.csr_matrix,
-    indicator: sparse.csr_matrix,
-    *,
-    n_genes: np.ndarray,
-    n_present: np.ndarray,
-    method: str,
-    max_rank: int,
-) -> np.ndarray:
-    """Rank scores of a chunk of cells for the sets (columns) of an indicator matrix.
-
-    Parameters
-    ----------
-    chunk
-        Non-negative CSR rows (cells x genes).
-    indicator
-        Genes x sets weights, 1 for a set's genes (see :func:`gene_set_indicator`).
-    n_genes, n_present
-        Per set: its size counting absent genes (UCell), and its present genes (AUCell).
-    method
-        ``ucell`` or ``aucell``.
-    max_rank
-        The rank cutoff (from :func:`resolve_max_rank`).
-
-    Returns
-    -------
-    numpy.ndarray
-        Cells x sets scores.
-    """
-    dsum = (rank_deficits(chunk, max_rank=max_rank, method=method) @ indicator).toarray()
-    return _deficit_scores(
-        dsum, n_genes=n_genes, n_present=n_present, method=method, max_rank=max_rank
-    )
-
-
 def rank_scores(
     data: AnnData | sparse.spmatrix | np.ndarray,
     gene_sets: Mapping[str, Sequence[str]],
@@ -330,6 +176,7 @@ def rank_scores(
     method: str = "ucell",
     max_rank: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    implementation: str = "osteoimmune",
 ) -> pd.DataFrame:
     """Score every gene set in every cell from per-cell expression ranks.
 
@@ -350,20 +197,29 @@ def rank_scores(
         the number of genes.
     chunk_size
         Cells ranked at a time (bounds the extra memory).
+    implementation
+        ``osteoimmune`` (sparse ranks, :func:`osteoimmune.kernels.ranks.chunk_rank_scores`)
+        or ``rankdata`` (the definition, cell by cell on dense rows:
+        :func:`osteoimmune.kernels.ranks.rankdata_scores`; slow, for checking).
 
     Returns
     -------
     pandas.DataFrame
         Cells x sets, scores in [0, 1]; the same input always gives the same output.
     """
+    if implementation not in IMPLEMENTATIONS:
+        msg = f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, not {implementation!r}."
+        raise SignatureError(msg)
     matrix, names = as_csr(data, var_names=var_names)
     indicator, n_genes = gene_set_indicator(gene_sets, var_names=names)
     sizes = dict(zip(gene_sets, n_genes, strict=True))
     max_rank = resolve_max_rank(matrix.shape[1], method=method, max_rank=max_rank, set_sizes=sizes)
     n_present = np.diff(indicator.tocsc().indptr)
 
+    kernel = chunk_rank_scores if implementation == "osteoimmune" else rankdata_scores
+
     def score_chunk(chunk):
-        scores = chunk_rank_scores(
+        scores = kernel(
             chunk,
             indicator,
             n_genes=n_genes,
