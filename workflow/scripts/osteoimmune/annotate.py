@@ -50,6 +50,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from osteoimmune.errors import SignatureError
+from osteoimmune.kernels.sparse_ranks import sparse_ranks
 from osteoimmune.panels import (
     BONE_TYPES,
     CELL_TYPES,
@@ -175,17 +176,8 @@ def _within_row_ranks(x: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarr
     """
     n_genes = x.shape[1]
     rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
-    order = np.lexsort((x.data, rows))
-    values, in_row = x.data[order], rows[order]
-    new = np.r_[True, (values[1:] != values[:-1]) | (in_row[1:] != in_row[:-1])]
-    tie = np.cumsum(new) - 1
-    position = np.arange(len(values)) - x.indptr[in_row]
-    mid = (np.bincount(tie, position) / np.bincount(tie))[tie]
+    rank, zero_rank = sparse_ranks(x.data, x.indptr, n_genes)
     zeros = n_genes - np.diff(x.indptr)
-    negative = np.bincount(rows, x.data < 0, minlength=x.shape[0])
-    zero_rank = negative + (zeros + 1) / 2.0
-    rank = np.empty(len(values))
-    rank[order] = mid + 1 + np.where(values > 0, zeros[in_row], 0)
     centre = (n_genes + 1) / 2.0
     square = zeros * zero_rank**2 + np.bincount(rows, rank**2, minlength=x.shape[0])
     sd = np.sqrt(np.maximum(square / n_genes - centre**2, 0))
