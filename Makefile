@@ -18,7 +18,10 @@ $(VENV)/.installed: envs/requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
+# After an interrupted run: the guard removes the lock it left (or stops, naming the Snakemake
+# still running here), and --rerun-incomplete redoes the outputs it left unfinished.
 run: setup
+	$(BIN)/python -m osteoimmune.runguard
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
 
 test: setup browser

@@ -7,13 +7,16 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from osteoimmune.runguard import follow_workflow
+
 
 @contextmanager
 def logged(path: str | os.PathLike) -> Iterator[logging.Logger]:
     """Send log records, warnings and any failure's traceback of the block to ``path``.
 
     The exception is re-raised, so Snakemake still sees the job fail (and removes its
-    outputs), while the rule's log file says why.
+    outputs), while the rule's log file says why. Run as a Snakemake job, the script also
+    stops when Snakemake dies (:func:`osteoimmune.runguard.follow_workflow`).
     """
     logging.basicConfig(
         filename=path,
@@ -24,6 +27,7 @@ def logged(path: str | os.PathLike) -> Iterator[logging.Logger]:
     )
     logging.captureWarnings(True)
     log = logging.getLogger("osteoimmune")
+    follow_workflow()
     try:
         yield log
     except Exception:
