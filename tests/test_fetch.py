@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from osteoimmune import fetch as fetch_module
 from osteoimmune.checksums import read_lock
 from osteoimmune.errors import FetchError
 from osteoimmune.fetch import (
@@ -361,6 +363,7 @@ def test_fetch_dataset_and_manifest_record_sources(server, tmp_path):
         "sample": None,
         "sha256": sha(OTHER),
         "bytes": len(OTHER),
+        "mtime_ns": own.stat().st_mtime_ns,
         "source": "local",
         "checksum": "computed",
     }
@@ -392,6 +395,94 @@ def test_read_manifest_round_trip_and_errors(tmp_path):
     out.write_text("{not json")
     with pytest.raises(FetchError, match="invalid"):
         read_manifest(out)
+
+
+# --- A cached file changed after its fetch: read_manifest refuses it, a rerun mends it ---------
+
+
+def fetched_from_mirror(tmp_path: Path, spec: dict) -> tuple[Path, Path, Path]:
+    """Fetch `spec` from a mirror folder holding DATA; the mirror file, cached copy, manifest."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / spec["filename"]).write_bytes(DATA)
+    dest = tmp_path / "resources" / "ds"
+    entry = {"files": [spec]}
+    paths = fetch_dataset(entry, dataset="ds", dest_dir=dest, mirror=mirror, progressbar=False)
+    out = dest / "fetch_manifest.json"
+    write_manifest(paths, entry, dataset="ds", out=out)
+    return mirror / spec["filename"], dest / spec["filename"], out
+
+
+def test_manifest_records_size_and_mtime_and_reading_it_hashes_nothing(tmp_path, monkeypatch):
+    mirrored, cached, out = fetched_from_mirror(tmp_path, spec_for("https://example.org/c.rda"))
+    row = json.loads(out.read_text())["files"][0]
+    assert (row["bytes"], row["mtime_ns"]) == (len(DATA), cached.stat().st_mtime_ns)
+
+    hashed = []
+    monkeypatch.setattr(
+        fetch_module, "sha256sum", lambda path: hashed.append(Path(path)) or sha(DATA)
+    )
+    assert read_manifest(out) == {"counts.rda": cached}
+    assert hashed == []  # size and mtime as recorded: nothing is hashed
+
+    # touched, not changed: hashed once, accepted, the manifest kept
+    os.utime(cached, ns=(cached.stat().st_atime_ns, cached.stat().st_mtime_ns + 10**9))
+    assert read_manifest(out) == {"counts.rda": cached}
+    assert hashed == [cached] and out.is_file()
+
+
+def test_corrupted_cached_file_is_named_and_fetched_again(tmp_path):
+    spec = spec_for("https://example.org/counts.rda")
+    mirrored, cached, out = fetched_from_mirror(tmp_path, spec)
+    cached.write_bytes(DATA[:1000])  # truncated on disk after the fetch
+
+    with pytest.raises(FetchError) as info:
+        read_manifest(out)
+    message = str(info.value)
+    assert "Dataset 'ds'" in message and str(cached) in message
+    assert sha(DATA[:1000]) in message and sha(DATA) in message
+    assert "run again; the file will be fetched again" in message
+    assert not out.exists()  # so that the workflow fetches again
+    assert mirrored.read_bytes() == DATA
+
+    paths = fetch_dataset(
+        {"files": [spec]}, dataset="ds", dest_dir=cached.parent, mirror=mirrored.parent
+    )
+    assert paths.sources == {"counts.rda": "mirror"}
+    assert cached.read_bytes() == DATA
+    write_manifest(paths, {"files": [spec]}, dataset="ds", out=out)
+    assert read_manifest(out) == {"counts.rda": cached}
+
+
+def test_changed_file_with_nothing_to_verify_against_says_to_delete_it(tmp_path):
+    data = tmp_path / "counts.rda"
+    data.write_bytes(DATA)
+    entry = {"files": [unpinned("https://example.org/counts.rda")]}
+    out = tmp_path / "fetch_manifest.json"
+    write_manifest(
+        {"counts.rda": data}, entry, dataset="ds", out=out, checksums={"counts.rda": "computed"}
+    )
+    data.write_bytes(OTHER)
+
+    with pytest.raises(FetchError, match=f"delete {data} and run again"):
+        read_manifest(out)
+    assert data.read_bytes() == OTHER and not out.exists()
+
+
+def test_replaced_local_file_is_read_anew_after_a_rerun(tmp_path):
+    own = tmp_path / "own.h5ad"
+    own.write_bytes(DATA)
+    entry = {"files": [{"role": "counts", "path": str(own), "filename": own.name}]}
+    out = tmp_path / "fetch_manifest.json"
+    write_manifest(
+        fetch_dataset(entry, dataset="mine", dest_dir=tmp_path), entry, dataset="mine", out=out
+    )
+    own.write_bytes(OTHER)
+
+    with pytest.raises(FetchError, match=f"the local file {own} has sha256") as info:
+        read_manifest(out)
+    assert "Dataset 'mine'" in str(info.value) and "run again" in str(info.value)
+    assert own.read_bytes() == OTHER and not out.exists()
 
 
 def test_real_registry_entry_through_the_mirror(tmp_path, mirror):

@@ -46,6 +46,36 @@ DATASETS = select_datasets(REGISTRY, config["datasets"])
 CHECKSUM_LOCK = _repo_path(config.get("checksum_lock", "config/checksums.lock.tsv"))
 
 
+def local_files(files):
+    """Size and modification time of each local (`path:`) file of a fetch, by path (None when
+    missing: the fetch then says so): a param, so that replacing a file at the same path reruns
+    the fetch and what follows. Files fetched by URL are verified by sha256 instead."""
+    stats = {}
+    for spec in files:
+        if "path" in spec:
+            try:
+                stat = os.stat(spec["path"])
+            except OSError:
+                stats[spec["path"]] = None
+            else:
+                stats[spec["path"]] = (stat.st_size, stat.st_mtime_ns)
+    return stats
+
+
+def dataset_reading(wildcards):
+    """The registry fields read_dataset uses (this entry's, not the registry file: editing them
+    re-reads the dataset; editing another entry, or another field, does not)."""
+    entry = REGISTRY[wildcards.dataset]
+    keys = ("species", "values", "gene_symbol_case", "author_label")
+    return {k: entry[k] for k in (*keys, "files", "metadata") if k in entry}
+
+
+def index_entries(wildcards):
+    """What the report index shows of every registry entry (earlier runs' datasets too)."""
+    shown = ("title", "species")
+    return {k: {f: e[f] for f in shown} for k, e in REGISTRY.items()}
+
+
 def study_sample(wildcards):
     """The samplesheet record of one sample of a study."""
     samples = REGISTRY[wildcards.dataset]["samples"] or []

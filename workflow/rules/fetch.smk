@@ -11,6 +11,8 @@ localrules:
 # config mirror and offline say where the bytes come from, not what they are (every file is
 # checked against its sha256), so they are not params: fetch_dataset.py reads them from the
 # config, and switching mirror or going offline does not rerun a finished fetch or what follows.
+# A local file (`path:`) has no URL to verify it by: its size and modification time are a param
+# (`local`, unused by the script), so that replacing the file reruns the fetch and what follows.
 
 
 rule fetch_dataset:
@@ -18,6 +20,7 @@ rule fetch_dataset:
         manifest="resources/{dataset}/fetch_manifest.json",
     params:
         files=lambda wildcards: REGISTRY[wildcards.dataset]["files"],
+        local=lambda wildcards: local_files(REGISTRY[wildcards.dataset]["files"]),
         lock=CHECKSUM_LOCK,
         strict=config.get("strict_checksums", False),
     log:
@@ -37,6 +40,7 @@ rule fetch_model:
         manifest="resources/models/{model}/fetch_manifest.json",
     params:
         files=lambda wildcards: MODELS[wildcards.model]["files"],
+        local=lambda wildcards: local_files(MODELS[wildcards.model]["files"]),
         lock=CHECKSUM_LOCK,
         strict=config.get("strict_checksums", False),
     log:
@@ -58,7 +62,7 @@ checkpoint read_dataset:
         h5ad="results/{dataset}/intermediate/read.h5ad",
         samples=directory("results/{dataset}/intermediate/samples"),
     params:
-        registry=REGISTRY_PATH,
+        entry=dataset_reading,
         compression=INTERMEDIATE_COMPRESSION,
     log:
         "logs/read_dataset/{dataset}.log",
@@ -81,6 +85,7 @@ rule fetch_sample:
         manifest="resources/{dataset}/samples/{sample}/fetch_manifest.json",
     params:
         files=lambda wildcards: study_sample(wildcards)["files"],
+        local=lambda wildcards: local_files(study_sample(wildcards)["files"]),
         lock=CHECKSUM_LOCK,
         strict=config.get("strict_checksums", False),
     log:

@@ -52,7 +52,7 @@ rule report_dataset:
             labels={"dataset": "{dataset}", "figure": "{name}"},
         ),
     params:
-        registry=REGISTRY_PATH,
+        entry=lambda wildcards: REGISTRY[wildcards.dataset],
         config=report_config,
     log:
         "logs/report_dataset/{dataset}.log",
@@ -90,7 +90,7 @@ rule report_index:
         ),
     params:
         datasets=DATASETS,
-        registry=REGISTRY_PATH,
+        entries=index_entries,
     log:
         "logs/report_index/index.log",
     resources:

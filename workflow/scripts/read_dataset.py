@@ -4,15 +4,13 @@ import logging
 
 from osteoimmune.fetch import read_manifest
 from osteoimmune.readers import read_dataset
-from osteoimmune.registry import load_registry
 from osteoimmune.runlog import logged
 from osteoimmune.samples import split_by_sample
 
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, registry, dataset, manifest, out, samples, compression="gzip"):
-    entry = load_registry(registry)[dataset]
+def main(*, entry, dataset, manifest, out, samples, compression="gzip"):
     adata = read_dataset(entry, read_manifest(manifest), dataset=dataset)
     log.info("%s: %d cells x %d genes as read", dataset, adata.n_obs, adata.n_vars)
     adata.write_h5ad(out, compression=compression)
@@ -23,7 +21,8 @@ def main(*, registry, dataset, manifest, out, samples, compression="gzip"):
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
         main(
-            registry=snakemake.params.registry,
+            # the entry's fields, not the registry file: editing another entry does not rerun
+            entry=snakemake.params.entry,
             dataset=snakemake.wildcards.dataset,
             manifest=snakemake.input.manifest,
             out=snakemake.output.h5ad,

@@ -6,7 +6,6 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 
-from osteoimmune.registry import load_registry
 from osteoimmune.report import dataset_report
 from osteoimmune.runlog import logged
 
@@ -66,15 +65,14 @@ def read_sources(path):
     return read_tsv(path, dtype={"flag": str, "marker_evidence": str}) if path else None
 
 
-def main(*, h5ad, manifests, tables, pseudobulk, registry, config, html, fig_dir, sources=None):
+def main(*, h5ad, manifests, tables, pseudobulk, entry, config, html, fig_dir, sources=None):
     adata = ad.read_h5ad(h5ad)
-    dataset = adata.uns["osteoimmune"]["dataset"]
     # group and condition labels stay text (e.g. Leiden "0", conditions "2", "4", "6")
     groups = (config["compare"]["group_key"], config["enrichment"]["group_key"])
     text = {key: str for key in ("donor", "condition", "condition_a", "condition_b", *groups)}
     page = dataset_report(
         adata,
-        entry=load_registry(registry)[dataset],
+        entry=entry,
         manifest=read_manifests(manifests),
         tables={
             "design": read_tsv(tables["design"], dtype=text | {"sample": str}),
@@ -118,7 +116,7 @@ if __name__ == "__main__":
             manifests=snakemake.input.manifests,
             pseudobulk=snakemake.input.pseudobulk,
             tables={key: snakemake.input[key] for key in TABLES},
-            registry=snakemake.params.registry,
+            entry=snakemake.params.entry,
             config=dict(snakemake.params.config),
             sources=snakemake.input.get("sources") or None,
             html=snakemake.output.html,

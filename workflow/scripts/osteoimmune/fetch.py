@@ -335,6 +335,7 @@ def write_manifest(
             raise FetchError(msg)
         path = Path(paths[name])
         local = "path" in spec
+        stat = path.stat()
         files.append(
             {
                 "filename": name,
@@ -343,7 +344,9 @@ def write_manifest(
                 "path": str(path),
                 "url": spec.get("url"),
                 "sha256": spec.get("sha256") or sha256sum(path),
-                "bytes": path.stat().st_size,
+                # size and modification time: read_manifest hashes the file only when they differ
+                "bytes": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
                 "source": "local" if local else sources.get(name),
                 "checksum": _local_checksum(spec) if local else checksums.get(name),
             }
@@ -357,7 +360,14 @@ def write_manifest(
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Path]:
-    """Read a manifest written by :func:`write_manifest`.
+    """Read a manifest written by :func:`write_manifest`, checking that no file changed since.
+
+    A file whose size and modification time are those recorded at the fetch is taken as is
+    (nothing is hashed); one whose size or modification time differ is hashed, and accepted if
+    its sha256 is the recorded one (only touched). Otherwise it changed after the fetch (a
+    corrupted cached download, a replaced local file): the manifest is removed, so that the
+    workflow runs the fetch again, which verifies the cached file by its sha256 and fetches it
+    anew when it fails.
 
     Parameters
     ----------
@@ -372,12 +382,14 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Path]:
     Raises
     ------
     FetchError
-        If the manifest is unreadable or a file it lists no longer exists.
+        If the manifest is unreadable, a file it lists no longer exists, or a file changed since
+        it was fetched (the manifest is then removed; the message says what to do).
     """
     path = Path(path)
     try:
         manifest = json.loads(path.read_text())
-        paths = {row["filename"]: Path(row["path"]) for row in manifest["files"]}
+        rows = manifest["files"]
+        paths = {row["filename"]: Path(row["path"]) for row in rows}
     except (OSError, ValueError, KeyError, TypeError) as err:
         msg = f"Fetch manifest {path} is missing or invalid ({err}); run the fetch_dataset rule."
         raise FetchError(msg) from err
@@ -388,7 +400,45 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Path]:
             f"longer exist: {', '.join(gone)}. Delete the manifest and fetch the dataset again."
         )
         raise FetchError(msg)
+    changed = [(row, digest) for row in rows if (digest := _changed_digest(row)) is not None]
+    if changed:
+        # Without its manifest the fetch is run again, and the fetch mends a cached file.
+        path.unlink(missing_ok=True)
+        raise FetchError(_changed_message(changed, dataset=manifest.get("dataset"), manifest=path))
     return paths
+
+
+def _changed_digest(row: dict) -> str | None:
+    """A fetched file's sha256 when not the manifest's; hashed only if its size or mtime differ."""
+    stat = Path(row["path"]).stat()
+    if stat.st_size == row.get("bytes") and stat.st_mtime_ns == row.get("mtime_ns"):
+        return None
+    actual = sha256sum(row["path"])
+    return None if actual == str(row.get("sha256") or "").lower() else actual
+
+
+def _changed_message(changed: list[tuple[dict, str]], *, dataset: str, manifest: Path) -> str:
+    lines = []
+    for row, actual in changed:
+        if row.get("source") == "local":
+            what = f"the local file {row['path']}"
+            remedy = "run again to read the file as it is now"
+        elif row.get("checksum") in ("registry", "lock", "recorded"):
+            what = f"the cached file {row['path']}"
+            remedy = "run again; the file will be fetched again (verified by its sha256)"
+        else:  # nothing for the fetch to verify the cached file against
+            what = f"the cached file {row['path']}"
+            remedy = f"delete {row['path']} and run again; the file will be fetched again"
+        lines.append(
+            f"  - {what} has sha256 {actual}, but {row.get('sha256')} when it was fetched "
+            f"({row.get('bytes')} bytes; now {Path(row['path']).stat().st_size}): {remedy}"
+        )
+    return (
+        f"Dataset '{dataset}': {len(changed)} file(s) changed after they were fetched "
+        "(corrupted or modified on disk):\n"
+        + "\n".join(lines)
+        + f"\nThe fetch manifest {manifest} was removed, so that the next run fetches them again."
+    )
 
 
 def _fetch(
