@@ -38,7 +38,6 @@ from osteoimmune.qc import (  # noqa: E402
     detect_doublets,
     finish_qc,
     flag_cells,
-    threshold_params,
 )
 from osteoimmune.samples import concat_samples, share_counts  # noqa: E402
 from osteoimmune.stability import cluster_over_resolutions  # noqa: E402
@@ -69,7 +68,7 @@ def qc_steps(samples: list[ad.AnnData], *, qc: dict, seed: int, timer: StepTimer
                 part,
                 seed=seed,
                 threshold=qc["doublet_threshold"],
-                mean_center=qc.get("doublet_mean_center", False),
+                mean_center=qc["doublet_mean_center"],
             )
         with timer.step("qc_groups", add=True):
             assign_qc_groups(
@@ -83,10 +82,14 @@ def qc_steps(samples: list[ad.AnnData], *, qc: dict, seed: int, timer: StepTimer
                 part,
                 counts_based=True,
                 lineage_aware=qc["lineage_aware"],
-                lineage_can_tighten=qc.get("lineage_can_tighten", False),
+                lineage_can_tighten=qc["lineage_can_tighten"],
                 min_group_cells=qc["min_group_cells"],
                 remove_doublets=qc["remove_doublets"],
-                **threshold_params(qc),
+                nmads=qc["nmads"],
+                mt_nmads=qc["mt_nmads"],
+                max_pct_mt=qc["max_pct_mt"],
+                min_genes=qc["min_genes"],
+                min_counts=qc["min_counts"],
             )
         parts.append(part)
     with timer.step("filter", add=True):
@@ -130,7 +133,7 @@ def cluster_steps(adata: ad.AnnData, *, params: dict, seed: int, timer: StepTime
         )
     with timer.step("harmony"):
         rep, _ = integrate(
-            adata, batch_key=params["batch_key"], seed=seed, harmony=params.get("harmony")
+            adata, batch_key=params["batch_key"], seed=seed, harmony=params["harmony"]
         )
     with timer.step("neighbors"):
         neighbors(adata, rep=rep, n_neighbors=params["n_neighbors"], seed=seed, knn=params["knn"])

@@ -27,7 +27,7 @@ from osteoimmune.annotate import (
     t_subtype_evidence,
     tissue_flags,
 )
-from osteoimmune.errors import SignatureError
+from osteoimmune.errors import InputError, SignatureError
 from osteoimmune.panels import (
     BONE_TYPES,
     CELL_TYPES,
@@ -366,10 +366,10 @@ def test_no_usable_panel_is_an_error(human):
 
 def test_missing_clusters_or_graph_are_errors(human):
     adata = make_adata()
-    with pytest.raises(SignatureError, match="'clusters' is not in obs"):
+    with pytest.raises(InputError, match="'clusters' is not in obs"):
         annotate_cells(adata, human, cluster_key="clusters")
     del adata.obsp["connectivities"]
-    with pytest.raises(SignatureError, match="neighbour graph"):
+    with pytest.raises(InputError, match="neighbour graph"):
         annotate_cells(adata, human)
 
 
@@ -643,6 +643,8 @@ def test_confusion_and_composition_tables():
     composition = composition_table(obs)
     assert composition.groupby("sample")["fraction"].sum().tolist() == pytest.approx([1, 1])
     assert composition["n_cells"].sum() == len(obs)
+    with pytest.raises(InputError, match="'sample' is not in obs"):
+        composition_table(obs.drop(columns="sample"))
 
 
 def test_protein_check_separates_predicted_monocytes():

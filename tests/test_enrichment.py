@@ -155,7 +155,7 @@ def test_overrepresentation_case_insensitive():
     upper = _markers(upper=True)
     background = [g.upper() for g in GENES]
     table = overrepresentation(
-        upper, SETS, group_col="cluster", background=background, case_insensitive=True
+        upper, SETS, group_col="cluster", background=background, top_n=100, case_insensitive=True
     )
     assert _hit(table, "A", "up_in_A")["pval"] < 1e-10
 
@@ -166,7 +166,7 @@ def test_overrepresentation_empty_overlap_gives_empty_table(offline):
     assert table.empty
     assert list(table.columns) == list(ORA_COLUMNS)
     none_pass = overrepresentation(
-        _markers(), SETS, group_col="cluster", background=GENES, max_padj=1e-9
+        _markers(), SETS, group_col="cluster", background=GENES, top_n=100, max_padj=1e-9
     )
     assert none_pass.empty
 
@@ -204,11 +204,13 @@ def test_gene_set_dict_from_the_library():
             "min_size <= max_size",
         ),
         (
-            lambda m: overrepresentation(m, SETS, group_col="cluster", background=[]),
+            lambda m: overrepresentation(m, SETS, group_col="cluster", background=[], top_n=100),
             "background is empty",
         ),
         (
-            lambda m: overrepresentation(m, SETS, group_col="cluster", background=["Other"]),
+            lambda m: overrepresentation(
+                m, SETS, group_col="cluster", background=["Other"], top_n=100
+            ),
             "None of the marker genes",
         ),
     ],

@@ -17,7 +17,7 @@ from osteoimmune.qc import (
     filter_cells,
     finish_qc,
     flag_cells,
-    mad_outlier,
+    mad_bounds,
 )
 from osteoimmune.samples import concat_samples, sample_slugs, share_counts, split_by_sample
 
@@ -38,6 +38,13 @@ def make_adata(n_cells=200, n_genes=60, *, seed=0, mouse=False):
     half = n_cells // 2
     adata.obs["sample"] = pd.Categorical(["s1"] * half + ["s2"] * (n_cells - half))
     return adata
+
+
+def mad_outlier(values, *, nmads, upper_only=False):
+    """Flag values outside :func:`mad_bounds`, as the QC thresholds do."""
+    lower, upper = mad_bounds(values, nmads=nmads, upper_only=upper_only)
+    values = np.asarray(values, dtype=float)
+    return (values < lower) | (values > upper)
 
 
 def test_mad_outlier_flags_far_values_only():
@@ -447,13 +454,13 @@ def test_gzipped_tables_are_byte_reproducible(tmp_path, monkeypatch):
     import gzip
     import time
 
-    from osteoimmune.qc import write_gzip_tsv
+    from osteoimmune.tables import write_tsv
 
     table = pd.DataFrame({"n_counts": [1.5, 2.0]}, index=["c1", "c2"])
-    write_gzip_tsv(table, tmp_path / "a.tsv.gz")
+    write_tsv(table, tmp_path / "a.tsv.gz", index=True)
     later = time.time() + 3600
     monkeypatch.setattr(time, "time", lambda: later)  # a run an hour later
-    write_gzip_tsv(table, tmp_path / "a2.tsv.gz")
+    write_tsv(table, tmp_path / "a2.tsv.gz", index=True)
     first, second = (tmp_path / "a.tsv.gz").read_bytes(), (tmp_path / "a2.tsv.gz").read_bytes()
     assert first[4:8] == b"\0\0\0\0"  # gzip header MTIME
     assert gzip.decompress(first) == gzip.decompress(second)

@@ -7,7 +7,7 @@ import yaml
 from conftest import REPO
 
 from osteoimmune.errors import RegistryError
-from osteoimmune.registry import all_files, load_models, load_registry, select_datasets, validate
+from osteoimmune.registry import load_models, load_registry, select_datasets, validate
 
 REGISTRY = REPO / "config" / "datasets.yaml"
 
@@ -49,7 +49,7 @@ def test_public_studies_are_traceable_and_not_in_the_default_run():
         assert entry["records"], name  # the public records the entry was checked against
         assert "unverified" in entry, name  # and what they did not confirm
         assert entry["paper"] and entry["license"] and "doi" in entry, name
-        files = all_files(entry)
+        files = [*entry["files"], *(f for s in entry["samples"] or [] for f in s["files"])]
         assert files and all(f["url"].startswith(("https://", "http://")) for f in files), name
         if entry["samples"]:
             conditions = {s["condition"] for s in entry["samples"]}

@@ -10,7 +10,7 @@ from tenx import write_10x_mtx
 
 from osteoimmune.errors import ReaderError, RegistryError
 from osteoimmune.readers import read_study_sample
-from osteoimmune.registry import all_files, is_study, load_registry, select_datasets
+from osteoimmune.registry import is_study, load_registry, select_datasets
 from osteoimmune.samples import apply_design, comparison_unit, design_table
 from osteoimmune.samplesheet import parse_samples, study_covariates
 
@@ -68,7 +68,7 @@ def test_samplesheet_file_is_parsed_with_typed_covariates(sheet_dir):
     assert samples[0]["covariates"] == {"sex": "F", "age": 61.0}
     assert samples[3]["covariates"]["age"] is None  # empty cell: unknown
     assert study_covariates(samples) == {"sex": "categorical", "age": "numeric"}
-    files = all_files(entry)
+    files = [*entry["files"], *(f for s in entry["samples"] for f in s["files"])]
     assert [f["filename"] for f in files] == ["s1.h5ad", "s2.h5ad", "s3.h5ad", "s4.h5ad"]
     assert files[2]["path"] == str(sheet_dir / "s3.h5ad")
     assert files[2]["sample"] == "S3" and files[2]["row"] == 3

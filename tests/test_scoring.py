@@ -6,7 +6,7 @@ import scanpy as sc
 from scipy import sparse
 from sklearn.metrics import roc_auc_score
 
-from osteoimmune.errors import SignatureError
+from osteoimmune.errors import InputError, SignatureError
 from osteoimmune.scoring import (
     add_user_sets,
     calibrated_scores,
@@ -246,7 +246,7 @@ def test_scores_by_group_means(library):
     boosted = adata.obs["group"] == "boosted"
     expected = adata.obs.loc[boosted, f"score_{M1}"].mean()
     assert table.loc["boosted", M1] == pytest.approx(expected)
-    with pytest.raises(SignatureError, match="'cluster' is not in obs"):
+    with pytest.raises(InputError, match="'cluster' is not in obs"):
         scores_by_group(adata, groupby="cluster")
 
 

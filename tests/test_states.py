@@ -12,9 +12,11 @@ from osteoimmune.states import (
     SPEC_SOURCE,
     STATES,
     StateError,
+    call_polarization,
     gate_mask,
     gene_table,
     lr_pairs,
+    per_gene_genes,
     polarization,
     state_table,
 )
@@ -101,6 +103,55 @@ def test_polarization_states_by_hand():
     np.testing.assert_allclose(
         got["polarization_index"].to_numpy(), [2.5, -3.0, -0.5, -0.1, 4.0, 1.0, np.nan]
     )
+
+
+def _calibrated_adata(cell_types: list[str]) -> ad.AnnData:
+    """The cells of :func:`_calibrated` as calibrated_scores leaves them: obs z_<set>, obsm p."""
+    z, p, _ = _calibrated()
+    adata = ad.AnnData(obs=pd.DataFrame({"cell_type": pd.Categorical(cell_types)}, index=z.index))
+    for name in z:
+        adata.obs[f"z_{name}"] = z[name]
+    adata.obsm["signature_p"] = p
+    return adata
+
+
+def test_call_polarization_gates_annotated_types_and_records_the_call():
+    types = ["classical monocyte", "macrophage", "non-classical monocyte", "cDC2"]
+    adata = _calibrated_adata([*types, "osteal macrophage", "macrophage", "CD8 T"])
+    record = call_polarization(adata, scored=[M1, M2], m1=["not_scored", M1], m2=M2, alpha=0.05)
+    assert record == {
+        "m1": M1,
+        "m2": M2,
+        "gated_cells": 5,
+        "gate": "annotated classical monocyte, non-classical monocyte, macrophage",
+    }
+    assert adata.uns["osteoimmune"]["polarization"] == record
+    z, p, _ = _calibrated()
+    gate = np.array([True, True, True, False, True, True, False])
+    expected = polarization(z, p, gate=gate, m1=M1, m2=M2)
+    pd.testing.assert_frame_equal(adata.obs[list(expected.columns)], expected)
+
+
+def test_call_polarization_by_design_gates_every_cell():
+    adata = _calibrated_adata(["cDC2"] * 7)
+    record = call_polarization(
+        adata, scored=[M1, M2], m1=M1, m2=M2, alpha=0.05, by_design="sorted macrophages"
+    )
+    assert record["gated_cells"] == 7
+    assert record["gate"] == "all cells, by design: sorted macrophages"
+    assert adata.obs["polarization_state"].iloc[-1] == "M2-like"  # outside the annotated gate
+
+
+def test_call_polarization_without_a_scored_set_calls_nothing():
+    adata = _calibrated_adata(["macrophage"] * 7)
+    assert call_polarization(adata, scored=[M1], m1=M1, m2=M2, alpha=0.05) is None
+    assert "polarization_state" not in adata.obs and "osteoimmune" not in adata.uns
+
+
+def test_per_gene_genes_are_the_rankl_opg_axis_and_cytokines(library):
+    genes = per_gene_genes(library, species="mouse")
+    assert genes == sorted(genes) and len(genes) == len(set(genes))
+    assert {"Tnfsf11", "Tnfrsf11b", "Tnfrsf11a", "Il1b", "Tnf", "Il10"} <= set(genes)
 
 
 def test_polarization_alpha_changes_calls():

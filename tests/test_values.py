@@ -204,13 +204,15 @@ def test_log_normalized_mirror_data_through_the_rules_keep_the_input_values(mirr
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     qc = config["qc"]
     qc_sample.main(
-        h5ad=tmp_path / "samples" / f"{sample}.h5ad", qc=qc,
-        lineage_can_tighten=qc["lineage_can_tighten"], seed=0,
+        h5ad=tmp_path / "samples" / f"{sample}.h5ad", params=qc, seed=0,
         out=tmp_path / "qc.h5ad", thresholds=tmp_path / "thresholds.tsv",
     )  # fmt: skip
     tables = {k: tmp_path / f"{k}.tsv" for k in ("summary", "lineage", "cells", "design")}
     filter_cells.main(
-        h5ads=[tmp_path / "qc.h5ad"], thresholds=[tmp_path / "thresholds.tsv"], qc=qc,
+        h5ads=[tmp_path / "qc.h5ad"], thresholds=[tmp_path / "thresholds.tsv"],
+        min_cells_per_gene=qc["min_cells_per_gene"],
+        min_cells_per_sample=qc["min_cells_per_sample"],
+        on_small_sample=qc["on_small_sample"],
         out=tmp_path / "filtered.h5ad", tables={**tables, "thresholds": tmp_path / "t.tsv"},
     )  # fmt: skip
     params = {**config["cluster"], "resolutions": [0.4, 0.8], "stability_repeats": 2}
@@ -232,7 +234,8 @@ def test_log_normalized_mirror_data_through_the_rules_keep_the_input_values(mirr
     keys = ("results", "summary", "samples", "genes", "enrichment", "pseudobulk")
     de = {k: tmp_path / f"de_{k}.tsv" for k in keys}
     compare_expression.main(
-        h5ad=tmp_path / "clustered.h5ad", params={}, enrichment={}, reference=None,
+        h5ad=tmp_path / "clustered.h5ad", params={}, enrichment_min_size=5,
+        enrichment_max_size=500, reference=None,
         paired=False, seed=0, out=de,
     )  # fmt: skip
     reason = pd.read_csv(de["summary"], sep="\t")["reason"].iloc[0]

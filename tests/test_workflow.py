@@ -406,3 +406,16 @@ def test_mirror_and_offline_do_not_rerun_finished_results(run, tmp_path):
     assert dry.returncode == 0, dry.stderr[-3000:]
     planned = set(re.findall(r"^(?:local)?rule (\w+):", dry.stdout + dry.stderr, flags=re.M))
     assert planned == set(), planned
+
+
+def test_gzipped_tables_carry_no_timestamp(run):
+    # a gzip header's MTIME (bytes 4-8) is the write time unless set: two identical runs at
+    # different times would differ byte for byte. Every gzipped table writes it as 0.
+    tables = sorted((run / "results").glob("*/tables/*.gz"))
+    assert {path.name for path in tables} >= {
+        "qc_cells.tsv.gz",
+        "pseudobulk_de.tsv.gz",
+        "communication.tsv.gz",
+    }
+    stamped = [str(path) for path in tables if path.read_bytes()[4:8] != b"\0\0\0\0"]
+    assert not stamped

@@ -89,7 +89,9 @@ rule compare_expression:
         pseudobulk="results/{dataset}/intermediate/pseudobulk.h5ad",
     params:
         pseudobulk=config["pseudobulk"],
-        enrichment=config["enrichment"],
+        # the prerank of the DE statistics tests the sets of the enrichment's sizes
+        enrichment_min_size=config["enrichment"]["min_size"],
+        enrichment_max_size=config["enrichment"]["max_size"],
         reference=lambda wildcards: REGISTRY[wildcards.dataset].get("reference_condition"),
         paired=lambda wildcards: REGISTRY[wildcards.dataset]["paired"],
         seed=config["seed"],

@@ -22,7 +22,7 @@ rule fetch_dataset:
         files=lambda wildcards: REGISTRY[wildcards.dataset]["files"],
         local=lambda wildcards: local_files(REGISTRY[wildcards.dataset]["files"]),
         lock=CHECKSUM_LOCK,
-        strict=config.get("strict_checksums", False),
+        strict=config["strict_checksums"],
     log:
         "logs/fetch_dataset/{dataset}.log",
     benchmark:
@@ -42,7 +42,7 @@ rule fetch_model:
         files=lambda wildcards: MODELS[wildcards.model]["files"],
         local=lambda wildcards: local_files(MODELS[wildcards.model]["files"]),
         lock=CHECKSUM_LOCK,
-        strict=config.get("strict_checksums", False),
+        strict=config["strict_checksums"],
     log:
         "logs/fetch_model/{model}.log",
     benchmark:
@@ -87,7 +87,7 @@ rule fetch_sample:
         files=lambda wildcards: study_sample(wildcards)["files"],
         local=lambda wildcards: local_files(study_sample(wildcards)["files"]),
         lock=CHECKSUM_LOCK,
-        strict=config.get("strict_checksums", False),
+        strict=config["strict_checksums"],
     log:
         "logs/fetch_sample/{dataset}/{sample}.log",
     benchmark:

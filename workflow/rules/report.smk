@@ -53,6 +53,13 @@ rule report_dataset:
         ),
     params:
         entry=lambda wildcards: REGISTRY[wildcards.dataset],
+        compare_group_key=config["compare"]["group_key"],
+        enrichment_group_key=config["enrichment"]["group_key"],
+        composition_group_key=config["composition"]["group_key"],
+        communication_group_key=config["communication"]["group_key"],
+        min_donors=config["compare"]["min_donors"],
+        pseudobulk=config["pseudobulk"],
+        # shown at the end of the report (and a change of any of it reruns the report)
         config=report_config,
     log:
         "logs/report_dataset/{dataset}.log",

@@ -22,13 +22,6 @@ from osteoimmune.signatures import load_library
 
 log = logging.getLogger("osteoimmune")
 
-REFERENCE_KEYS = (
-    "reference",
-    "reference_min_confidence",
-    "reference_min_shared_genes",
-    "reference_min_cells",
-)
-
 
 def reference_calls(adata, *, model_path, reference, min_shared_genes, min_cells):
     """The reference's labels of every cell and a note, or (None, note) without a reference."""
@@ -87,13 +80,25 @@ def main(
 ):
     adata = ad.read_h5ad(h5ad)
     meta = adata.uns["osteoimmune"]
-    panels = build_panels(load_library(), meta["species"], extra_panels=params.get("panels"))
-    settings = {k: v for k, v in params.items() if k != "panels" and k not in REFERENCE_KEYS}
+    panels = build_panels(load_library(), meta["species"], extra_panels=params["panels"])
     upper = meta["gene_symbol_case"] == "upper"
     # The registry's progenitor_sort: clusters with no committed lineage are hspc.
     sorted_progenitors = bool(progenitor_sort)
     coverage, clusters = annotate_cells(
-        adata, panels, case_insensitive=upper, progenitor_sort=sorted_progenitors, **settings
+        adata,
+        panels,
+        case_insensitive=upper,
+        progenitor_sort=sorted_progenitors,
+        min_genes=params["min_genes"],
+        min_coverage=params["min_coverage"],
+        min_lineage_genes=params["min_lineage_genes"],
+        shrink=params["shrink"],
+        min_score=params["min_score"],
+        min_margin=params["min_margin"],
+        background_min_score=params["background_min_score"],
+        background_min_margin=params["background_min_margin"],
+        smoothing_steps=params["smoothing_steps"],
+        protein_markers=params["protein_markers"],
     )
     if sorted_progenitors:
         log.info("progenitor sort: %s", progenitor_sort["reason"])

@@ -32,7 +32,7 @@ def main(*, h5ad, params, seed, out, stability, marker_table, compression="gzip"
         normalization=params["normalization"],
         knn=params["knn"],
         umap_init=params["umap_init"],
-        harmony=params.get("harmony"),
+        harmony=params["harmony"],
     )
     log.info(note)
     table = cluster_over_resolutions(

@@ -20,6 +20,7 @@ from osteoimmune.pseudobulk import (
 from osteoimmune.runlog import logged
 from osteoimmune.samples import comparison_unit
 from osteoimmune.signatures import load_library
+from osteoimmune.tables import write_tsv
 
 log = logging.getLogger("osteoimmune")
 
@@ -30,14 +31,14 @@ def not_counts(value_type, out):
     summary = pd.DataFrame([{"group": "all", "tested": False, "reason": reason}])
     summary.reindex(columns=SUMMARY_COLUMNS).to_csv(out["summary"], sep="\t", index=False)
     for key, columns in (("results", RESULT_COLUMNS), ("genes", RESULT_COLUMNS)):
-        pd.DataFrame(columns=columns).to_csv(out[key], sep="\t", index=False)
+        write_tsv(pd.DataFrame(columns=columns), out[key])
     pd.DataFrame(columns=TABLE_COLUMNS).to_csv(out["samples"], sep="\t", index=False)
     pd.DataFrame(columns=["group", "contrast"]).to_csv(out["enrichment"], sep="\t", index=False)
     ad.AnnData().write_h5ad(out["pseudobulk"])
     log.info(reason)
 
 
-def main(*, h5ad, params, enrichment, reference, paired, seed, out):
+def main(*, h5ad, params, enrichment_min_size, enrichment_max_size, reference, paired, seed, out):
     adata = ad.read_h5ad(h5ad)
     meta = adata.uns["osteoimmune"]
     if meta["value_type"] != "counts" or "counts" not in adata.layers:
@@ -54,11 +55,11 @@ def main(*, h5ad, params, enrichment, reference, paired, seed, out):
     library = load_library()
     enriched = de_enrichment(
         results, gene_sets=gene_set_dict(library, species=meta["species"]),
-        min_size=enrichment["min_size"], max_size=enrichment["max_size"],
+        min_size=enrichment_min_size, max_size=enrichment_max_size,
         permutations=params["permutations"], seed=seed,
     )  # fmt: skip
     genes = highlight(results, osteoimmune_genes(meta["species"], library=library))
-    results.to_csv(out["results"], sep="\t", index=False)
+    write_tsv(results, out["results"])
     summary.to_csv(out["summary"], sep="\t", index=False)
     table.to_csv(out["samples"], sep="\t", index=False)
     genes.to_csv(out["genes"], sep="\t", index=False)
@@ -72,7 +73,8 @@ if __name__ == "__main__":
         main(
             h5ad=snakemake.input.h5ad,
             params=snakemake.params.pseudobulk,
-            enrichment=snakemake.params.enrichment,
+            enrichment_min_size=snakemake.params.enrichment_min_size,
+            enrichment_max_size=snakemake.params.enrichment_max_size,
             reference=snakemake.params.reference,
             paired=snakemake.params.paired,
             seed=snakemake.params.seed,

@@ -5,14 +5,27 @@ import logging
 import anndata as ad
 import pandas as pd
 
-from osteoimmune.qc import finish_qc, qc_cells_table, write_gzip_tsv
+from osteoimmune.qc import finish_qc, qc_cells_table
 from osteoimmune.runlog import logged
 from osteoimmune.samples import apply_design, concat_samples, design_table, share_counts
+from osteoimmune.tables import write_tsv
 
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, h5ads, thresholds, qc, out, tables, design=None, covariates=None, compression="gzip"):
+def main(
+    *,
+    h5ads,
+    thresholds,
+    min_cells_per_gene,
+    min_cells_per_sample,
+    on_small_sample,
+    out,
+    tables,
+    design=None,
+    covariates=None,
+    compression="gzip",
+):
     parts = [ad.read_h5ad(path) for path in h5ads]
     # raw counts in X and layers['counts'] alike: join and filter one copy, share it after
     shared = all([share_counts(part) for part in parts])
@@ -24,12 +37,12 @@ def main(*, h5ads, thresholds, qc, out, tables, design=None, covariates=None, co
     adata = concat_samples(parts)
     if design is not None:  # a study: donor, condition and covariates from its samplesheet
         apply_design(adata, design, covariates=covariates)
-    write_gzip_tsv(qc_cells_table(adata.obs), tables["cells"])
+    write_tsv(qc_cells_table(adata.obs), tables["cells"], index=True)
     filtered, summary, losses = finish_qc(
         adata,
-        min_cells_per_gene=qc["min_cells_per_gene"],
-        min_cells_per_sample=qc["min_cells_per_sample"],
-        on_small_sample=qc["on_small_sample"],
+        min_cells_per_gene=min_cells_per_gene,
+        min_cells_per_sample=min_cells_per_sample,
+        on_small_sample=on_small_sample,
         dataset=adata.uns["osteoimmune"]["dataset"],
     )
     dropped = list(summary.index[summary["sample_dropped"]])
@@ -57,7 +70,9 @@ if __name__ == "__main__":
         main(
             h5ads=snakemake.input.h5ads,
             thresholds=snakemake.input.thresholds,
-            qc=snakemake.params.qc,
+            min_cells_per_gene=snakemake.params.min_cells_per_gene,
+            min_cells_per_sample=snakemake.params.min_cells_per_sample,
+            on_small_sample=snakemake.params.on_small_sample,
             out=snakemake.output.h5ad,
             tables={
                 k: snakemake.output[k]

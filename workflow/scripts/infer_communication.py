@@ -13,6 +13,7 @@ from osteoimmune.communication import (
 )
 from osteoimmune.runlog import logged
 from osteoimmune.samples import comparison_unit
+from osteoimmune.tables import write_tsv
 
 log = logging.getLogger("osteoimmune")
 
@@ -20,9 +21,11 @@ log = logging.getLogger("osteoimmune")
 def main(*, h5ad, params, min_donors, reference, seed, out):
     adata = ad.read_h5ad(h5ad)
     species, group_key = adata.uns["osteoimmune"]["species"], params["group_key"]
-    options = {k: params[k] for k in ("min_cells", "expr_prop", "n_perms")}
     bone = receivers(adata, groupby=group_key, min_cells=params["min_cells"])
     log.info("bone-lineage receivers: %s", ", ".join(bone) or "none in this dataset")
+    options = dict(
+        min_cells=params["min_cells"], expr_prop=params["expr_prop"], n_perms=params["n_perms"]
+    )
     by_condition = communication(adata, species=species, groupby=group_key, seed=seed, **options)
     unit = comparison_unit(adata.obs)  # samples, or samples x conditions
     per_sample = communication(
@@ -35,7 +38,7 @@ def main(*, h5ad, params, min_donors, reference, seed, out):
         reference=reference,
         min_donors=min_donors,
     )
-    by_condition.to_csv(out["results"], sep="\t", index=False)
+    write_tsv(by_condition, out["results"])
     axes.to_csv(out["axes"], sep="\t", index=False)
     comparison.to_csv(out["comparison"], sep="\t", index=False)
 

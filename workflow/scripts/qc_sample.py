@@ -4,29 +4,43 @@ import logging
 
 import anndata as ad
 
-from osteoimmune.qc import compute_qc_metrics, flag_cells, prepare_qc, threshold_params
+from osteoimmune.qc import compute_qc_metrics, flag_cells, prepare_qc
 from osteoimmune.runlog import logged
 from osteoimmune.samples import share_counts
 
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, h5ad, qc, lineage_can_tighten, seed, out, thresholds):
+def main(*, h5ad, params, seed, out, thresholds):
     adata = ad.read_h5ad(h5ad)
     share_counts(adata)  # one copy of the raw counts in memory (X and layers['counts'])
     value_type = adata.uns["osteoimmune"]["value_type"]
-    compute_qc_metrics(adata, gene_lists=qc["gene_groups"])
-    notes = prepare_qc(adata, qc=qc, seed=seed, value_type=value_type)
+    compute_qc_metrics(adata, gene_lists=params["gene_groups"])
+    notes = prepare_qc(
+        adata,
+        seed=seed,
+        value_type=value_type,
+        doublet_threshold=params["doublet_threshold"],
+        doublet_mean_center=params["doublet_mean_center"],
+        lineage_aware=params["lineage_aware"],
+        lineage_resolution=params["lineage_resolution"],
+        min_group_cells=params["min_group_cells"],
+        remove_doublets=params["remove_doublets"],
+    )
     for note in notes[1:]:
         log.warning(note)
     table = flag_cells(
         adata,
         counts_based=value_type == "counts",
-        lineage_aware=qc["lineage_aware"],
-        lineage_can_tighten=lineage_can_tighten,
-        min_group_cells=qc["min_group_cells"],
-        remove_doublets=qc["remove_doublets"],
-        **threshold_params(qc),
+        lineage_aware=params["lineage_aware"],
+        lineage_can_tighten=params["lineage_can_tighten"],
+        min_group_cells=params["min_group_cells"],
+        remove_doublets=params["remove_doublets"],
+        nmads=params["nmads"],
+        mt_nmads=params["mt_nmads"],
+        max_pct_mt=params["max_pct_mt"],
+        min_genes=params["min_genes"],
+        min_counts=params["min_counts"],
     )
     adata.uns["qc_notes"] = notes
     log.info("%s: %d of %d cells pass", notes[0], adata.obs["qc_pass"].sum(), adata.n_obs)
@@ -38,8 +52,7 @@ if __name__ == "__main__":
     with logged(snakemake.log[0]):
         main(
             h5ad=snakemake.input.h5ad,
-            qc=snakemake.params.qc,
-            lineage_can_tighten=snakemake.params.lineage_can_tighten,
+            params=snakemake.params,
             seed=snakemake.params.seed,
             out=snakemake.output.h5ad,
             thresholds=snakemake.output.thresholds,

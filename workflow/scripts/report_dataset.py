@@ -9,38 +9,9 @@ import pandas as pd
 from osteoimmune.report import dataset_report
 from osteoimmune.runlog import logged
 
-TABLES = (
-    "design",
-    "qc",
-    "lineage",
-    "qc_cells",
-    "qc_thresholds",
-    "stability",
-    "markers",
-    "agreement",
-    "confusion",
-    "composition",
-    "panel_coverage",
-    "coverage",
-    "method_agreement",
-    "by_group",
-    "states",
-    "genes",
-    "aggregates",
-    "comparison",
-    "note",
-    "prerank",
-    "ora",
-    "de_results",
-    "de_summary",
-    "de_genes",
-    "de_enrichment",
-    "composition_props",
-    "composition_test",
-    "communication",
-    "communication_axes",
-    "communication_comparison",
-)
+# Inputs of rule report_dataset that are not tables; every other input is a TSV table, passed
+# to the report under its input name (workflow/rules/report.smk lists them).
+NOT_TABLES = ("h5ad", "manifests", "pseudobulk", "sources", "note")
 
 
 def read_tsv(path, **kwargs):
@@ -65,45 +36,77 @@ def read_sources(path):
     return read_tsv(path, dtype={"flag": str, "marker_evidence": str}) if path else None
 
 
-def main(*, h5ad, manifests, tables, pseudobulk, entry, config, html, fig_dir, sources=None):
+def read_tables(paths, *, text):
+    """Each table of the report, read with the column types its content needs.
+
+    ``text``: columns that hold labels (donors, conditions, groups) and stay text. The
+    case-control tables (not listed in the readers below) may be empty.
+    """
+    readers = {
+        "design": lambda p: read_tsv(p, dtype=text | {"sample": str}),
+        "qc": lambda p: read_tsv(p, index_col=0),
+        "lineage": read_tsv,
+        "qc_cells": lambda p: read_tsv(p, index_col=0, dtype={"sample": str}),
+        "qc_thresholds": lambda p: read_tsv(p, dtype={"sample": str}),
+        "stability": read_tsv,
+        "markers": lambda p: read_tsv(p, dtype={"cluster": str}),
+        "agreement": read_tsv,
+        "confusion": lambda p: read_tsv(p, index_col=0),
+        "composition": lambda p: read_tsv(p, dtype={"sample": str}),
+        "panel_coverage": lambda p: read_tsv(p, index_col=0),
+        "coverage": lambda p: read_tsv(p, index_col=0),
+        "by_group": lambda p: read_tsv(p, dtype={"group": str}),
+        "method_agreement": lambda p: read_tsv(p, index_col=0),
+        "states": read_tsv_or_empty,
+        "genes": lambda p: read_tsv_or_empty(p, dtype={"cell_type": str}),
+        "aggregates": lambda p: read_tsv_or_empty(p, dtype=text),
+        "comparison": lambda p: read_tsv_or_empty(p, dtype=text),
+        "prerank": lambda p: read_tsv_or_empty(p, dtype=text),
+        "ora": lambda p: read_tsv_or_empty(p, dtype={"leiden": str}),
+    }
+    case_control = text | {"group": str, "sample": str}
+    return {
+        key: readers[key](path) if key in readers else read_tsv_or_empty(path, dtype=case_control)
+        for key, path in paths.items()
+    }
+
+
+def main(
+    *,
+    h5ad,
+    manifests,
+    tables,
+    note,
+    pseudobulk,
+    entry,
+    settings,
+    shown_config,
+    html,
+    fig_dir,
+    sources=None,
+):
     adata = ad.read_h5ad(h5ad)
     # group and condition labels stay text (e.g. Leiden "0", conditions "2", "4", "6")
-    groups = (config["compare"]["group_key"], config["enrichment"]["group_key"])
+    groups = (settings["compare_group_key"], settings["enrichment_group_key"])
     text = {key: str for key in ("donor", "condition", "condition_a", "condition_b", *groups)}
     page = dataset_report(
         adata,
         entry=entry,
         manifest=read_manifests(manifests),
-        tables={
-            "design": read_tsv(tables["design"], dtype=text | {"sample": str}),
-            "qc": read_tsv(tables["qc"], index_col=0),
-            "lineage": read_tsv(tables["lineage"]),
-            "qc_cells": read_tsv(tables["qc_cells"], index_col=0, dtype={"sample": str}),
-            "qc_thresholds": read_tsv(tables["qc_thresholds"], dtype={"sample": str}),
-            "stability": read_tsv(tables["stability"]),
-            "markers": read_tsv(tables["markers"], dtype={"cluster": str}),
-            "agreement": read_tsv(tables["agreement"]),
-            "confusion": read_tsv(tables["confusion"], index_col=0),
-            "composition": read_tsv(tables["composition"], dtype={"sample": str}),
-            "panel_coverage": read_tsv(tables["panel_coverage"], index_col=0),
-            "coverage": read_tsv(tables["coverage"], index_col=0),
-            "by_group": read_tsv(tables["by_group"], dtype={"group": str}),
-            "method_agreement": read_tsv(tables["method_agreement"], index_col=0),
-            "states": read_tsv_or_empty(tables["states"]),
-            "genes": read_tsv_or_empty(tables["genes"], dtype={"cell_type": str}),
-            "aggregates": read_tsv_or_empty(tables["aggregates"], dtype=text),
-            "comparison": read_tsv_or_empty(tables["comparison"], dtype=text),
-            "prerank": read_tsv_or_empty(tables["prerank"], dtype=text),
-            "ora": read_tsv_or_empty(tables["ora"], dtype={"leiden": str}),
-            **{
-                key: read_tsv_or_empty(tables[key], dtype=text | {"group": str, "sample": str})
-                for key in TABLES[TABLES.index("de_results") :]
-            },
-        },
-        config=config,
+        tables=read_tables(tables, text=text),
         fig_dir=Path(fig_dir),
+        group_key=settings["compare_group_key"],
+        enrichment_key=settings["enrichment_group_key"],
+        composition_key=settings["composition_group_key"],
+        communication_key=settings["communication_group_key"],
+        min_donors=settings["min_donors"],
+        pseudobulk_min_cells=settings["pseudobulk"]["min_cells"],
+        pseudobulk_min_counts=settings["pseudobulk"]["min_counts"],
+        pseudobulk_min_samples=settings["pseudobulk"]["min_samples"],
+        pseudobulk_n_top=settings["pseudobulk"]["n_top"],
+        shown_config=shown_config,
         sources=read_sources(sources),
-        design_note=Path(tables["note"]).read_text(encoding="utf-8").strip(),
+        design_note=Path(note).read_text(encoding="utf-8").strip(),
         pseudobulk=ad.read_h5ad(pseudobulk),
     )
     Path(html).write_text(page, encoding="utf-8")
@@ -115,9 +118,11 @@ if __name__ == "__main__":
             h5ad=snakemake.input.h5ad,
             manifests=snakemake.input.manifests,
             pseudobulk=snakemake.input.pseudobulk,
-            tables={key: snakemake.input[key] for key in TABLES},
+            note=snakemake.input.note,
+            tables={key: path for key, path in snakemake.input.items() if key not in NOT_TABLES},
             entry=snakemake.params.entry,
-            config=dict(snakemake.params.config),
+            settings=snakemake.params,
+            shown_config=dict(snakemake.params.config),
             sources=snakemake.input.get("sources") or None,
             html=snakemake.output.html,
             fig_dir=snakemake.output.figures,

@@ -3,7 +3,6 @@
 import logging
 
 import anndata as ad
-import numpy as np
 import pandas as pd
 
 from osteoimmune.runlog import logged
@@ -15,21 +14,9 @@ from osteoimmune.scoring import (
     score_signatures,
 )
 from osteoimmune.signatures import load_library
-from osteoimmune.states import (
-    first_scored,
-    gate_mask,
-    gene_table,
-    polarization,
-    state_table,
-)
+from osteoimmune.states import call_polarization, gene_table, per_gene_genes, state_table
 
 log = logging.getLogger("osteoimmune")
-# Reported gene by gene per cell type: the RANKL/OPG axis and the cytokines.
-PER_GENE_SETS = (
-    "osteoimmune_RANKL_OPG_axis",
-    "osteoclastogenic_inflammatory_cytokines",
-    "anti_osteoclastogenic_cytokines",
-)
 
 
 def main(*, h5ad, params, seed, out, tables, gate=None):
@@ -37,7 +24,7 @@ def main(*, h5ad, params, seed, out, tables, gate=None):
     meta = adata.uns["osteoimmune"]
     species, upper = meta["species"], meta["gene_symbol_case"] == "upper"
     library = load_library()
-    added = add_user_sets(library, params.get("user_sets", []), species=species)
+    added = add_user_sets(library, params["user_sets"], species=species)
     sets = params["sets"]
     if sets == "default":
         sets = default_score_sets(library, species) + added
@@ -62,31 +49,17 @@ def main(*, h5ad, params, seed, out, tables, gate=None):
     )
     log.info("scored %d of %d sets", int(coverage["scored"].sum()), len(coverage))
     pol = params["polarization"]
-    if gate:  # the registry's polarization_gate: the population is defined by the experiment
-        described = f"all cells, by design: {gate['reason']}"
-        gate = np.ones(adata.n_obs, dtype=bool)
-    else:
-        described = f"annotated {', '.join(pol['cell_types'])}"
-        gate = gate_mask(adata.obs, cell_types=pol["cell_types"])
-    m1, m2 = (first_scored(pol[key], agreement.index) for key in ("m1", "m2"))
-    if m1 and m2:
-        states = polarization(
-            adata.obs.filter(like="z_").rename(columns=lambda c: c.removeprefix("z_")),
-            adata.obsm["signature_p"],
-            gate=gate,
-            m1=m1,
-            m2=m2,
-            alpha=params["alpha"],
-        )
-        adata.obs[states.columns] = states
-        meta["polarization"] = {
-            "m1": m1,
-            "m2": m2,
-            "gated_cells": int(gate.sum()),
-            "gate": described,
-        }
-    log.info("polarization gate: %d cells (%s)", gate.sum(), described)
-    genes = sorted({g for name in PER_GENE_SETS for g in library.genes(name, species)})
+    call_polarization(
+        adata,
+        scored=agreement.index,
+        m1=pol["m1"],
+        m2=pol["m2"],
+        alpha=params["alpha"],
+        cell_types=pol["cell_types"],
+        # the registry's polarization_gate: the population is defined by the experiment
+        by_design=gate["reason"] if gate else None,
+    )
+    genes = per_gene_genes(library, species=species)
     per_type = dict(
         groupby="cell_type", min_cells=params["min_cells_per_type"], case_insensitive=upper
     )

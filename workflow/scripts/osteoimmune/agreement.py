@@ -12,7 +12,7 @@ import pandas as pd
 from anndata import AnnData
 from sklearn.metrics import adjusted_rand_score, f1_score, roc_auc_score
 
-from osteoimmune.errors import SignatureError
+from osteoimmune.errors import InputError, SignatureError
 from osteoimmune.panels import CELL_TYPES, FAMILIES, LINEAGES, UNASSIGNED
 
 AUTHOR_KEY = "author_cell_type"
@@ -201,7 +201,7 @@ def composition_table(obs: pd.DataFrame, *, sample_key: str = "sample") -> pd.Da
     """
     if sample_key not in obs:
         msg = f"Column '{sample_key}' is not in obs; composition needs the sample of each cell."
-        raise SignatureError(msg)
+        raise InputError(msg)
     keys = [sample_key, "cell_lineage", "cell_type"]
     table = obs[keys].astype(str).value_counts().rename("n_cells").reset_index()
     table["fraction"] = table["n_cells"] / table.groupby(sample_key)["n_cells"].transform("sum")

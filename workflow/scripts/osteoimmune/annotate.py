@@ -49,7 +49,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from osteoimmune.errors import SignatureError
+from osteoimmune.errors import InputError, SignatureError
 from osteoimmune.kernels.sparse_ranks import sparse_ranks
 from osteoimmune.panels import (
     BONE_TYPES,
@@ -327,7 +327,7 @@ def smoothing_operator(adata: AnnData, blocks: pd.Series) -> sparse.csr_matrix:
     """
     if "connectivities" not in adata.obsp:
         msg = "The AnnData has no neighbour graph (obsp['connectivities']); cluster it first."
-        raise SignatureError(msg)
+        raise InputError(msg)
     graph = sparse.coo_matrix(adata.obsp["connectivities"], dtype=np.float64)
     codes = pd.factorize(np.asarray(blocks))[0]
     keep = codes[graph.row] == codes[graph.col]
@@ -762,7 +762,9 @@ def annotate_cells(
     when no panel of its lineage is scored, as for ``hspc`` by ``progenitor_sort``),
     obsm ``panel_scores`` (cells x used panels, unsmoothed) and ``lineage_scores`` (cells x
     lineages, smoothed), and uns ``annotation`` (parameters, panel coverage, cluster table).
-    Author labels are not read.
+    Author labels are not read. The workflow passes every threshold from the config's
+    ``annotation:`` section (config/config.yaml, schema defaults); the keyword defaults here
+    serve direct calls.
 
     Parameters
     ----------
@@ -807,7 +809,7 @@ def annotate_cells(
     """
     if cluster_key not in adata.obs:
         msg = f"Column '{cluster_key}' is not in obs; cluster the cells before annotating them."
-        raise SignatureError(msg)
+        raise InputError(msg)
     rule = {"min_score": min_score, "min_margin": min_margin}
     options = {
         "min_genes": min_genes,

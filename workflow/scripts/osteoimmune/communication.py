@@ -35,7 +35,7 @@ from osteoimmune.compare import (
     MIN_DONORS,
     compare_conditions,
 )
-from osteoimmune.errors import OsteoimmuneError
+from osteoimmune.errors import CommunicationError
 from osteoimmune.figures import plt
 from osteoimmune.panels import CELL_TYPES, UNASSIGNED
 from osteoimmune.states import lr_pairs
@@ -85,10 +85,6 @@ LIANA_NOISE = (
 LIANA_EMPTY = "cannot set a frame with no defined index and a scalar"
 # Scores compare_communication can compare; the ranks enter as 1 - rank (higher: stronger).
 SCORES = ("lr_means", "magnitude_rank", "specificity_rank")
-
-
-class CommunicationError(OsteoimmuneError, ValueError):
-    """Input to the communication analysis is invalid."""
 
 
 def _check_species(species: str) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from osteoimmune.errors import OsteoimmuneError
+from osteoimmune.errors import ComparisonError
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,6 @@ COMPARISON_COLUMNS = (
     "descriptive_only",
     "note",
 )
-
-
-class ComparisonError(OsteoimmuneError, ValueError):
-    """Cell metadata cannot be aggregated per donor or compared across conditions."""
 
 
 def descriptive_note(min_donors: int = MIN_DONORS) -> str:

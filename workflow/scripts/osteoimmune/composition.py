@@ -53,7 +53,7 @@ import pandas as pd  # noqa: E402
 from scipy import special, stats  # noqa: E402
 
 from osteoimmune.compare import benjamini_hochberg  # noqa: E402
-from osteoimmune.errors import OsteoimmuneError  # noqa: E402
+from osteoimmune.errors import CompositionError  # noqa: E402
 from osteoimmune.panels import UNASSIGNED  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,6 @@ RESULT_COLUMNS = (
     "tested",
     "reason",
 )
-
-
-class CompositionError(OsteoimmuneError, ValueError):
-    """Cell metadata cannot be summarised per sample or tested across conditions."""
 
 
 # --- limma's empirical Bayes (mirrored, see the module docstring) -------------------------

@@ -15,7 +15,7 @@ import gseapy
 import numpy as np
 import pandas as pd
 
-from osteoimmune.errors import OsteoimmuneError
+from osteoimmune.errors import EnrichmentError
 from osteoimmune.scoring import match_symbols
 from osteoimmune.signatures import SignatureLibrary
 
@@ -34,10 +34,6 @@ ORA_COLUMNS = (
     "odds_ratio",
     "genes",
 )
-
-
-class EnrichmentError(OsteoimmuneError, ValueError):
-    """A marker table or gene-set collection cannot be used for enrichment."""
 
 
 def gene_set_dict(
@@ -253,10 +249,10 @@ def top_markers(
     markers: pd.DataFrame,
     *,
     group_col: str,
+    top_n: int,
     gene_col: str = "gene",
     score_col: str = "score",
     padj_col: str = "pval_adj",
-    top_n: int = 100,
     max_padj: float = 0.05,
 ) -> dict[str, list[str]]:
     """Each group's up-regulated markers: positive score, adjusted p <= ``max_padj``, top n.
@@ -328,7 +324,7 @@ def overrepresentation(
     *,
     group_col: str,
     background: Iterable[str],
-    top_n: int = 100,
+    top_n: int,
     max_padj: float = 0.05,
     gene_col: str = "gene",
     score_col: str = "score",
@@ -351,7 +347,8 @@ def overrepresentation(
         Set genes outside it are not counted.
     top_n, max_padj
         The query of a group: up to ``top_n`` genes with positive score and adjusted p at
-        most ``max_padj`` (see :func:`top_markers`).
+        most ``max_padj`` (see :func:`top_markers`); the workflow's are config
+        ``enrichment.top_n`` and ``enrichment.max_padj``.
     gene_col, score_col, padj_col
         Column names of ``markers``.
     case_insensitive

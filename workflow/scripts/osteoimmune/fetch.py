@@ -220,17 +220,18 @@ def fetch_file(
         If the file cannot be found or fetched, fails its sha256, or (``strict``) has no known
         checksum; nothing is left behind.
     """
-    return _fetch(
-        spec,
+    fetched = fetch_dataset(
+        {"files": [spec]},
         dataset=dataset,
-        dest_dir=Path(dest_dir),
+        dest_dir=dest_dir,
         mirror=mirror,
         offline=offline,
         retries=retries,
         progressbar=progressbar,
         lock=lock,
         strict=strict,
-    )[0]
+    )
+    return fetched[spec["filename"]]
 
 
 def fetch_dataset(
@@ -438,31 +439,6 @@ def _changed_message(changed: list[tuple[dict, str]], *, dataset: str, manifest:
         "(corrupted or modified on disk):\n"
         + "\n".join(lines)
         + f"\nThe fetch manifest {manifest} was removed, so that the next run fetches them again."
-    )
-
-
-def _fetch(
-    spec: dict,
-    *,
-    dataset: str,
-    dest_dir: Path,
-    mirror: Path | None,
-    offline: bool,
-    retries: int,
-    progressbar: bool,
-    lock: Path | None,
-    strict: bool,
-) -> tuple[Path, Source, Checksum]:
-    _check_pinned([spec], dataset=dataset, lock=lock, strict=strict)
-    known = _known(spec, lock=lock)
-    found = _locate(spec, dataset=dataset, dest_dir=dest_dir, mirror=mirror, known=known)
-    if found is not None:
-        return found
-    if offline:
-        raise FetchError(_offline_message([spec], dataset=dataset, mirror=mirror))
-    target = dest_dir / spec["filename"]
-    return _download(
-        spec, dataset=dataset, target=target, retries=retries, progressbar=progressbar, known=known
     )
 
 

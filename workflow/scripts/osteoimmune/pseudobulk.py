@@ -42,7 +42,7 @@ from pydeseq2.default_inference import DefaultInference  # noqa: E402
 from pydeseq2.ds import DeseqStats  # noqa: E402
 
 from osteoimmune.enrichment import PRERANK_COLUMNS, prerank_by_group  # noqa: E402
-from osteoimmune.errors import OsteoimmuneError  # noqa: E402
+from osteoimmune.errors import PseudobulkError  # noqa: E402
 from osteoimmune.panels import UNASSIGNED  # noqa: E402
 from osteoimmune.signatures import SPECIES, SignatureLibrary, load_library  # noqa: E402
 
@@ -95,10 +95,6 @@ CORE_SETS = (
     "macrophage_M2a_alternative_core",
     "trained_immunity_core6_zhang2022",
 )
-
-
-class PseudobulkError(OsteoimmuneError, ValueError):
-    """Cells or pseudobulk samples cannot be summed or compared across conditions."""
 
 
 # --- pseudobulk --------------------------------------------------------------------------

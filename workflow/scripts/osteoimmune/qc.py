@@ -92,13 +92,6 @@ def mad_bounds(
     return (-np.inf if upper_only else median - nmads * mad), median + nmads * mad
 
 
-def mad_outlier(values: np.ndarray, *, nmads: float, upper_only: bool = False) -> np.ndarray:
-    """Flag values more than ``nmads`` median absolute deviations from the median."""
-    lower, upper = mad_bounds(values, nmads=nmads, upper_only=upper_only)
-    values = np.asarray(values, dtype=float)
-    return (values < lower) | (values > upper)
-
-
 def reason_bounds(
     obs: pd.DataFrame,
     *,
@@ -510,11 +503,25 @@ def qc_summary(flags: pd.DataFrame, remove: np.ndarray, samples: pd.Series) -> p
     return summary
 
 
-def prepare_qc(adata: ad.AnnData, *, qc: dict, seed: int, value_type: str) -> list[str]:
+def prepare_qc(
+    adata: ad.AnnData,
+    *,
+    seed: int,
+    value_type: str,
+    doublet_threshold: float | str,
+    doublet_mean_center: bool,
+    lineage_aware: bool,
+    lineage_resolution: float,
+    min_group_cells: int,
+    remove_doublets: bool,
+) -> list[str]:
     """Doublet scores and coarse QC groups for count input; returns notes for the report.
 
     The first note says which QC mode applies; later ones name skipped samples. Non-count
-    input gets one note saying that count-based steps were skipped.
+    input gets one note saying that count-based steps were skipped. ``doublet_threshold`` and
+    ``doublet_mean_center`` as ``threshold`` and ``mean_center`` of :func:`detect_doublets`;
+    ``lineage_resolution`` and ``min_group_cells`` as in :func:`assign_qc_groups`;
+    ``lineage_aware`` and ``remove_doublets`` (as in :func:`flag_cells`) only word the note.
     """
     if value_type != "counts":
         return [
@@ -524,27 +531,21 @@ def prepare_qc(adata: ad.AnnData, *, qc: dict, seed: int, value_type: str) -> li
     notes = detect_doublets(
         adata,
         seed=seed,
-        threshold=qc["doublet_threshold"],
-        mean_center=qc.get("doublet_mean_center", True),
+        threshold=doublet_threshold,
+        mean_center=doublet_mean_center,
     )
     assign_qc_groups(
         adata,
         seed=seed,
-        resolution=qc["lineage_resolution"],
-        min_group_cells=qc["min_group_cells"],
+        resolution=lineage_resolution,
+        min_group_cells=min_group_cells,
     )
-    mode = "within coarse clusters (lineage-aware)" if qc["lineage_aware"] else "per sample"
-    doublets = "scrublet doublets removed" if qc["remove_doublets"] else "doublets scored, kept"
+    mode = "within coarse clusters (lineage-aware)" if lineage_aware else "per sample"
+    doublets = "scrublet doublets removed" if remove_doublets else "doublets scored, kept"
     return [f"adaptive MAD thresholds on counts {mode}; {doublets}", *notes]
 
 
 FLAG_PREFIX = "qc_fail_"
-THRESHOLD_KEYS = ("nmads", "mt_nmads", "max_pct_mt", "min_genes", "min_counts")
-
-
-def threshold_params(qc: dict) -> dict:
-    """The threshold arguments of :func:`qc_flags` from the ``qc:`` section of the config."""
-    return {key: qc[key] for key in THRESHOLD_KEYS}
 
 
 def flag_cells(
@@ -662,7 +663,9 @@ def filter_cells(
     """Filter cells per sample (or per coarse group) and drop rarely detected genes.
 
     :func:`flag_cells` then :func:`finish_qc` in one call (the workflow runs the first per
-    sample, in parallel jobs, and the second on all samples).
+    sample, in parallel jobs, and the second on all samples). The workflow passes every value
+    from the config's ``qc:`` section (config/config.yaml, schema defaults); the keyword
+    defaults here serve direct calls.
 
     Parameters
     ----------
@@ -724,11 +727,6 @@ QC_COLUMNS = (
     "doublet_score",
     "predicted_doublet",
 )
-
-
-def write_gzip_tsv(table: pd.DataFrame, path) -> None:
-    """Write ``table`` as a gzipped TSV, byte-reproducibly (no timestamp in the gzip header)."""
-    table.to_csv(path, sep="\t", compression={"method": "gzip", "mtime": 0})
 
 
 def qc_cells_table(obs: pd.DataFrame) -> pd.DataFrame:

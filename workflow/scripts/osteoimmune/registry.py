@@ -172,11 +172,6 @@ def is_study(entry: dict) -> bool:
     return bool(entry.get("samples"))
 
 
-def all_files(entry: dict) -> list[dict]:
-    """Every file spec of an entry: the dataset's files, then each sample's, in order."""
-    return [*entry["files"], *(f for s in entry.get("samples") or [] for f in s["files"])]
-
-
 def _check_entry(name: str, entry: dict) -> None:
     roles = [f["role"] for f in entry["files"]]
     if "samplesheet" in entry or "samples" in entry:
@@ -224,11 +219,6 @@ def _check_study_files(name: str, entry: dict, roles: list[str]) -> None:
             "samplesheet; remove `metadata:` (and a labels file for `author_label`)."
         )
         raise RegistryError(msg)
-
-
-def counts_file(entry: dict) -> dict:
-    """Return the file spec with role ``counts`` of a registry entry."""
-    return next(f for f in entry["files"] if f["role"] == "counts")
 
 
 def select_datasets(registry: dict, selection: str | list[str]) -> list[str]:

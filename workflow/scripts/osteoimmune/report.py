@@ -360,26 +360,37 @@ def dataset_report(
     entry: dict,
     manifest: dict,
     tables: dict[str, pd.DataFrame],
-    config: dict,
     fig_dir: Path,
+    group_key: str,
+    enrichment_key: str,
+    composition_key: str,
+    communication_key: str,
+    min_donors: int,
+    pseudobulk_min_cells: int,
+    pseudobulk_min_counts: int,
+    pseudobulk_min_samples: int,
+    pseudobulk_n_top: int,
+    shown_config: dict,
     design_note: str = "",
     pseudobulk: ad.AnnData | None = None,
     sources: pd.DataFrame | None = None,
 ) -> str:
     """Render the HTML report of one dataset and write its figures to ``fig_dir``.
 
-    ``tables`` holds the rule outputs: qc, lineage, qc_cells, qc_thresholds, stability,
-    markers, agreement, confusion, composition, panel_coverage, coverage, method_agreement,
-    by_group, states, genes, aggregates, comparison, prerank, ora, design, and the
-    case-control tables de_results, de_summary, de_genes, de_enrichment, composition_props,
-    composition_test, communication, communication_axes, communication_comparison;
-    ``design_note`` the sentence on conditions and donors; ``pseudobulk`` the summed counts per
-    sample and cell type; ``sources`` the annotation's call sources (annotation_sources.tsv;
-    None for runs whose annotation made none). Empty tables render as a sentence saying why.
+    ``tables`` holds the rule's tables, keyed by the input names of rule report_dataset
+    (workflow/rules/report.smk), read into DataFrames; ``design_note`` the sentence on
+    conditions and donors; ``pseudobulk`` the summed counts per sample and cell type;
+    ``sources`` the annotation's call sources (annotation_sources.tsv; None for runs whose
+    annotation made none). Empty tables render as a sentence saying why.
+
+    The other keywords are the settings of the stages the report shows (config keys
+    ``compare.group_key``, ``enrichment.group_key``, ``composition.group_key``,
+    ``communication.group_key``, ``compare.min_donors``, ``pseudobulk.min_cells``,
+    ``min_counts``, ``min_samples`` and ``n_top``; defaults in the config schema).
+    ``shown_config`` is the run's config, printed at the end of the report and not read.
     """
     meta = adata.uns["osteoimmune"]
     by_group = tables["by_group"]
-    group_key = config.get("compare", {}).get("group_key", "cell_type")
     comparison, prerank, ora = tables["comparison"], tables["prerank"], tables["ora"]
     figs = dataset_figures(
         adata,
@@ -396,11 +407,11 @@ def dataset_report(
         comparison=comparison,
         prerank=prerank,
         group_key=group_key,
-        enrichment_key=config.get("enrichment", {}).get("group_key", "cell_type"),
+        enrichment_key=enrichment_key,
     )
     figs |= case_control_figures(
-        tables, fig_dir=fig_dir, pseudobulk=pseudobulk, config=config,
-        reference=entry.get("reference_condition"),
+        tables, fig_dir=fig_dir, pseudobulk=pseudobulk, n_top=pseudobulk_n_top,
+        composition_key=composition_key, reference=entry.get("reference_condition"),
     )  # fmt: skip
     return render(
         "report.html",
@@ -409,13 +420,15 @@ def dataset_report(
         **cell_type_calls(sources),
         calls_reference=adata.uns.get("annotation", {}).get("reference", {}),
         rankl_opg=rankl_opg_note(tables["genes"]),
-        pb=config.get("pseudobulk", {}),
+        pb={
+            "min_cells": pseudobulk_min_cells,
+            "min_counts": pseudobulk_min_counts,
+            "min_samples": pseudobulk_min_samples,
+        },
         communication_resources="; ".join(
             RESOURCE_NOTES[name] for name in RESOURCES[meta["species"]]
         ),
-        bone_receivers=", ".join(
-            receivers(adata, groupby=config.get("communication", {}).get("group_key", "cell_type"))
-        ),
+        bone_receivers=", ".join(receivers(adata, groupby=communication_key)),
         entry=entry,
         meta=meta,
         manifest=manifest,
@@ -477,7 +490,7 @@ def dataset_report(
         },
         design_note=design_note,
         missing_views=missing_score_views(adata, genes=tables["genes"]),
-        min_donors=config.get("compare", {}).get("min_donors", 3),
+        min_donors=min_donors,
         comparison_rows=len(comparison),
         comparison_table=table_html(top_comparisons(comparison), index=False),
         proportions_table=table_html(
@@ -489,13 +502,13 @@ def dataset_report(
         ora_rows=len(ora),
         ora_table=table_html(top_terms(ora, "odds_ratio"), index=False),
         versions=software_versions(),
-        config_yaml=yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False),
+        config_yaml=yaml.safe_dump(json.loads(json.dumps(shown_config)), sort_keys=False),
     )
 
 
 def case_control_figures(
-    tables: dict, *, fig_dir: Path, pseudobulk: ad.AnnData | None, config: dict,
-    reference: str | None,
+    tables: dict, *, fig_dir: Path, pseudobulk: ad.AnnData | None, n_top: int,
+    composition_key: str, reference: str | None,
 ) -> dict:  # fmt: skip
     """The figures of the pseudobulk DE, composition and communication sections."""
     make = figure_maker(fig_dir)
@@ -503,12 +516,12 @@ def case_control_figures(
         "expression": report_conditions.expression_figures(
             make=make, results=tables["de_results"], summary=tables["de_summary"],
             genes=tables["de_genes"], pseudobulk=pseudobulk,
-            n_top=config.get("pseudobulk", {}).get("n_top", 30),
+            n_top=n_top,
         ),
         "composition_test": report_conditions.composition_figures(
             make=make, proportions=tables["composition_props"],
             test=tables["composition_test"], reference=reference,
-            group_key=config.get("composition", {}).get("group_key", "cell_type"),
+            group_key=composition_key,
         ),
         "communication": report_conditions.communication_figures(
             make=make, axes=tables["communication_axes"]

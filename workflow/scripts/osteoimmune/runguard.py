@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from osteoimmune.errors import RunInProgressError
+
 log = logging.getLogger("osteoimmune")
 
 PROC = Path("/proc")
@@ -42,10 +44,6 @@ class Process(NamedTuple):
     pid: int
     kind: str  # "snakemake" or "job"
     command: str
-
-
-class RunInProgressError(RuntimeError):
-    """A Snakemake process, or a job of one, still runs in the working directory."""
 
 
 def program(argv: list[str]) -> str:

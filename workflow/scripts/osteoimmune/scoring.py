@@ -15,7 +15,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from osteoimmune.calibration import calibrate
-from osteoimmune.errors import SignatureError
+from osteoimmune.errors import InputError, SignatureError
 from osteoimmune.genes import aliases_used, resolve_symbols
 from osteoimmune.ranks import method_agreement
 from osteoimmune.signatures import SignatureLibrary
@@ -412,7 +412,7 @@ def scores_by_group(adata: AnnData, *, groupby: str, prefix: str = SCORE_PREFIX)
     """
     if groupby not in adata.obs:
         msg = f"Column '{groupby}' is not in obs; available: {', '.join(map(str, adata.obs))}."
-        raise SignatureError(msg)
+        raise InputError(msg)
     columns = [c for c in adata.obs.columns if str(c).startswith(prefix)]
     grouped = adata.obs.groupby(groupby, observed=True)
     means = grouped[columns].mean()

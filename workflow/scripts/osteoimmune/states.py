@@ -9,6 +9,7 @@ matrix is never densified.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -17,17 +18,22 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from osteoimmune.errors import OsteoimmuneError
+from osteoimmune.errors import StateError
 from osteoimmune.panels import FAMILIES, UNASSIGNED, gene_positions
 from osteoimmune.signatures import SPECIES, SignatureLibrary, load_library
 
 GATE_TYPES = ("classical monocyte", "non-classical monocyte", "macrophage")
 STATES = ("M1-like", "M2-like", "mixed", "unpolarized")
 STATE_COLUMNS = ("polarization_index", "polarization_state")
+# Reported gene by gene per cell type (:func:`per_gene_genes`): the RANKL/OPG axis and the
+# cytokines that push osteoclasts on or hold them back.
+PER_GENE_SETS = (
+    "osteoimmune_RANKL_OPG_axis",
+    "osteoclastogenic_inflammatory_cytokines",
+    "anti_osteoclastogenic_cytokines",
+)
 
-
-class StateError(OsteoimmuneError, ValueError):
-    """Input to the state calls, gene tables or ligand-receptor panel is invalid."""
+log = logging.getLogger("osteoimmune")
 
 
 def gate_mask(obs: pd.DataFrame, *, cell_types: Sequence[str] = GATE_TYPES) -> np.ndarray:
@@ -398,3 +404,85 @@ def first_scored(preference: str | Sequence[str], scored) -> str | None:
     """The first set of a preference list (or a single name) among ``scored``, else None."""
     names = [preference] if isinstance(preference, str) else list(preference)
     return next((name for name in names if name in scored), None)
+
+
+def polarization_gate(
+    obs: pd.DataFrame, *, cell_types: Sequence[str] = GATE_TYPES, by_design: str | None = None
+) -> tuple[np.ndarray, str]:
+    """The cells in the M1/M2 gate, and how the gate was drawn.
+
+    Parameters
+    ----------
+    obs
+        Cell annotations with a ``cell_type`` column.
+    cell_types
+        Cell types in the gate (see :func:`gate_mask`).
+    by_design
+        Why every cell is in the gate: the experiment defines the population (a registry
+        entry's ``polarization_gate.reason``). None gates by ``cell_types``.
+
+    Returns
+    -------
+    tuple
+        The boolean gate, one value per row of ``obs``, and its description for the report.
+    """
+    if by_design:
+        return np.ones(len(obs), dtype=bool), f"all cells, by design: {by_design}"
+    return gate_mask(obs, cell_types=cell_types), f"annotated {', '.join(cell_types)}"
+
+
+def call_polarization(
+    adata: AnnData,
+    *,
+    scored: Sequence[str],
+    m1: str | Sequence[str],
+    m2: str | Sequence[str],
+    alpha: float,
+    cell_types: Sequence[str] = GATE_TYPES,
+    by_design: str | None = None,
+) -> dict | None:
+    """Call M1/M2 states in the gate, into ``adata.obs``, from the calibrated scores.
+
+    Reads the z-scores (``obs['z_<set>']``) and empirical p-values (``obsm['signature_p']``)
+    of :func:`osteoimmune.scoring.calibrated_scores`. Without a scored M1 or M2 set, no state
+    is called.
+
+    Parameters
+    ----------
+    adata
+        Scored and calibrated cells, annotated (``obs['cell_type']``).
+    scored
+        The sets that were calibrated (the index of the method-agreement table).
+    m1, m2
+        The M1 and M2 set, or preference lists of them: the first one scored is used.
+    alpha, cell_types, by_design
+        See :func:`polarization` and :func:`polarization_gate`.
+
+    Returns
+    -------
+    dict or None
+        The sets used, the number of cells gated and the gate's description, also stored in
+        ``adata.uns['osteoimmune']['polarization']``; None when no state was called.
+    """
+    gate, described = polarization_gate(adata.obs, cell_types=cell_types, by_design=by_design)
+    m1, m2 = first_scored(m1, scored), first_scored(m2, scored)
+    record = None
+    if m1 and m2:
+        states = polarization(
+            adata.obs.filter(like="z_").rename(columns=lambda c: c.removeprefix("z_")),
+            adata.obsm["signature_p"],
+            gate=gate,
+            m1=m1,
+            m2=m2,
+            alpha=alpha,
+        )
+        adata.obs[states.columns] = states
+        record = {"m1": m1, "m2": m2, "gated_cells": int(gate.sum()), "gate": described}
+        adata.uns.setdefault("osteoimmune", {})["polarization"] = record
+    log.info("polarization gate: %d cells (%s)", gate.sum(), described)
+    return record
+
+
+def per_gene_genes(library: SignatureLibrary, *, species: str) -> list[str]:
+    """The genes reported one by one per cell type: those of :data:`PER_GENE_SETS`, sorted."""
+    return sorted({g for name in PER_GENE_SETS for g in library.genes(name, species)})

@@ -13,6 +13,7 @@ module                    mirrors
 ``score_genes``           scanpy 1.11 ``sc.tl.score_genes`` (ctrl_as_ref=False), all sets at once
 ``ranks``                 UCell (Andreatta & Carmona 2021) and AUCell (Aibar et al. 2017)
 ``sparse_ranks``          ``scipy.stats.rankdata(method="average")`` of sparse rows or columns
+``chunks``                nothing upstream: the checked CSR input and row blocks of the scores
 ========================  ===============================================================
 """
 

@@ -24,7 +24,7 @@ from scipy import sparse
 
 from osteoimmune.errors import SignatureError
 from osteoimmune.kernels import check_implementation
-from osteoimmune.ranks import DEFAULT_CHUNK_SIZE, as_csr, map_row_chunks, row_chunks
+from osteoimmune.kernels.chunks import DEFAULT_CHUNK_SIZE, as_csr, map_row_chunks, row_chunks
 
 
 def gene_means(matrix: sparse.csr_matrix, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
