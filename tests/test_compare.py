@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from compare_donors import main as compare_rule
+from compare_conditions import main as compare_rule
 from scipy import stats
 
 from osteoimmune.compare import (

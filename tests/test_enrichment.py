@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from enrich_cell_types import main as enrichment_rule
+from enrichment import main as enrichment_rule
 
 from osteoimmune.enrichment import (
     ORA_COLUMNS,

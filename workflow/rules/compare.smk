@@ -34,7 +34,7 @@ rule compare_conditions:
     conda:
         "../../envs/analysis.yaml"
     script:
-        "../scripts/compare_donors.py"
+        "../scripts/compare_conditions.py"
 
 
 rule enrichment:
@@ -72,7 +72,7 @@ rule enrichment:
     conda:
         "../../envs/analysis.yaml"
     script:
-        "../scripts/enrich_cell_types.py"
+        "../scripts/enrichment.py"
 
 
 # Case-control comparisons across donors: pseudobulk differential expression (PyDESeq2),
