@@ -53,7 +53,7 @@ except WorkflowError as err:
 # The user's signature files are read by the score rules, after QC and clustering: check them
 # now. A relative path is in the working directory, where the jobs run.
 try:
-    check_user_sets(config["signatures"].get("user_sets", []), workdir=Path.cwd())
+    check_user_sets(config["signatures"]["user_sets"], workdir=Path.cwd())
 except RegistryError as err:
     raise WorkflowError(str(err)) from None
 

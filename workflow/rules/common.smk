@@ -36,14 +36,14 @@ def _repo_path(path):
 
 REGISTRY_PATH = _repo_path(config["registry"])
 # h5py's name of the intermediate h5ad files' compression (None: uncompressed)
-_COMPRESSION = config.get("intermediate_compression", "lzf")
+_COMPRESSION = config["intermediate_compression"]
 INTERMEDIATE_COMPRESSION = None if _COMPRESSION == "none" else _COMPRESSION
 REGISTRY = load_registry(REGISTRY_PATH)
 MODELS = load_models(REGISTRY_PATH)
 DATASETS = select_datasets(REGISTRY, config["datasets"])
 
 
-CHECKSUM_LOCK = _repo_path(config.get("checksum_lock", "config/checksums.lock.tsv"))
+CHECKSUM_LOCK = _repo_path(config["checksum_lock"])
 
 
 def local_files(files):

@@ -6,8 +6,8 @@ from osteoimmune.slurm import explain_failures, memory_request, runtime_request 
 
 
 def _resource_caps():
-    caps = config.get("resources") or {}
-    return caps.get("max_mem_mb", 64000), caps.get("max_runtime_min", 1440)
+    # always set: config/config.yaml is merged under the run's config (Snakefile)
+    return config["resources"]["max_mem_mb"], config["resources"]["max_runtime_min"]
 
 
 def mem_mb():
