@@ -23,9 +23,16 @@ import scanpy as sc
 from scipy import sparse
 from tenx import tar_member, write_10x_h5, write_10x_mtx, write_geo_raw_tar
 
-from osteoimmune.archives import archive_samples, read_archive_sample
+from osteoimmune import archives
+from osteoimmune.archives import archive_samples
 from osteoimmune.errors import ReaderError
 from osteoimmune.readers import read_matrix_file
+
+
+def read_archive_sample(archive, **kwargs):
+    """As the readers call it: members read by read_matrix_file."""
+    return archives.read_archive_sample(archive, read=read_matrix_file, **kwargs)
+
 
 DATASET = "geo_test"
 CITE = "openproblems_bmmc_cite_starter.output_rna.h5ad"

@@ -3,10 +3,11 @@
 A GEO series publishes its per-sample files in one plain tar whose member names start with the
 sample's GSM id (``GSM5201883_S1_matrix.mtx.gz``). :func:`archive_samples` lists the GSM ids and
 their files; :func:`read_archive_sample` extracts one GSM's matrix into a private temporary
-folder and reads it with :func:`osteoimmune.readers.read_matrix_file`, so every format check
-stays in the readers. The archive is only read, never modified or extracted beside itself, and
-an archive with any unsafe member (absolute path, ``..``, link, device) is refused as a whole
-before anything is extracted.
+folder and reads it with the reader it is given (the readers pass
+:func:`osteoimmune.readers.read_matrix_file`), so every format check stays in the readers and
+this module never imports them. The archive is only read, never modified or extracted beside
+itself, and an archive with any unsafe member (absolute path, ``..``, link, device) is refused
+as a whole before anything is extracted.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import anndata as ad
 
 from osteoimmune.errors import ReaderError
-from osteoimmune.readers import read_matrix_file
+
+# read_matrix_file's signature: (spec, path, *, dataset) -> AnnData
+MatrixReader = Callable[..., ad.AnnData]
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +173,7 @@ def _group_by_gsm(names: list[str], *, archive: Path, dataset: str) -> dict[str,
 
 
 def read_archive_sample(
-    archive: Path, *, member: str, spec: dict, dataset: str, sample: str
+    archive: Path, *, member: str, spec: dict, dataset: str, sample: str, read: MatrixReader
 ) -> ad.AnnData:
     """Read one GSM sample of a GEO ``_RAW.tar`` archive, as cells x genes CSR float32.
 
@@ -193,12 +197,15 @@ def read_archive_sample(
         The dataset id, for messages.
     sample
         The sample's name in the samplesheet, for messages.
+    read
+        Reads the extracted matrix: ``read(spec, path, dataset=...)``, i.e.
+        :func:`osteoimmune.readers.read_matrix_file`.
 
     Returns
     -------
     anndata.AnnData
-        As :func:`osteoimmune.readers.read_matrix_file` returns it: the source cell and gene
-        names and tables, ``X`` CSR float32.
+        As ``read`` (:func:`osteoimmune.readers.read_matrix_file`) returns it: the source cell
+        and gene names and tables, ``X`` CSR float32.
 
     Raises
     ------
@@ -226,6 +233,7 @@ def read_archive_sample(
                 spec=inner,
                 dataset=dataset,
                 where=_where(dataset, archive),
+                read=read,
             )
         except ReaderError as err:
             msg = f"{err} (sample '{sample}', member {member})"
@@ -233,7 +241,13 @@ def read_archive_sample(
 
 
 def _read_members(
-    tar: tarfile.TarFile, members: list[tarfile.TarInfo], *, spec: dict, dataset: str, where: str
+    tar: tarfile.TarFile,
+    members: list[tarfile.TarInfo],
+    *,
+    spec: dict,
+    dataset: str,
+    where: str,
+    read: MatrixReader,
 ) -> ad.AnnData:
     """Extract the members into a private temporary folder and read them as ``spec`` says."""
     with tempfile.TemporaryDirectory(prefix="osteoimmune-geo-") as tmp:
@@ -245,7 +259,7 @@ def _read_members(
             _extract(tar, info, folder=folder, where=where)
         path = _prepare(spec["format"], [info.name for info in members], folder=folder)
         # Read fully into memory here: the temporary folder is gone once this returns.
-        return read_matrix_file(spec, path, dataset=dataset)
+        return read(spec, path, dataset=dataset)
 
 
 def _find_matrix(names: list[str], *, spec: dict, where: str) -> tuple[str, list[str]]:
@@ -350,7 +364,9 @@ def _v3_features(source: Path, target: Path) -> None:
             out.write("\t".join(fields) + "\n")
 
 
-def read_triplet_files(paths: list[Path], *, spec: dict, dataset: str, where: str) -> ad.AnnData:
+def read_triplet_files(
+    paths: list[Path], *, spec: dict, dataset: str, where: str, read: MatrixReader
+) -> ad.AnnData:
     """Read a 10x triplet given as three separate files (a GEO sample's supplementary files).
 
     The files keep their names (``GSM..._matrix.mtx.gz``, ``..._barcodes.tsv.gz``,
@@ -369,4 +385,4 @@ def read_triplet_files(paths: list[Path], *, spec: dict, dataset: str, where: st
         for path in paths:
             (folder / path.name).symlink_to(Path(path).resolve())
         path = _prepare("10x_mtx", triplets[0], folder=folder)
-        return read_matrix_file({**spec, "format": "10x_mtx"}, path, dataset=dataset)
+        return read({**spec, "format": "10x_mtx"}, path, dataset=dataset)

@@ -43,6 +43,7 @@ from anndata.utils import make_index_unique
 from rdata.parser import RObject, RObjectType
 from scipy import sparse
 
+from osteoimmune.archives import read_archive_sample, read_triplet_files
 from osteoimmune.errors import ReaderError
 from osteoimmune.values import VALUE_TYPES, ValueEvidence, check_value_type, input_note
 
@@ -220,9 +221,6 @@ def _read_sample_matrix(
     sample: dict, paths: dict[str, Path], *, dataset: str, settings: dict
 ) -> tuple[ad.AnnData, dict]:
     """The sample's matrix as found in its file(s), and the spec it was read with."""
-    # archives reads its members with this module's readers, so it is imported here
-    from osteoimmune.archives import read_archive_sample, read_triplet_files
-
     options = {
         k: sample[k] for k in ("layer", "gene_column", "orientation", "object") if k in sample
     }
@@ -231,8 +229,9 @@ def _read_sample_matrix(
         spec = {"format": sample.get("format"), "filename": archive, **options}
         path = _local_path({"filename": archive}, paths, dataset=dataset)
         source = read_archive_sample(
-            path, member=sample["member"], spec=spec, dataset=dataset, sample=sample["sample"]
-        )
+            path, member=sample["member"], spec=spec, dataset=dataset, sample=sample["sample"],
+            read=read_matrix_file,
+        )  # fmt: skip
         return source, spec
     files = sample["files"]
     spec = {**files[0], **options}
@@ -242,7 +241,10 @@ def _read_sample_matrix(
         ), spec
     local = [_local_path(f, paths, dataset=dataset) for f in files]
     where = f"Dataset '{dataset}', sample '{sample['sample']}' (samplesheet row {sample['row']})"
-    return read_triplet_files(local, spec=spec, dataset=dataset, where=where), spec
+    matrix = read_triplet_files(
+        local, spec=spec, dataset=dataset, where=where, read=read_matrix_file
+    )
+    return matrix, spec
 
 
 def _check_entry(entry: dict, *, dataset: str) -> None:
