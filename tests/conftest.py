@@ -34,7 +34,13 @@ def mirror() -> Path:
 
 
 def snakemake(workdir: Path, *config: str, targets=(), options=()) -> subprocess.CompletedProcess:
-    cmd = [
+    cmd = snakemake_command(workdir, *config, targets=targets, options=options)
+    return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+
+def snakemake_command(workdir: Path, *config: str, targets=(), options=()) -> list[str]:
+    """The workflow's Snakemake command in ``workdir`` with the repository's config."""
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -52,7 +58,6 @@ def snakemake(workdir: Path, *config: str, targets=(), options=()) -> subprocess
         "--",
         *targets,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="session")

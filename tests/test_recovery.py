@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, snakemake
+from conftest import snakemake, snakemake_command
 
 from osteoimmune.runguard import (
     RunInProgressError,
@@ -288,24 +288,7 @@ def test_a_killed_and_resumed_run_writes_the_same_tables(mirror, tmp_path):
 
 def workflow_command(workdir: Path, config: list[str]) -> list[str]:
     """The workflow's Snakemake command of conftest.snakemake, as `make run` gives it."""
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(REPO / "config" / "config.yaml"),
-        "--cores",
-        "2",
-        "--rerun-incomplete",
-        "--config",
-        *config,
-        "--",
-        TARGET,
-    ]
+    return snakemake_command(workdir, *config, targets=[TARGET], options=["--rerun-incomplete"])
 
 
 def make_run(workdir: Path, config: list[str]) -> None:
