@@ -315,3 +315,22 @@ def _read(path: Path) -> str:
 
 def _argv(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+@linux_only
+def test_a_job_of_snakemake_embedded_in_another_program_runs_to_the_end(tmp_path):
+    # Snakemake driven from another Python program (its API, a notebook): no process is named
+    # snakemake, which is no reason for the job to stop itself.
+    command = tiny_workflow(tmp_path)
+    embedded = "import sys; from snakemake.cli import main; sys.argv = sys.argv[1:]; main()"
+    (tmp_path / "release").touch()
+    result = subprocess.run(
+        [sys.executable, "-c", embedded, *command[2:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert (tmp_path / "done.txt").read_text() == "done"

@@ -173,8 +173,8 @@ def follow_workflow() -> int | None:
     replace themselves with Python, older ones stay in between. A parent-death signal
     (``PR_SET_PDEATHSIG``) sends SIGTERM when the parent dies, from the kernel, whatever the
     script is doing; when the parent is such a shell, a daemon thread also watches Snakemake
-    and sends SIGTERM once it is gone. A job whose Snakemake died before this call (while the
-    script imported its libraries) stops at once.
+    and sends SIGTERM once it is gone. A job orphaned before this call (its Snakemake died
+    while the script imported its libraries) stops at once.
 
     Returns
     -------
@@ -187,7 +187,11 @@ def follow_workflow() -> int | None:
         return None
     workflow = _snakemake_ancestor(os.getppid())
     if workflow is None:
-        _stop("the Snakemake process that started this job is gone")
+        # Orphaned (adopted by init): Snakemake died while the script imported its libraries.
+        # Otherwise Snakemake runs inside another program (its Python API, a notebook): the
+        # parent-death signal follows that process.
+        if os.getppid() == 1:
+            _stop("the Snakemake process that started this job is gone")
         return None
     pid, started = workflow
     if pid != os.getppid():
