@@ -69,6 +69,7 @@ def qc_steps(samples: list[ad.AnnData], *, qc: dict, seed: int, timer: StepTimer
                 seed=seed,
                 threshold=qc["doublet_threshold"],
                 mean_center=qc["doublet_mean_center"],
+                max_cells=qc["doublet_max_cells"],
             )
         with timer.step("qc_groups", add=True):
             assign_qc_groups(

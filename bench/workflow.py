@@ -1,9 +1,11 @@
-"""Run the real workflow (read -> per-sample QC jobs -> clusters) on a resampled matrix.
+"""Run the real workflow, fetch to report, on a resampled matrix.
 
     .venv/bin/python bench/workflow.py bench/out/resampled_20000.h5ad
+    .venv/bin/python bench/workflow.py bench/out/resampled_20000.h5ad --until clustered
 
 Registers the matrix as a local dataset (``path:`` entry, a registry written next to the
-outputs), runs Snakemake with ``--cores 2`` up to ``clustered.h5ad`` in
+outputs), runs Snakemake with ``--cores 2`` up to the dataset's report and index (everything a
+user's ``snakemake`` run makes; ``--until clustered`` stops at ``clustered.h5ad``) in
 ``bench/out/workflow_<name>/``, and tabulates each job's wall time and peak memory from the
 rules' own ``benchmark:`` files (Snakemake samples the job's processes; ``max_rss`` in MiB),
 plus the wall time of the whole run and the exact peak RSS of the largest single process. This
@@ -27,6 +29,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = "bench"
+TARGETS = {
+    "report": "results/index.html",
+    "clustered": f"results/{DATASET}/intermediate/clustered.h5ad",
+}
 
 
 def registry(h5ad: Path, *, species: str = "human") -> dict:
@@ -71,8 +77,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("h5ad", type=Path)
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--until", choices=["report", "clustered"], default="report")
+    parser.add_argument("--tag", default="", help="suffix of the output folder's name")
     args = parser.parse_args(argv)
-    workdir = ROOT / "bench" / "out" / f"workflow_{args.h5ad.stem}"
+    workdir = ROOT / "bench" / "out" / f"workflow_{args.h5ad.stem}{args.tag}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     with h5py.File(args.h5ad, "r") as handle:  # the species the resampler recorded
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         f"registry={workdir / 'datasets.yaml'}",
         f"datasets=[{DATASET}]",
         "--",
-        f"results/{DATASET}/intermediate/clustered.h5ad",
+        TARGETS[args.until],
     ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)

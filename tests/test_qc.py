@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from sklearn.metrics import roc_auc_score
 
 from osteoimmune.errors import QCError
 from osteoimmune.qc import (
@@ -14,6 +15,7 @@ from osteoimmune.qc import (
     assign_qc_groups,
     compute_qc_metrics,
     detect_doublets,
+    doublet_parts,
     filter_cells,
     finish_qc,
     flag_cells,
@@ -199,6 +201,24 @@ def test_scrublet_scores_synthetic_doublets_higher_than_singlets():
     )
     assert "doublet" not in summary.columns
     assert kept.obs["predicted_doublet"].sum() == called.sum()
+
+
+def test_a_large_sample_is_scored_for_doublets_in_random_parts():
+    """Above max_cells a sample is split, each part with its own simulated doublets."""
+    parts = doublet_parts(1000, max_cells=300, seed=0)
+    assert len(parts) == 4 and all(len(p) <= 300 for p in parts)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(1000))
+    assert [len(p) for p in doublet_parts(300, max_cells=300, seed=0)] == [300]
+    assert [len(p) for p in doublet_parts(10, max_cells=None, seed=0)] == [10]
+    adata, is_doublet = with_doublets(make_populations([300, 300, 200]), n_doublets=60)
+    whole = adata.copy()
+    detect_doublets(whole, seed=0, threshold=0.25)
+    detect_doublets(adata, seed=0, threshold=0.25, max_cells=450)  # 860 cells: 2 parts
+    split, whole = adata.obs["doublet_score"].to_numpy(), whole.obs["doublet_score"].to_numpy()
+    assert not np.isnan(split).any() and not np.allclose(split, whole)  # scored apart
+    # the parts separate doublets from singlets about as well as the whole sample does
+    auc = {name: roc_auc_score(is_doublet, x) for name, x in (("split", split), ("whole", whole))}
+    assert auc["split"] > 0.9 and auc["split"] > auc["whole"] - 0.05, auc
 
 
 def test_scrublet_with_and_without_mean_centring_both_find_the_doublets():

@@ -452,3 +452,26 @@ def test_heatmaps_stay_readable_and_labels_never_overlap(n_groups):
     # with one or two groups a z across groups would be 0 or +-1: the means are written out
     assert (len(ax.texts) == means.size) == (n_groups <= 2)
     assert all(len(line) <= 42 for t in ax.get_xticklabels() for line in t.get_text().split("\n"))
+
+
+def test_large_scatter_plots_are_drawn_as_one_image_in_the_svg(tmp_path):
+    """Above RASTERIZE_POINTS cells the UMAP points are an embedded image, not one path each."""
+
+    def umap_svg(n_cells):
+        rng = np.random.default_rng(0)
+        adata = ad.AnnData(obs=pd.DataFrame({"g": pd.Categorical(rng.choice(["a", "b"], n_cells))}))
+        adata.obs["v"] = rng.normal(size=n_cells)
+        adata.obsm["X_umap"] = rng.normal(size=(n_cells, 2))
+        path = tmp_path / f"umap_{n_cells}.png"
+        figures.save(figures.umap_categorical(adata, "g", title="g"), path)
+        categorical = path.with_suffix(".svg").read_text()
+        figures.save(figures.umap_continuous(adata, "v", title="v"), path)
+        return categorical, path.with_suffix(".svg").read_text()
+
+    small = umap_svg(figures.RASTERIZE_POINTS)
+    large = umap_svg(figures.RASTERIZE_POINTS + 1)
+    for svg in small:  # one marker per point
+        assert svg.count("<use ") >= figures.RASTERIZE_POINTS
+    for svg, vector in zip(large, small, strict=True):  # the points are one image
+        assert "<image" in svg and svg.count("<use ") < 100
+        assert len(svg) < len(vector) / 5

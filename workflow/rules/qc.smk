@@ -12,6 +12,7 @@ rule qc_sample:
         gene_groups=config["qc"]["gene_groups"],
         doublet_threshold=config["qc"]["doublet_threshold"],
         doublet_mean_center=config["qc"]["doublet_mean_center"],
+        doublet_max_cells=config["qc"]["doublet_max_cells"],
         remove_doublets=config["qc"]["remove_doublets"],
         lineage_aware=config["qc"]["lineage_aware"],
         lineage_resolution=config["qc"]["lineage_resolution"],

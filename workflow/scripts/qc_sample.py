@@ -22,6 +22,7 @@ def main(*, h5ad, params, seed, out, thresholds):
         value_type=value_type,
         doublet_threshold=params["doublet_threshold"],
         doublet_mean_center=params["doublet_mean_center"],
+        doublet_max_cells=params["doublet_max_cells"],
         lineage_aware=params["lineage_aware"],
         lineage_resolution=params["lineage_resolution"],
         min_group_cells=params["min_group_cells"],

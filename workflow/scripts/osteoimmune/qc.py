@@ -260,6 +260,19 @@ def _scrublet_sample(
     return scores, calls, threshold
 
 
+def doublet_parts(n_cells: int, *, max_cells: int | None, seed: int) -> list[np.ndarray]:
+    """Positions of a sample's cells in the parts scored separately for doublets.
+
+    One part (all cells, in order) up to ``max_cells``; above, a seeded random split into
+    equal parts of at most ``max_cells``, each part's positions sorted.
+    """
+    if max_cells is None or n_cells <= max_cells:
+        return [np.arange(n_cells)]
+    order = np.random.default_rng(seed).permutation(n_cells)
+    n_parts = -(-n_cells // max_cells)
+    return [np.sort(part) for part in np.array_split(order, n_parts)]
+
+
 def detect_doublets(
     adata: ad.AnnData,
     *,
@@ -267,6 +280,7 @@ def detect_doublets(
     threshold: float | str = 0.25,
     min_cells: int = SCRUBLET_MIN_CELLS,
     mean_center: bool = True,
+    max_cells: int | None = None,
     implementation: str = "osteoimmune",
 ) -> list[str]:
     """Score doublets per sample with scanpy's scrublet on raw counts (in place).
@@ -288,6 +302,12 @@ def detect_doublets(
         truncated SVD (scanpy's scrublet with ``mean_center=False``). On the real datasets in
         the mirror the two call the same doublets but for 2-3 cells per sample
         (bench/README.md).
+    max_cells
+        A sample with more cells is scored in random parts of at most this many cells (seeded),
+        each with its own simulated doublets, as if each part were one 10x channel: scrublet's
+        neighbour count grows with the square root of the cells, so one part of n cells costs
+        ~n^2 and a sample scored whole grows quadratically (100,000 cells: 474 neighbours among
+        300,000 cells). None scores every sample whole.
     implementation
         ``osteoimmune`` (the sparse kernel when ``mean_center``) or ``scanpy``
         (``sc.pp.scrublet`` in every case).
@@ -305,19 +325,32 @@ def detect_doublets(
         if len(idx) < min_cells:
             notes.append(f"sample {sample}: {len(idx)} cells (< {min_cells}), doublets not scored")
             continue
-        try:
-            scores[idx], calls[idx], used = _scrublet_sample(
-                counts_matrix(cells_of(adata, idx)),
-                seed=seed,
-                threshold=threshold,
-                mean_center=mean_center,
-                implementation=implementation,
+        parts = doublet_parts(len(idx), max_cells=max_cells, seed=seed)
+        if len(parts) > 1:
+            log.info(
+                "sample %s: %d cells, doublets scored in %d random parts of <= %d cells",
+                sample,
+                len(idx),
+                len(parts),
+                max_cells,
             )
-        except (ValueError, IndexError, np.linalg.LinAlgError) as err:
-            notes.append(f"sample {sample}: scrublet failed ({err}), doublets not scored")
-            continue
-        if used is None:
-            notes.append(f"sample {sample}: doublet scores not bimodal, no doublets called")
+        for part in parts:
+            cells = idx[part]
+            try:
+                scores[cells], calls[cells], used = _scrublet_sample(
+                    counts_matrix(cells_of(adata, cells)),
+                    seed=seed,
+                    threshold=threshold,
+                    mean_center=mean_center,
+                    implementation=implementation,
+                )
+            except (ValueError, IndexError, np.linalg.LinAlgError) as err:
+                notes.append(f"sample {sample}: scrublet failed ({err}), doublets not scored")
+                scores[cells], calls[cells] = np.nan, False
+                continue
+            if used is None:
+                notes.append(f"sample {sample}: doublet scores not bimodal, no doublets called")
+        log.info("sample %s: doublets scored, %d called", sample, calls[idx].sum())
     adata.obs["doublet_score"] = scores
     adata.obs["predicted_doublet"] = calls
     return notes
@@ -510,6 +543,7 @@ def prepare_qc(
     value_type: str,
     doublet_threshold: float | str,
     doublet_mean_center: bool,
+    doublet_max_cells: int | None = None,
     lineage_aware: bool,
     lineage_resolution: float,
     min_group_cells: int,
@@ -519,7 +553,8 @@ def prepare_qc(
 
     The first note says which QC mode applies; later ones name skipped samples. Non-count
     input gets one note saying that count-based steps were skipped. ``doublet_threshold`` and
-    ``doublet_mean_center`` as ``threshold`` and ``mean_center`` of :func:`detect_doublets`;
+    ``doublet_mean_center`` and ``doublet_max_cells`` as ``threshold``, ``mean_center`` and
+    ``max_cells`` of :func:`detect_doublets`;
     ``lineage_resolution`` and ``min_group_cells`` as in :func:`assign_qc_groups`;
     ``lineage_aware`` and ``remove_doublets`` (as in :func:`flag_cells`) only word the note.
     """
@@ -533,6 +568,7 @@ def prepare_qc(
         seed=seed,
         threshold=doublet_threshold,
         mean_center=doublet_mean_center,
+        max_cells=doublet_max_cells,
     )
     assign_qc_groups(
         adata,
