@@ -39,7 +39,8 @@ rule compare_conditions:
 
 rule enrichment:
     input:
-        h5ad=rules.score_signatures.output.h5ad,
+        # the annotated cells (no scores needed): runs beside score_signatures
+        h5ad=rules.annotate_cells.output.h5ad,
         markers=rules.cluster_cells.output.markers,
     output:
         prerank=report(
@@ -79,7 +80,8 @@ rule enrichment:
 # cell-type composition, and immune-to-bone communication (LIANA+), per dataset.
 rule compare_expression:
     input:
-        h5ad=rules.score_signatures.output.h5ad,
+        # the annotated cells (no scores needed): runs beside score_signatures
+        h5ad=rules.annotate_cells.output.h5ad,
     output:
         results="results/{dataset}/tables/pseudobulk_de.tsv.gz",
         summary="results/{dataset}/tables/pseudobulk_summary.tsv",
@@ -111,7 +113,8 @@ rule compare_expression:
 
 rule compare_composition:
     input:
-        h5ad=rules.score_signatures.output.h5ad,
+        # the annotated cells (no scores needed): runs beside score_signatures
+        h5ad=rules.annotate_cells.output.h5ad,
     output:
         proportions="results/{dataset}/tables/composition_proportions.tsv",
         test="results/{dataset}/tables/composition_test.tsv",
@@ -134,7 +137,8 @@ rule compare_composition:
 
 rule infer_communication:
     input:
-        h5ad=rules.score_signatures.output.h5ad,
+        # the annotated cells (no scores needed): runs beside score_signatures
+        h5ad=rules.annotate_cells.output.h5ad,
     output:
         results="results/{dataset}/tables/communication.tsv.gz",
         axes="results/{dataset}/tables/communication_axes.tsv",

@@ -85,7 +85,8 @@ def main(
     fig_dir,
     sources=None,
 ):
-    adata = ad.read_h5ad(h5ad)
+    # the report draws from obs, obsm and uns: the expression matrices stay on disk
+    adata = ad.read_h5ad(h5ad, backed="r")
     # group and condition labels stay text (e.g. Leiden "0", conditions "2", "4", "6")
     groups = (settings["compare_group_key"], settings["enrichment_group_key"])
     text = {key: str for key in ("donor", "condition", "condition_a", "condition_b", *groups)}

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scanpy as sc
 from anndata import AnnData
 from scipy import sparse
 
 from osteoimmune.calibration import calibrate
 from osteoimmune.errors import InputError, SignatureError
 from osteoimmune.genes import aliases_used, resolve_symbols
+from osteoimmune.kernels.score_genes import mean_scores
 from osteoimmune.ranks import method_agreement
 from osteoimmune.signatures import SignatureLibrary
 
@@ -262,8 +262,9 @@ def score_signatures(
     case_insensitive: bool = False,
     n_bins: int = 25,
     ctrl_size: int = 50,
+    implementation: str = "osteoimmune",
 ) -> pd.DataFrame:
-    """Score each covered gene set per cell with :func:`scanpy.tl.score_genes`.
+    """Score each covered gene set per cell as :func:`scanpy.tl.score_genes` does.
 
     Adds ``obs['score_<set>']`` for every set with at least ``min_coverage`` of its genes
     present and ``min_expressed_genes`` of them expressed, and ``uns['signature_coverage']``
@@ -292,6 +293,10 @@ def score_signatures(
         Match gene symbols ignoring case (see :func:`gene_coverage`).
     n_bins, ctrl_size
         Expression bins and control genes per bin for scanpy; reduced for small gene panels.
+    implementation
+        ``osteoimmune``: all sets in one pass
+        (:func:`osteoimmune.kernels.score_genes.mean_scores`, scanpy's control genes and
+        scores up to float32 rounding, ~1e-7); ``scanpy``: ``sc.tl.score_genes`` set by set.
 
     Returns
     -------
@@ -311,34 +316,32 @@ def score_signatures(
         min_expressed_genes=min_expressed_genes,
     )
     n_bins, ctrl_size = _control_params(adata.n_vars, n_bins=n_bins, ctrl_size=ctrl_size)
+    sets = {}
     for name in table.index:
         column = f"{SCORE_PREFIX}{name}"
         if column in adata.obs:
             del adata.obs[column]
-        if not table.at[name, "scored"]:
-            continue
-        present, _ = gene_coverage(
-            adata,
-            library.genes(name, species),
-            case_insensitive=case_insensitive,
-            species=species,
-        )
-        try:
-            # ctrl_as_ref=False keeps the set's own genes out of its controls (the scanpy 2.0
-            # default), so results do not change when scanpy changes its default.
-            sc.tl.score_genes(
+        if table.at[name, "scored"]:
+            sets[name], _ = gene_coverage(
                 adata,
-                present,
-                score_name=column,
-                random_state=seed,
-                use_raw=False,
-                ctrl_as_ref=False,
-                ctrl_size=ctrl_size,
-                n_bins=n_bins,
+                library.genes(name, species),
+                case_insensitive=case_insensitive,
+                species=species,
             )
-        except Exception as err:
-            msg = f"Scoring signature set '{name}' failed in scanpy.tl.score_genes: {err}"
-            raise SignatureError(msg) from err
+    if sets:
+        # every set in one pass over the matrix; scanpy's score_genes (ctrl_as_ref=False, the
+        # scanpy 2.0 default: a set's own genes are never its controls) reads the whole
+        # matrix once per set
+        scores = mean_scores(
+            adata,
+            sets,
+            n_bins=n_bins,
+            ctrl_size=ctrl_size,
+            seed=seed,
+            implementation=implementation,
+        )
+        for name in sets:
+            adata.obs[f"{SCORE_PREFIX}{name}"] = scores[name].to_numpy()
     adata.uns["signature_coverage"] = _coverage_for_uns(table)
     return table
 

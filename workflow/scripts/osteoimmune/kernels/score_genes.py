@@ -181,8 +181,12 @@ def mean_scores(
     present = present_indices(gene_sets, var_names=names)
     bins = expression_bins(gene_means(matrix, chunk_size=chunk_size), n_bins=n_bins)
     columns = []
-    for index in present.values():
-        controls = control_genes(index, bins, ctrl_size=ctrl_size, seed=seed)
+    for name, index in present.items():
+        try:
+            controls = control_genes(index, bins, ctrl_size=ctrl_size, seed=seed)
+        except SignatureError as err:
+            msg = f"Scoring signature set '{name}' failed: {err}"
+            raise SignatureError(msg) from err
         values = np.r_[
             np.full(len(index), 1 / len(index)), np.full(len(controls), -1 / len(controls))
         ]
