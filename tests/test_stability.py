@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from test_cluster import make_adata, prepare
 
-from osteoimmune.cluster import markers
+from osteoimmune.cluster import embed, markers, normalize, select_hvg, umap, worker_pool
 from osteoimmune.stability import (
     STABILITY_COLUMNS,
     choose_resolution,
@@ -135,3 +135,37 @@ def test_small_dataset_caveat():
     caveat = small_dataset_caveat(10, small_dataset_cells=200, limited="no grid")
     assert "Only 10 cells" in caveat and "exploratory" in caveat and "no grid" in caveat
     assert "Clustering: x." in small_dataset_caveat(500, small_dataset_cells=200, limited="x")
+
+
+def test_worker_processes_give_the_same_clusters_stability_and_umap():
+    """The cluster job's pool (UMAP and stability subsamples in workers) changes no result."""
+    serial, pooled = make_adata(), make_adata()
+    table, _ = cluster_step(serial)
+    with worker_pool(2) as pool:
+        assert pool is not None
+        normalize(pooled, value_type="counts")
+        select_hvg(pooled, n_top_genes=60, value_type="counts", batch_key="donor")
+        embed(
+            pooled,
+            n_pcs=10,
+            n_neighbors=10,
+            batch_key="donor",
+            seed=0,
+            value_type="counts",
+            layout=False,
+        )
+        finish = umap(pooled, rep=pooled.uns["neighbors"]["params"]["use_rep"], seed=0, pool=pool)
+        assert "X_umap" not in pooled.obsm  # made in a worker, stored on request
+        pooled_table = cluster_over_resolutions(
+            pooled, resolutions=RESOLUTIONS, repeats=5, seed=0, pool=pool
+        )
+        finish()
+    pd.testing.assert_frame_equal(table, pooled_table)
+    np.testing.assert_array_equal(serial.obsm["X_umap"], pooled.obsm["X_umap"])
+    assert serial.uns["umap"] == pooled.uns["umap"]
+    for res in RESOLUTIONS:
+        key = resolution_key(res)
+        assert serial.obs[key].tolist() == pooled.obs[key].tolist()
+    assert serial.obs["leiden"].tolist() == pooled.obs["leiden"].tolist()
+    with worker_pool(1) as none:
+        assert none is None

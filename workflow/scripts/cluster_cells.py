@@ -4,24 +4,39 @@ import logging
 
 import anndata as ad
 
-from osteoimmune.cluster import embed, markers, normalize, select_hvg
+from osteoimmune.cluster import embed, markers, normalize, select_hvg, umap, worker_pool
 from osteoimmune.runlog import logged
 from osteoimmune.stability import cluster_over_resolutions, small_dataset_caveat
 
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, h5ad, params, seed, out, stability, marker_table, compression="gzip"):
-    adata = ad.read_h5ad(h5ad)
+def main(*, h5ad, params, seed, out, stability, marker_table, compression="gzip", threads=1):
+    # the workers start before the data is read: UMAP and the stability subsamples run there
+    with worker_pool(threads) as pool:
+        adata = ad.read_h5ad(h5ad)
+        value_type = adata.uns["osteoimmune"]["value_type"]
+        normalize(adata, value_type=value_type)
+        log.info("normalisation: %s", adata.uns["osteoimmune"]["normalization"])
+        select_hvg(
+            adata,
+            n_top_genes=params["n_top_genes"],
+            value_type=value_type,
+            batch_key=params["batch_key"],
+        )
+        table, genes = _graph_and_clusters(adata, params=params, seed=seed, pool=pool)
+    adata.uns["osteoimmune"]["seed"] = seed
+    table.to_csv(stability, sep="\t", index=False)
+    genes.to_csv(marker_table, sep="\t", index=False)
+    adata.write_h5ad(out, compression=compression)
+
+
+def _graph_and_clusters(adata, *, params, seed, pool):
+    """Embedding, graph, Leiden grid with stability, markers.
+
+    UMAP and the stability's subsamples run in the pool's workers (if any) beside the rest.
+    """
     value_type = adata.uns["osteoimmune"]["value_type"]
-    normalize(adata, value_type=value_type)
-    log.info("normalisation: %s", adata.uns["osteoimmune"]["normalization"])
-    select_hvg(
-        adata,
-        n_top_genes=params["n_top_genes"],
-        value_type=value_type,
-        batch_key=params["batch_key"],
-    )
     note = embed(
         adata,
         n_pcs=params["n_pcs"],
@@ -33,14 +48,18 @@ def main(*, h5ad, params, seed, out, stability, marker_table, compression="gzip"
         knn=params["knn"],
         umap_init=params["umap_init"],
         harmony=params["harmony"],
+        layout=False,
     )
     log.info(note)
+    rep = adata.uns["neighbors"]["params"]["use_rep"]
+    finish_umap = umap(adata, rep=rep, seed=seed, umap_init=params["umap_init"], pool=pool)
     table = cluster_over_resolutions(
         adata,
         resolutions=params["resolutions"],
         repeats=params["stability_repeats"],
         seed=seed,
         min_cells_per_cluster=params["min_cells_per_cluster"],
+        pool=pool,
     )
     clustering = adata.uns["osteoimmune"]["clustering"]
     clustering["caveat"] = small_dataset_caveat(
@@ -51,10 +70,9 @@ def main(*, h5ad, params, seed, out, stability, marker_table, compression="gzip"
     if clustering["caveat"]:
         log.warning(clustering["caveat"])
     genes = markers(adata, n_genes=params["n_markers"])
-    adata.uns["osteoimmune"]["seed"] = seed
-    table.to_csv(stability, sep="\t", index=False)
-    genes.to_csv(marker_table, sep="\t", index=False)
-    adata.write_h5ad(out, compression=compression)
+    finish_umap()
+    log.info("UMAP layout stored")
+    return table, genes
 
 
 if __name__ == "__main__":
@@ -67,4 +85,5 @@ if __name__ == "__main__":
             stability=snakemake.output.stability,
             marker_table=snakemake.output.markers,
             compression=snakemake.params.compression,
+            threads=snakemake.threads,
         )

@@ -7,6 +7,11 @@ markers' Wilcoxon statistics are scanpy's, computed by :mod:`osteoimmune.kernels
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 
 import anndata as ad
 import numpy as np
@@ -210,15 +215,72 @@ def neighbors(adata: ad.AnnData, *, rep: str, n_neighbors: int, seed: int, knn: 
     adata.uns["osteoimmune"] = adata.uns.get("osteoimmune", {}) | {"knn": transformer}
 
 
-def umap(adata: ad.AnnData, *, rep: str, seed: int, umap_init: str = "pca") -> None:
-    """UMAP of the kNN graph into ``obsm['X_umap']``, started from ``obsm[rep]`` or spectral."""
-    if umap_init == "pca":
-        adata.obsm["X_umap_init"] = np.ascontiguousarray(adata.obsm[rep][:, :2])
-    cache_umap_functions()
-    sc.tl.umap(
-        adata, random_state=seed, init_pos="X_umap_init" if umap_init == "pca" else "spectral"
+def _umap_layout(
+    connectivities, representation: np.ndarray, neighbors: dict, init, seed: int
+) -> tuple[np.ndarray, dict]:
+    """``sc.tl.umap`` of a kNN graph (run here or in a worker process): the layout, its uns."""
+    rep = neighbors["params"].get("use_rep") or "X_pca"
+    work = ad.AnnData(
+        obs=pd.DataFrame(index=pd.RangeIndex(connectivities.shape[0]).astype(str)),
+        obsm={rep: representation},
+        obsp={"connectivities": connectivities},
     )
-    adata.obsm.pop("X_umap_init", None)
+    work.uns["neighbors"] = neighbors | {"connectivities_key": "connectivities"}
+    if init is not None:
+        work.obsm["X_umap_init"] = init
+    cache_umap_functions()
+    sc.tl.umap(work, random_state=seed, init_pos="X_umap_init" if init is not None else "spectral")
+    return work.obsm["X_umap"], work.uns["umap"]
+
+
+def umap(
+    adata: ad.AnnData,
+    *,
+    rep: str,
+    seed: int,
+    umap_init: str = "pca",
+    pool: Executor | None = None,
+) -> Callable[[], None]:
+    """UMAP of the kNN graph into ``obsm['X_umap']``, started from ``obsm[rep]`` or spectral.
+
+    Without a ``pool`` the layout is made here and stored before returning. With a pool of
+    worker processes it is made there while this process goes on; the returned function
+    waits for it and stores it (the same layout either way). Call it before using or
+    writing ``adata``.
+    """
+    neighbors = adata.uns["neighbors"]
+    args = (
+        adata.obsp[neighbors["connectivities_key"]],
+        adata.obsm[rep],
+        {"params": dict(neighbors["params"])},
+        np.ascontiguousarray(adata.obsm[rep][:, :2]) if umap_init == "pca" else None,
+        seed,
+    )
+
+    def store(result) -> None:
+        adata.obsm["X_umap"], adata.uns["umap"] = result
+
+    if pool is None:
+        store(_umap_layout(*args))
+        return lambda: None
+    future = pool.submit(_umap_layout, *args)
+    return lambda: store(future.result())
+
+
+@contextmanager
+def worker_pool(workers: int) -> Iterator[Executor | None]:
+    """Worker processes for the steps that can run beside each other (None for one worker).
+
+    The workers are forked at once, while this process holds only its imports; tasks and
+    results travel pickled.
+    """
+    if workers < 2:
+        yield None
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        for started in [pool.submit(time.sleep, 0.2) for _ in range(workers)]:
+            started.result()
+        yield pool
 
 
 def embed(
@@ -233,6 +295,7 @@ def embed(
     knn: str = "auto",
     umap_init: str = "pca",
     harmony: dict | None = None,
+    layout: bool = True,
 ) -> str:
     """PCA on the highly variable genes, harmony across batches if several, neighbours, UMAP.
 
@@ -242,14 +305,16 @@ def embed(
     :func:`knn_transformer`). ``umap_init`` ``pca`` starts UMAP from the first two components
     of the (integrated) PCA, which keeps global structure (Kobak & Linderman 2021, Nat
     Biotechnol 39:156) and avoids the spectral initialisation's eigensolver, slow on graphs of
-    many small components; ``spectral`` is scanpy's default. Returns a note saying whether
+    many small components; ``spectral`` is scanpy's default. ``layout`` False leaves UMAP to
+    the caller (:func:`umap`, e.g. in a worker process). Returns a note saying whether
     batches were integrated, for the report.
     """
     pca(adata, n_pcs=n_pcs, normalization=normalization, value_type=value_type, seed=seed)
     rep, note = integrate(adata, batch_key=batch_key, seed=seed, harmony=harmony)
     neighbors(adata, rep=rep, n_neighbors=n_neighbors, seed=seed, knn=knn)
-    umap(adata, rep=rep, seed=seed, umap_init=umap_init)
     adata.uns["osteoimmune"]["integration"] = note
+    if layout:
+        umap(adata, rep=rep, seed=seed, umap_init=umap_init)
     return note
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Executor, Future
 
 import anndata as ad
 import numpy as np
@@ -35,6 +36,49 @@ def leiden_grid(adata: ad.AnnData, *, resolutions: Sequence[float], seed: int) -
         log.info("Leiden at resolution %s: %d clusters", resolution, adata.obs[key].nunique())
 
 
+def _subsample_leiden(graph, resolutions: tuple[float, ...], seed: int) -> dict[float, np.ndarray]:
+    """Leiden at each resolution on one subsample's graph (run here or in a worker process)."""
+    sub = ad.AnnData(
+        obs=pd.DataFrame(index=pd.RangeIndex(graph.shape[0]).astype(str)),
+        obsp={"connectivities": graph},
+    )
+    sub.uns["neighbors"] = {"connectivities_key": "connectivities", "params": {}}
+    labels = {}
+    for resolution in resolutions:
+        leiden(sub, resolution=resolution, seed=seed)
+        labels[float(resolution)] = sub.obs["leiden"].to_numpy()
+    return labels
+
+
+def subsample_runs(
+    adata: ad.AnnData,
+    *,
+    resolutions: Sequence[float],
+    repeats: int,
+    seed: int,
+    fraction: float = 0.8,
+    pool: Executor | None = None,
+) -> list[tuple[np.ndarray, dict | Future]]:
+    """The subsamples of :func:`stability_table` and their Leiden clusters at each resolution.
+
+    Subsample ``r`` (cells drawn without replacement, seeded by ``seed``) keeps its cells'
+    edges of the full kNN graph (no new search) and is clustered with ``seed + r``. With a
+    ``pool`` (process workers), the clusterings run there and a :class:`Future` stands for
+    each; the results are the same either way.
+    """
+    graph = adata.obsp[adata.uns["neighbors"]["connectivities_key"]].tocsr()
+    n_sub = max(int(round(fraction * adata.n_obs)), 3)
+    rng = np.random.default_rng(seed)
+    runs = []
+    for r in range(repeats):
+        cells = np.sort(rng.choice(adata.n_obs, size=n_sub, replace=False))
+        args = (graph[cells][:, cells], tuple(float(res) for res in resolutions), seed + r)
+        runs.append(
+            (cells, pool.submit(_subsample_leiden, *args) if pool else _subsample_leiden(*args))
+        )
+    return runs
+
+
 def stability_table(
     adata: ad.AnnData,
     *,
@@ -42,6 +86,7 @@ def stability_table(
     repeats: int,
     seed: int,
     fraction: float = 0.8,
+    runs: list | None = None,
 ) -> pd.DataFrame:
     """Resampling stability of the Leiden clusters at each resolution.
 
@@ -57,27 +102,24 @@ def stability_table(
         Seeds the subsamples (and Leiden on repeat ``r`` with ``seed + r``).
     fraction
         Fraction of cells in each subsample, drawn without replacement.
+    runs
+        The subsamples' clusterings from :func:`subsample_runs` (at least these resolutions),
+        made beforehand, e.g. by worker processes while the grid ran; None makes them here.
 
     Returns
     -------
     One row per resolution: resolution, n_clusters (full data), mean_ari, sd_ari (over repeats).
     """
-    graph = adata.obsp[adata.uns["neighbors"]["connectivities_key"]].tocsr()
-    n_sub = max(int(round(fraction * adata.n_obs)), 3)
-    rng = np.random.default_rng(seed)
-    ari = np.empty((len(resolutions), repeats))
-    for r in range(repeats):
-        cells = np.sort(rng.choice(adata.n_obs, size=n_sub, replace=False))
-        # the subsample keeps its cells' edges of the full graph: no new kNN search
-        sub = ad.AnnData(
-            obs=pd.DataFrame(index=adata.obs_names[cells]),
-            obsp={"connectivities": graph[cells][:, cells]},
+    if runs is None:
+        runs = subsample_runs(
+            adata, resolutions=resolutions, repeats=repeats, seed=seed, fraction=fraction
         )
-        sub.uns["neighbors"] = {"connectivities_key": "connectivities", "params": {}}
+    ari = np.empty((len(resolutions), repeats))
+    for r, (cells, result) in enumerate(runs):
+        labels = result.result() if isinstance(result, Future) else result
         for i, resolution in enumerate(resolutions):
-            leiden(sub, resolution=resolution, seed=seed + r)
             full = adata.obs[resolution_key(resolution)].to_numpy()[cells]
-            ari[i, r] = adjusted_rand_score(full, sub.obs["leiden"].to_numpy())
+            ari[i, r] = adjusted_rand_score(full, labels[float(resolution)])
     return pd.DataFrame(
         {
             "resolution": np.asarray(resolutions, dtype=float),
@@ -132,6 +174,7 @@ def cluster_over_resolutions(
     min_cells_per_cluster: int = 10,
     fraction: float = 0.8,
     tolerance: float = 0.02,
+    pool: Executor | None = None,
 ) -> pd.DataFrame:
     """Leiden grid, stability, choice; ``obs['leiden']`` at the chosen resolution.
 
@@ -139,6 +182,9 @@ def cluster_over_resolutions(
     :func:`supported_clusters` is left out of the stability test and the choice (the coarsest
     resolution is kept when every one gives too many). With fewer than two clusters' worth of
     cells there is no grid: every cell is in cluster "0", and the reason says why.
+
+    With a ``pool`` of worker processes, the subsamples are clustered there (at every
+    resolution) while this process runs the grid: the same results, in less wall time.
 
     Records the choice in ``uns['osteoimmune']['clustering']`` (resolution, n_clusters,
     mean_ari, sd_ari, reason, limited, ...) and the table in
@@ -156,6 +202,16 @@ def cluster_over_resolutions(
     }
     if max_clusters < 2:
         return _one_cluster(adata, settings=settings, min_cells_per_cluster=min_cells_per_cluster)
+    runs = None
+    if pool is not None:
+        runs = subsample_runs(
+            adata,
+            resolutions=resolutions,
+            repeats=repeats,
+            seed=seed,
+            fraction=fraction,
+            pool=pool,
+        )
     leiden_grid(adata, resolutions=resolutions, seed=seed)
     counts = {res: adata.obs[resolution_key(res)].nunique() for res in resolutions}
     kept = [res for res in resolutions if counts[res] <= max_clusters] or [resolutions[0]]
@@ -174,7 +230,9 @@ def cluster_over_resolutions(
         for res in left_out:
             del adata.obs[resolution_key(res)]
             adata.uns.pop(resolution_key(res), None)
-    table = stability_table(adata, resolutions=kept, repeats=repeats, seed=seed, fraction=fraction)
+    table = stability_table(
+        adata, resolutions=kept, repeats=repeats, seed=seed, fraction=fraction, runs=runs
+    )
     chosen, reason = choose_resolution(table, tolerance=tolerance)
     table["chosen"] = table["resolution"] == chosen
     key = resolution_key(chosen)
