@@ -485,3 +485,26 @@ def test_gzipped_tables_are_byte_reproducible(tmp_path, monkeypatch):
     assert first[4:8] == b"\0\0\0\0"  # gzip header MTIME
     assert gzip.decompress(first) == gzip.decompress(second)
     assert first[4:8] == second[4:8]
+
+
+def test_counts_equal_to_x_are_written_once_and_read_back_as_one_object(tmp_path):
+    """Before normalisation an intermediate file holds the raw counts once, not twice."""
+    import h5py
+
+    from osteoimmune.samples import read_counts_once, write_counts_once
+
+    adata = make_adata()
+    adata.uns["osteoimmune"] = {"dataset": "toy"}
+    assert adata.layers["counts"] is not adata.X
+    assert write_counts_once(adata, tmp_path / "once.h5ad", compression="lzf")
+    assert "counts" in adata.layers and "counts_in_X" not in adata.uns["osteoimmune"]
+    with h5py.File(tmp_path / "once.h5ad", "r") as handle:
+        assert "counts" not in handle["layers"]
+    back = read_counts_once(tmp_path / "once.h5ad")
+    assert back.layers["counts"] is back.X and "counts_in_X" not in back.uns["osteoimmune"]
+    assert (back.X != adata.X).nnz == 0 and back.uns["osteoimmune"] == {"dataset": "toy"}
+    adata.X = adata.X * 2  # normalised: X and counts differ, both are written
+    assert not write_counts_once(adata, tmp_path / "both.h5ad")
+    back = read_counts_once(tmp_path / "both.h5ad")
+    assert back.layers["counts"] is not back.X
+    assert (back.layers["counts"] != adata.layers["counts"]).nnz == 0

@@ -2,10 +2,9 @@
 
 import logging
 
-import anndata as ad
-
 from osteoimmune.cluster import embed, markers, normalize, select_hvg, umap, worker_pool
 from osteoimmune.runlog import logged
+from osteoimmune.samples import read_counts_once
 from osteoimmune.stability import cluster_over_resolutions, small_dataset_caveat
 
 log = logging.getLogger("osteoimmune")
@@ -14,7 +13,7 @@ log = logging.getLogger("osteoimmune")
 def main(*, h5ad, params, seed, out, stability, marker_table, compression="gzip", threads=1):
     # the workers start before the data is read: UMAP and the stability subsamples run there
     with worker_pool(threads) as pool:
-        adata = ad.read_h5ad(h5ad)
+        adata = read_counts_once(h5ad)
         value_type = adata.uns["osteoimmune"]["value_type"]
         normalize(adata, value_type=value_type)
         log.info("normalisation: %s", adata.uns["osteoimmune"]["normalization"])

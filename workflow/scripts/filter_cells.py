@@ -2,12 +2,18 @@
 
 import logging
 
-import anndata as ad
 import pandas as pd
 
 from osteoimmune.qc import finish_qc, qc_cells_table
 from osteoimmune.runlog import logged
-from osteoimmune.samples import apply_design, concat_samples, design_table, share_counts
+from osteoimmune.samples import (
+    apply_design,
+    concat_samples,
+    design_table,
+    read_counts_once,
+    share_counts,
+    write_counts_once,
+)
 from osteoimmune.tables import write_tsv
 
 log = logging.getLogger("osteoimmune")
@@ -26,7 +32,7 @@ def main(
     covariates=None,
     compression="gzip",
 ):
-    parts = [ad.read_h5ad(path) for path in h5ads]
+    parts = [read_counts_once(path) for path in h5ads]
     # raw counts in X and layers['counts'] alike: join and filter one copy, share it after
     shared = all([share_counts(part) for part in parts])
     if shared:
@@ -62,7 +68,7 @@ def main(
     pd.concat([pd.read_csv(p, sep="\t") for p in thresholds]).to_csv(
         tables["thresholds"], sep="\t", index=False
     )
-    filtered.write_h5ad(out, compression=compression)
+    write_counts_once(filtered, out, compression=compression)
 
 
 if __name__ == "__main__":

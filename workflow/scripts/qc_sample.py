@@ -2,17 +2,15 @@
 
 import logging
 
-import anndata as ad
-
 from osteoimmune.qc import compute_qc_metrics, flag_cells, prepare_qc
 from osteoimmune.runlog import logged
-from osteoimmune.samples import share_counts
+from osteoimmune.samples import read_counts_once, share_counts, write_counts_once
 
 log = logging.getLogger("osteoimmune")
 
 
 def main(*, h5ad, params, seed, out, thresholds):
-    adata = ad.read_h5ad(h5ad)
+    adata = read_counts_once(h5ad)
     share_counts(adata)  # one copy of the raw counts in memory (X and layers['counts'])
     value_type = adata.uns["osteoimmune"]["value_type"]
     compute_qc_metrics(adata, gene_lists=params["gene_groups"])
@@ -46,7 +44,7 @@ def main(*, h5ad, params, seed, out, thresholds):
     adata.uns["qc_notes"] = notes
     log.info("%s: %d of %d cells pass", notes[0], adata.obs["qc_pass"].sum(), adata.n_obs)
     table.to_csv(thresholds, sep="\t", index=False)
-    adata.write_h5ad(out)
+    write_counts_once(adata, out)
 
 
 if __name__ == "__main__":

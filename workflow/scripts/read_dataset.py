@@ -5,7 +5,7 @@ import logging
 from osteoimmune.fetch import read_manifest
 from osteoimmune.readers import read_dataset
 from osteoimmune.runlog import logged
-from osteoimmune.samples import split_by_sample
+from osteoimmune.samples import split_by_sample, write_counts_once
 
 log = logging.getLogger("osteoimmune")
 
@@ -13,7 +13,7 @@ log = logging.getLogger("osteoimmune")
 def main(*, entry, dataset, manifest, out, samples, compression="gzip"):
     adata = read_dataset(entry, read_manifest(manifest), dataset=dataset)
     log.info("%s: %d cells x %d genes as read", dataset, adata.n_obs, adata.n_vars)
-    adata.write_h5ad(out, compression=compression)
+    write_counts_once(adata, out, compression=compression)
     table = split_by_sample(adata, samples)
     log.info("%d sample(s): %s", len(table), ", ".join(table["sample"]))
 

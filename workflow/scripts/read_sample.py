@@ -5,6 +5,7 @@ import logging
 from osteoimmune.fetch import read_manifest
 from osteoimmune.readers import read_study_sample
 from osteoimmune.runlog import logged
+from osteoimmune.samples import write_counts_once
 
 log = logging.getLogger("osteoimmune")
 
@@ -12,7 +13,7 @@ log = logging.getLogger("osteoimmune")
 def main(*, dataset, sample, settings, manifest, out, compression="gzip"):
     adata = read_study_sample(sample, read_manifest(manifest), dataset=dataset, settings=settings)
     log.info("%s, sample %s: %d cells x %d genes", dataset, sample["sample"], *adata.shape)
-    adata.write_h5ad(out, compression=compression)
+    write_counts_once(adata, out, compression=compression)
 
 
 if __name__ == "__main__":

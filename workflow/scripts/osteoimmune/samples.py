@@ -51,7 +51,7 @@ def split_by_sample(adata: ad.AnnData, out_dir: Path) -> pd.DataFrame:
     rows = []
     for sample, slug in sample_slugs(samples).items():
         mask = (samples == sample).to_numpy()
-        cells_of(adata, np.flatnonzero(mask)).write_h5ad(out_dir / f"{slug}.h5ad")
+        write_counts_once(cells_of(adata, np.flatnonzero(mask)), out_dir / f"{slug}.h5ad")
         rows.append((sample, slug, int(mask.sum())))
     table = pd.DataFrame(rows, columns=["sample", "slug", "cells"])
     table.to_csv(out_dir / "samples.tsv", sep="\t", index=False)
@@ -102,6 +102,40 @@ def share_counts(adata: ad.AnnData) -> bool:
     if same:
         adata.layers["counts"] = x
     return same
+
+
+COUNTS_IN_X = "counts_in_X"
+
+
+def write_counts_once(adata: ad.AnnData, path, *, compression: str | None = None) -> bool:
+    """Write ``adata`` to h5ad with its raw counts once when ``X`` equals ``layers['counts']``.
+
+    Before normalisation the reader's ``X`` and ``layers['counts']`` hold the same counts;
+    written as they are, a file holds (and every later job reads) them twice. Here the layer
+    is left out of the file and ``uns['osteoimmune']['counts_in_X']`` says so;
+    :func:`read_counts_once` puts it back as the very object ``X`` is. ``adata`` itself is
+    left as it was. Returns whether the counts were written once.
+    """
+    if not share_counts(adata):
+        adata.write_h5ad(path, compression=compression)
+        return False
+    counts = adata.layers.pop("counts")
+    meta = adata.uns.setdefault("osteoimmune", {})
+    meta[COUNTS_IN_X] = True
+    try:
+        adata.write_h5ad(path, compression=compression)
+    finally:
+        adata.layers["counts"] = counts
+        del meta[COUNTS_IN_X]
+    return True
+
+
+def read_counts_once(path) -> ad.AnnData:
+    """Read an h5ad of :func:`write_counts_once`: ``layers['counts']`` is ``X`` again."""
+    adata = ad.read_h5ad(path)
+    if adata.uns.get("osteoimmune", {}).pop(COUNTS_IN_X, False):
+        adata.layers["counts"] = adata.X
+    return adata
 
 
 def apply_design(adata: ad.AnnData, design: list[dict], *, covariates: dict[str, str]) -> None:
