@@ -72,7 +72,9 @@ def main(*, h5ad, params, seed, out, tables, gate=None):
         else pd.DataFrame()
     ).to_csv(tables["states"], sep="\t", index=False)
     gene_table(adata, genes, **per_type).to_csv(tables["genes"], sep="\t", index=False)
-    adata.write_h5ad(out, compression="gzip")
+    # gzip, which every HDF5 reader has, at level 1: on 20,000 resampled cells 1.5x faster
+    # to write than the default level 4 for a 20% larger file (bench/README.md)
+    adata.write_h5ad(out, compression="gzip", compression_opts=1)
 
 
 if __name__ == "__main__":
