@@ -213,6 +213,29 @@ def test_communication_is_deterministic(null):
     pd.testing.assert_frame_equal(again, expected)
 
 
+def test_a_unit_of_the_same_cells_is_ranked_once(by_condition, monkeypatch):
+    """Per condition, then per sample where each condition is one sample: LIANA runs once."""
+    from osteoimmune import communication as module
+
+    data = by_condition.copy()
+    data.obs["sample"] = data.obs["condition"].map({"case": "s_case", "control": "s_control"})
+    calls = []
+    rank = module._rank_aggregate
+    monkeypatch.setattr(module, "_rank_aggregate", lambda *a, **k: calls.append(1) or rank(*a, **k))
+    shared = {}
+    options = dict(resource_names=["mouseconsensus"], reuse=shared, **RUN)
+    per_condition = communication(data, **options)
+    assert len(calls) == 2  # case and control
+    per_sample = communication(data, by="sample", **options)
+    assert len(calls) == 2  # no new LIANA run
+    renamed = per_sample.drop(columns="sample")
+    expected = per_condition.drop(columns="condition")
+    pd.testing.assert_frame_equal(renamed, expected)
+    fresh = communication(data, by="sample", resource_names=["mouseconsensus"], **RUN)
+    pd.testing.assert_frame_equal(per_sample, fresh)
+    assert len(calls) == 4
+
+
 # --------------------------------------------------------------------------- axes
 
 

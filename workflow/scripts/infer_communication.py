@@ -24,7 +24,10 @@ def main(*, h5ad, params, min_donors, reference, seed, out):
     bone = receivers(adata, groupby=group_key, min_cells=params["min_cells"])
     log.info("bone-lineage receivers: %s", ", ".join(bone) or "none in this dataset")
     options = dict(
-        min_cells=params["min_cells"], expr_prop=params["expr_prop"], n_perms=params["n_perms"]
+        min_cells=params["min_cells"],
+        expr_prop=params["expr_prop"],
+        n_perms=params["n_perms"],
+        reuse={},  # a condition of one sample is ranked once
     )
     by_condition = communication(adata, species=species, groupby=group_key, seed=seed, **options)
     unit = comparison_unit(adata.obs)  # samples, or samples x conditions

@@ -18,6 +18,7 @@ of the human symbol (``KITLG`` -> ``Kitl``, ``IL6R`` -> ``Il6ra`` come from the 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import warnings
@@ -235,6 +236,7 @@ def communication(
     n_perms: int = 100,
     seed: int = 0,
     resource_names: Sequence[str] | None = None,
+    reuse: dict | None = None,
 ) -> pd.DataFrame:
     """LIANA+ rank aggregate of ligand-receptor interactions per condition (or sample).
 
@@ -263,6 +265,10 @@ def communication(
         give the same table.
     resource_names
         Run only these of the species' resources (:data:`RESOURCES`); None runs all.
+    reuse
+        A dict shared between calls: a unit of the very same cells (and settings) as one
+        already ranked is not ranked again (e.g. a condition of one sample, run per condition
+        and per sample). LIANA's result depends only on the unit's cells, so it is the same.
 
     Returns
     -------
@@ -287,10 +293,19 @@ def communication(
             log.info("%s %s: fewer than two %s groups of %d cells; skipped.", by, value,
                      groupby, min_cells)  # fmt: skip
             continue
+        cells = hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()
         for name, table in tables.items():
-            result = _rank_aggregate(
-                unit, table, groupby=groupby, expr_prop=expr_prop, n_perms=n_perms, seed=seed
-            )
+            key = (cells, name, groupby, min_cells, expr_prop, n_perms, seed)
+            if reuse is not None and key in reuse:
+                log.info("%s %s, %s: the same cells as a unit ranked before; reused.", by,
+                         value, name)  # fmt: skip
+                result = reuse[key]
+            else:
+                result = _rank_aggregate(
+                    unit, table, groupby=groupby, expr_prop=expr_prop, n_perms=n_perms, seed=seed
+                )
+                if reuse is not None:
+                    reuse[key] = result
             if result is None:
                 log.info("%s %s, %s: no interaction passes expr_prop %g.", by, value, name,
                          expr_prop)  # fmt: skip
