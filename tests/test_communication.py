@@ -39,6 +39,7 @@ STROMA, MYELOID = "matsushita2023_bm_stroma", "shalek2014_bmdc_lps"
 MYELOID_TYPE = "macrophage"
 RUN = {"species": "mouse", "n_perms": 10, "seed": 0}
 N_PER_CONDITION = 5
+RUN_MIN_CELLS = 10  # communication()'s default min_cells
 BOOST = ("Tnf", MYELOID_TYPE, 8.0)
 
 
@@ -234,6 +235,35 @@ def test_a_unit_of_the_same_cells_is_ranked_once(by_condition, monkeypatch):
     fresh = communication(data, by="sample", resource_names=["mouseconsensus"], **RUN)
     pd.testing.assert_frame_equal(per_sample, fresh)
     assert len(calls) == 4
+
+
+def test_large_groups_are_ranked_on_a_seeded_subsample(by_condition, monkeypatch):
+    """max_cells_per_group caps the cells LIANA sees per type; sizes reported stay full."""
+    from osteoimmune import communication as module
+
+    seen = []
+    rank = module._rank_aggregate
+
+    def spy(unit, *args, **kwargs):
+        seen.append(unit.obs["cell_type"].value_counts())
+        return rank(unit, *args, **kwargs)
+
+    monkeypatch.setattr(module, "_rank_aggregate", spy)
+    options = dict(resource_names=["mouseconsensus"], **RUN)
+    full = communication(by_condition, **options)
+    capped = communication(by_condition, max_cells_per_group=12, **options)
+    assert max(seen[0]) > 12 and all(max(sizes) <= 12 for sizes in seen[2:])
+    assert all(sizes.min() >= RUN_MIN_CELLS for sizes in seen[2:])
+    key = ["condition", "source", "target"]
+    sizes = full.drop_duplicates(key).set_index(key)["n_cells_source"]
+    assert (
+        capped.drop_duplicates(key)
+        .set_index(key)["n_cells_source"]
+        .equals(sizes.loc[capped.drop_duplicates(key).set_index(key).index])
+    )  # full sizes reported
+    again = communication(by_condition, max_cells_per_group=12, **options)
+    pd.testing.assert_frame_equal(capped, again)  # seeded
+    assert not capped["magnitude_rank"].equals(full["magnitude_rank"])
 
 
 # --------------------------------------------------------------------------- axes

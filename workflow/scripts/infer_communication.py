@@ -27,6 +27,7 @@ def main(*, h5ad, params, min_donors, reference, seed, out):
         min_cells=params["min_cells"],
         expr_prop=params["expr_prop"],
         n_perms=params["n_perms"],
+        max_cells_per_group=params["max_cells_per_group"],
         reuse={},  # a condition of one sample is ranked once
     )
     by_condition = communication(adata, species=species, groupby=group_key, seed=seed, **options)

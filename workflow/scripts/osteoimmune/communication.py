@@ -171,19 +171,36 @@ def _usable(resource: pd.DataFrame, genes: pd.Index) -> pd.DataFrame:
     return resource[covered("ligand") & covered("receptor")]
 
 
-def _unit(adata: AnnData, mask: np.ndarray, *, groupby: str, min_cells: int) -> AnnData | None:
-    # The unit's cells of groups with at least min_cells cells; X rows only, no layers.
+def _unit(
+    adata: AnnData,
+    mask: np.ndarray,
+    *,
+    groupby: str,
+    min_cells: int,
+    max_cells: int | None = None,
+    seed: int = 0,
+) -> tuple[AnnData | None, pd.Series]:
+    # The unit's cells of groups with at least min_cells cells; X rows only, no layers. A
+    # group of more than max_cells cells is represented by max_cells of them (seeded).
+    # Returns the unit and the groups' sizes before that subsampling.
     labels = adata.obs[groupby].astype(str).to_numpy()
     keep = mask & (labels != UNASSIGNED) & adata.obs[groupby].notna().to_numpy()
     counts = pd.Series(labels[keep]).value_counts()
     groups = sorted(counts.index[counts >= min_cells])
-    rows = np.flatnonzero(keep & np.isin(labels, groups))
     if len(groups) < 2:  # LIANA's log2FC needs a rest to compare each group against
-        return None
+        return None, counts
+    rng = np.random.default_rng(seed)
+    rows = []
+    for group in groups:
+        mine = np.flatnonzero(keep & (labels == group))
+        if max_cells is not None and len(mine) > max_cells:
+            mine = np.sort(rng.choice(mine, size=max_cells, replace=False))
+        rows.append(mine)
+    rows = np.sort(np.concatenate(rows))
     obs = pd.DataFrame(
         {groupby: pd.Categorical(labels[rows], categories=groups)}, index=adata.obs_names[rows]
     )
-    return AnnData(X=adata.X[rows], obs=obs, var=pd.DataFrame(index=adata.var_names))
+    return AnnData(X=adata.X[rows], obs=obs, var=pd.DataFrame(index=adata.var_names)), counts
 
 
 def _check_communication_input(adata, *, species, groupby, by, min_cells, expr_prop, n_perms):
@@ -236,6 +253,7 @@ def communication(
     n_perms: int = 100,
     seed: int = 0,
     resource_names: Sequence[str] | None = None,
+    max_cells_per_group: int | None = None,
     reuse: dict | None = None,
 ) -> pd.DataFrame:
     """LIANA+ rank aggregate of ligand-receptor interactions per condition (or sample).
@@ -265,6 +283,12 @@ def communication(
         give the same table.
     resource_names
         Run only these of the species' resources (:data:`RESOURCES`); None runs all.
+    max_cells_per_group
+        A group with more cells in a unit is ranked on this many of them, drawn at random
+        (seeded): LIANA's means, expression fractions and permutations grow with the cells,
+        and a few thousand cells estimate a group's mean and fraction to within ~1%
+        (CellPhoneDB subsamples large datasets for the same reason). None ranks every cell.
+        ``n_cells_source`` and ``n_cells_target`` stay the groups' full sizes.
     reuse
         A dict shared between calls: a unit of the very same cells (and settings) as one
         already ranked is not ranked again (e.g. a condition of one sample, run per condition
@@ -288,21 +312,34 @@ def communication(
     frames = []
     for value in _ordered(adata.obs[by]):
         mask = (adata.obs[by] == value).to_numpy()
-        unit = _unit(adata, mask, groupby=groupby, min_cells=min_cells)
+        unit, sizes = _unit(
+            adata,
+            mask,
+            groupby=groupby,
+            min_cells=min_cells,
+            max_cells=max_cells_per_group,
+            seed=seed,
+        )
         if unit is None:
             log.info("%s %s: fewer than two %s groups of %d cells; skipped.", by, value,
                      groupby, min_cells)  # fmt: skip
             continue
         cells = hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()
         for name, table in tables.items():
-            key = (cells, name, groupby, min_cells, expr_prop, n_perms, seed)
+            key = (cells, name, groupby, min_cells, max_cells_per_group, expr_prop, n_perms, seed)
             if reuse is not None and key in reuse:
                 log.info("%s %s, %s: the same cells as a unit ranked before; reused.", by,
                          value, name)  # fmt: skip
                 result = reuse[key]
             else:
                 result = _rank_aggregate(
-                    unit, table, groupby=groupby, expr_prop=expr_prop, n_perms=n_perms, seed=seed
+                    unit,
+                    table,
+                    groupby=groupby,
+                    expr_prop=expr_prop,
+                    n_perms=n_perms,
+                    seed=seed,
+                    sizes=sizes,
                 )
                 if reuse is not None:
                     reuse[key] = result
@@ -321,7 +358,9 @@ def _ordered(values: pd.Series) -> list:
     return sorted(present, key=str)
 
 
-def _rank_aggregate(unit, resource, *, groupby, expr_prop, n_perms, seed) -> pd.DataFrame | None:
+def _rank_aggregate(
+    unit, resource, *, groupby, expr_prop, n_perms, seed, sizes=None
+) -> pd.DataFrame | None:
     """LIANA's rank aggregate on one unit; None when no interaction passes ``expr_prop``."""
     import liana as li
 
@@ -341,7 +380,8 @@ def _rank_aggregate(unit, resource, *, groupby, expr_prop, n_perms, seed) -> pd.
                 raise
             return None
     result = result.sort_values(["magnitude_rank", *KEY_COLUMNS], kind="mergesort")
-    sizes = unit.obs[groupby].value_counts()
+    if sizes is None:
+        sizes = unit.obs[groupby].value_counts()
     source, target = result["source"].astype(str), result["target"].astype(str)
     return result.assign(
         source=source,
