@@ -77,6 +77,7 @@ def qc_steps(samples: list[ad.AnnData], *, qc: dict, seed: int, timer: StepTimer
                 seed=seed,
                 resolution=qc["lineage_resolution"],
                 min_group_cells=qc["min_group_cells"],
+                max_cells=qc["lineage_max_cells"],
             )
         with timer.step("filter", add=True):
             flag_cells(

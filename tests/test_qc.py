@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import adjusted_rand_score, roc_auc_score
 
 from osteoimmune.errors import QCError
 from osteoimmune.qc import (
@@ -508,3 +508,17 @@ def test_counts_equal_to_x_are_written_once_and_read_back_as_one_object(tmp_path
     back = read_counts_once(tmp_path / "both.h5ad")
     assert back.layers["counts"] is not back.X
     assert (back.layers["counts"] != adata.layers["counts"]).nnz == 0
+
+
+def test_coarse_groups_of_a_large_sample_from_a_subsample_find_the_same_lineages():
+    """Above max_cells the groups come from a subsample; every cell joins its population's."""
+    from osteoimmune.qc import coarse_groups
+
+    adata = make_populations([400, 300, 200])
+    whole = coarse_groups(adata, seed=0, resolution=0.3)
+    sampled = coarse_groups(adata, seed=0, resolution=0.3, max_cells=300)
+    population = adata.obs["population"].to_numpy()
+    assert len(sampled) == adata.n_obs and not pd.isna(sampled).any()
+    assert adjusted_rand_score(population, whole) == 1
+    assert adjusted_rand_score(population, sampled) == 1
+    assert np.array_equal(sampled, coarse_groups(adata, seed=0, resolution=0.3, max_cells=300))

@@ -16,6 +16,7 @@ rule qc_sample:
         remove_doublets=config["qc"]["remove_doublets"],
         lineage_aware=config["qc"]["lineage_aware"],
         lineage_resolution=config["qc"]["lineage_resolution"],
+        lineage_max_cells=config["qc"]["lineage_max_cells"],
         lineage_can_tighten=config["qc"]["lineage_can_tighten"],
         min_group_cells=config["qc"]["min_group_cells"],
         nmads=config["qc"]["nmads"],

@@ -23,6 +23,7 @@ def main(*, h5ad, params, seed, out, thresholds):
         doublet_max_cells=params["doublet_max_cells"],
         lineage_aware=params["lineage_aware"],
         lineage_resolution=params["lineage_resolution"],
+        lineage_max_cells=params["lineage_max_cells"],
         min_group_cells=params["min_group_cells"],
         remove_doublets=params["remove_doublets"],
     )
