@@ -522,3 +522,20 @@ def test_coarse_groups_of_a_large_sample_from_a_subsample_find_the_same_lineages
     assert adjusted_rand_score(population, whole) == 1
     assert adjusted_rand_score(population, sampled) == 1
     assert np.array_equal(sampled, coarse_groups(adata, seed=0, resolution=0.3, max_cells=300))
+
+
+def test_read_parts_reads_only_the_matrices_a_job_uses(tmp_path):
+    from osteoimmune.samples import read_parts
+
+    adata = make_adata()
+    adata.uns["osteoimmune"] = {"dataset": "toy"}
+    adata.X = adata.X * 2
+    adata.obsm["X_pca"] = np.ones((adata.n_obs, 2))
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    x_only = read_parts(tmp_path / "a.h5ad")
+    assert (x_only.X != adata.X).nnz == 0 and not x_only.layers
+    assert x_only.obs.equals(adata.obs) and x_only.uns["osteoimmune"] == {"dataset": "toy"}
+    assert np.array_equal(x_only.obsm["X_pca"], adata.obsm["X_pca"])
+    counts = read_parts(tmp_path / "a.h5ad", x=False, layers=("counts",))
+    assert counts.X is None and (counts.layers["counts"] != adata.layers["counts"]).nnz == 0
+    assert counts.shape == adata.shape

@@ -18,7 +18,7 @@ from osteoimmune.pseudobulk import (
     pseudobulk,
 )
 from osteoimmune.runlog import logged
-from osteoimmune.samples import comparison_unit
+from osteoimmune.samples import comparison_unit, read_parts
 from osteoimmune.signatures import load_library
 from osteoimmune.tables import write_tsv
 
@@ -39,7 +39,8 @@ def not_counts(value_type, out):
 
 
 def main(*, h5ad, params, enrichment_min_size, enrichment_max_size, reference, paired, seed, out):
-    adata = ad.read_h5ad(h5ad)
+    # the raw counts only: no X
+    adata = read_parts(h5ad, x=False, layers=("counts",))
     meta = adata.uns["osteoimmune"]
     if meta["value_type"] != "counts" or "counts" not in adata.layers:
         return not_counts(meta["value_type"], out)

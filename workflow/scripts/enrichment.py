@@ -8,6 +8,7 @@ import pandas as pd
 from osteoimmune.cluster import markers
 from osteoimmune.enrichment import gene_set_dict, overrepresentation, prerank_by_group
 from osteoimmune.runlog import logged
+from osteoimmune.samples import read_parts
 from osteoimmune.scoring import add_user_sets
 from osteoimmune.signatures import load_library
 
@@ -25,7 +26,8 @@ def cell_type_ranking(adata: ad.AnnData, *, group_key: str, min_cells: int) -> p
 
 
 def main(*, h5ad, leiden_markers, params, user_sets, seed, threads, out):
-    adata = ad.read_h5ad(h5ad)
+    # X only: no raw counts
+    adata = read_parts(h5ad)
     meta = adata.uns["osteoimmune"]
     species, upper = meta["species"], meta["gene_symbol_case"] == "upper"
     library = load_library()

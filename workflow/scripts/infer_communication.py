@@ -2,8 +2,6 @@
 
 import logging
 
-import anndata as ad
-
 from osteoimmune.communication import (
     communication,
     compare_communication,
@@ -12,14 +10,15 @@ from osteoimmune.communication import (
     sample_design,
 )
 from osteoimmune.runlog import logged
-from osteoimmune.samples import comparison_unit
+from osteoimmune.samples import comparison_unit, read_parts
 from osteoimmune.tables import write_tsv
 
 log = logging.getLogger("osteoimmune")
 
 
 def main(*, h5ad, params, min_donors, reference, seed, out):
-    adata = ad.read_h5ad(h5ad)
+    # X only: no raw counts
+    adata = read_parts(h5ad)
     species, group_key = adata.uns["osteoimmune"]["species"], params["group_key"]
     bone = receivers(adata, groupby=group_key, min_cells=params["min_cells"])
     log.info("bone-lineage receivers: %s", ", ".join(bone) or "none in this dataset")
