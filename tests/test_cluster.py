@@ -220,3 +220,17 @@ def test_umap_functions_are_compiled_once_and_give_the_same_embedding(tmp_path):
     stored = " ".join(p.name for p in (tmp_path / "numba").rglob("*.nbi"))
     assert "smooth_knn_dist" in stored and "optimize_layout_euclidean_single_epoch" in stored
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_normalising_leaves_counts_read_back_as_the_same_object_raw(tmp_path):
+    """Intermediate files hold the counts once; read back, normalising X must not touch them."""
+    from osteoimmune.samples import read_counts_once, write_counts_once
+
+    adata = make_adata()
+    raw = adata.X.copy()
+    write_counts_once(adata, tmp_path / "qc.h5ad")
+    back = read_counts_once(tmp_path / "qc.h5ad")
+    assert back.layers["counts"] is back.X
+    normalize(back, value_type="counts")
+    assert (back.layers["counts"] != raw).nnz == 0
+    assert abs(back.X.max() - raw.max()) > 1  # X was transformed

@@ -58,6 +58,10 @@ def normalize(adata: ad.AnnData, *, value_type: str, target_sum: float = 1e4) ->
             "transform it twice; start from the matrix as read."
         )
         raise ValueError(msg)
+    if any(layer is adata.X for layer in adata.layers.values()):
+        # a layer sharing X's object (raw counts read back once, osteoimmune.samples) must
+        # not be transformed with it
+        adata.X = adata.X.copy()
     if value_type == "counts":
         sc.pp.normalize_total(adata, target_sum=target_sum)
     if value_type == "log_normalized":
