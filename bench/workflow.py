@@ -16,6 +16,7 @@ own data.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import shutil
 import subprocess
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     table = job_table(workdir)
     table.to_csv(workdir / "jobs.tsv", sep="\t", index=False)
+    summary = {"wall_s": wall, "largest_mib": largest, "cores": args.cores, "until": args.until}
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(table.to_markdown(index=False, floatfmt=".1f"))
     print(
         f"\nwhole run (snakemake --cores {args.cores}): {wall:.1f} s wall; "
