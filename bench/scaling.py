@@ -13,7 +13,10 @@ markdown table (the one in bench/README.md) and writes it to ``bench/out/scaling
 from __future__ import annotations
 
 import argparse
+import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,15 +67,54 @@ def scaling_table(folders: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def input_mb(folder: Path) -> pd.Series:
+    """MB of the input files of each rule's largest job in a workflow folder.
+
+    From Snakemake's ``--detailed-summary`` of the run (which files each output was made
+    from), the same sizes as the ``input.size_mb`` the resource model of
+    ``workflow/rules/resources.smk`` sees.
+    """
+    cmd = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+        "--directory", str(folder), "--configfile", str(ROOT / "config" / "config.yaml"),
+        "--config", f"registry={folder / 'datasets.yaml'}", "datasets=[bench]",
+        "--detailed-summary",
+    ]  # fmt: skip
+    text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    summary = pd.read_csv(io.StringIO(text), sep="\t")
+    sizes = {}
+    for _, row in summary.drop_duplicates(["rule", "input-file(s)"]).iterrows():
+        files = [folder / f for f in str(row["input-file(s)"]).split(",") if f and f != "-"]
+        mb = sum(f.stat().st_size for f in files if f.is_file()) / 1e6
+        sizes[row["rule"]] = max(mb, sizes.get(row["rule"], 0.0))
+    return pd.Series(sizes, name="input MB")
+
+
+def memory_model(folder: Path) -> pd.DataFrame:
+    """Peak MiB per input MB of each rule at one size: what the SLURM requests scale by."""
+    costs = rule_costs(folder).join(input_mb(folder), how="left")
+    costs["MiB per input MB"] = costs["mib"] / costs["input MB"].where(costs["input MB"] > 1)
+    return costs
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", type=Path, nargs="+")
+    parser.add_argument(
+        "--memory-model",
+        action="store_true",
+        help="also print peak MiB per input MB of each rule in the largest run",
+    )
     args = parser.parse_args(argv)
     table = scaling_table(args.folders)
     out = ROOT / "bench" / "out" / "scaling.tsv"
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, sep="\t", index=False)
     print(table.to_markdown(index=False, floatfmt=".2f"))
+    if args.memory_model:
+        largest = max(args.folders, key=cells_of)
+        print(f"\n{largest.name}\n")
+        print(memory_model(largest).to_markdown(floatfmt=".1f"))
     return table
 
 
