@@ -539,3 +539,20 @@ def test_read_parts_reads_only_the_matrices_a_job_uses(tmp_path):
     counts = read_parts(tmp_path / "a.h5ad", x=False, layers=("counts",))
     assert counts.X is None and (counts.layers["counts"] != adata.layers["counts"]).nnz == 0
     assert counts.shape == adata.shape
+
+
+def test_doublets_scored_by_worker_processes_equal_those_scored_here():
+    """qc_sample's second thread: scrublet in a worker, the same scores and calls."""
+    from osteoimmune.qc import start_doublets
+    from osteoimmune.workers import worker_pool
+
+    adata, _ = with_doublets(make_populations([300, 300, 200]), n_doublets=60)
+    adata.obs["sample"] = pd.Categorical(np.where(np.arange(adata.n_obs) % 3, "s1", "s2"))
+    here = adata.copy()
+    notes = detect_doublets(here, seed=0, threshold=0.25, max_cells=300)
+    with worker_pool(2) as pool:
+        finish = start_doublets(adata, seed=0, threshold=0.25, max_cells=300, pool=pool)
+        assert "doublet_score" not in adata.obs  # stored on request
+        assert finish() == notes
+    pd.testing.assert_frame_equal(adata.obs, here.obs)
+    assert here.obs["doublet_score"].notna().all()

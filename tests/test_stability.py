@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from test_cluster import make_adata, prepare
 
-from osteoimmune.cluster import embed, markers, normalize, select_hvg, umap, worker_pool
+from osteoimmune.cluster import embed, markers, normalize, select_hvg, umap
 from osteoimmune.stability import (
     STABILITY_COLUMNS,
     choose_resolution,
@@ -15,6 +15,7 @@ from osteoimmune.stability import (
     resolution_key,
     small_dataset_caveat,
 )
+from osteoimmune.workers import worker_pool
 
 RESOLUTIONS = [0.2, 0.4, 0.6, 0.8, 1.0, 1.5]
 

@@ -25,6 +25,8 @@ rule qc_sample:
         min_genes=config["qc"]["min_genes"],
         min_counts=config["qc"]["min_counts"],
         seed=config["seed"],
+    # scrublet in a worker process beside the coarse clustering (osteoimmune.workers)
+    threads: 2
     log:
         "logs/qc_sample/{dataset}/{sample}.log",
     benchmark:

@@ -2,18 +2,19 @@
 
 import logging
 
-from osteoimmune.cluster import embed, markers, normalize, select_hvg, umap, worker_pool
+from osteoimmune.cluster import embed, markers, normalize, select_hvg, umap
 from osteoimmune.runlog import logged
 from osteoimmune.samples import read_counts_once
 from osteoimmune.stability import cluster_over_resolutions, small_dataset_caveat
+from osteoimmune.workers import worker_pool, workers_for
 
 log = logging.getLogger("osteoimmune")
 
 
 def main(*, h5ad, params, seed, out, stability, marker_table, compression="gzip", threads=1):
-    # the workers start before the data is read: UMAP and the stability subsamples run there
-    with worker_pool(threads) as pool:
-        adata = read_counts_once(h5ad)
+    adata = read_counts_once(h5ad)
+    # a second thread: UMAP and the stability subsamples run in a worker process
+    with worker_pool(workers_for(adata.n_obs, threads)) as pool:
         value_type = adata.uns["osteoimmune"]["value_type"]
         normalize(adata, value_type=value_type)
         log.info("normalisation: %s", adata.uns["osteoimmune"]["normalization"])

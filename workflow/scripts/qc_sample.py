@@ -5,28 +5,32 @@ import logging
 from osteoimmune.qc import compute_qc_metrics, flag_cells, prepare_qc
 from osteoimmune.runlog import logged
 from osteoimmune.samples import read_counts_once, share_counts, write_counts_once
+from osteoimmune.workers import worker_pool, workers_for
 
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, h5ad, params, seed, out, thresholds):
+def main(*, h5ad, params, seed, out, thresholds, threads=1):
     adata = read_counts_once(h5ad)
     share_counts(adata)  # one copy of the raw counts in memory (X and layers['counts'])
-    value_type = adata.uns["osteoimmune"]["value_type"]
-    compute_qc_metrics(adata, gene_lists=params["gene_groups"])
-    notes = prepare_qc(
-        adata,
-        seed=seed,
-        value_type=value_type,
-        doublet_threshold=params["doublet_threshold"],
-        doublet_mean_center=params["doublet_mean_center"],
-        doublet_max_cells=params["doublet_max_cells"],
-        lineage_aware=params["lineage_aware"],
-        lineage_resolution=params["lineage_resolution"],
-        lineage_max_cells=params["lineage_max_cells"],
-        min_group_cells=params["min_group_cells"],
-        remove_doublets=params["remove_doublets"],
-    )
+    # a second thread: scrublet runs in a worker process beside the coarse clustering
+    with worker_pool(workers_for(adata.n_obs, threads)) as pool:
+        value_type = adata.uns["osteoimmune"]["value_type"]
+        compute_qc_metrics(adata, gene_lists=params["gene_groups"])
+        notes = prepare_qc(
+            adata,
+            seed=seed,
+            value_type=value_type,
+            doublet_threshold=params["doublet_threshold"],
+            doublet_mean_center=params["doublet_mean_center"],
+            doublet_max_cells=params["doublet_max_cells"],
+            lineage_aware=params["lineage_aware"],
+            lineage_resolution=params["lineage_resolution"],
+            lineage_max_cells=params["lineage_max_cells"],
+            min_group_cells=params["min_group_cells"],
+            remove_doublets=params["remove_doublets"],
+            pool=pool,
+        )
     for note in notes[1:]:
         log.warning(note)
     table = flag_cells(
@@ -56,4 +60,5 @@ if __name__ == "__main__":
             seed=snakemake.params.seed,
             out=snakemake.output.h5ad,
             thresholds=snakemake.output.thresholds,
+            threads=snakemake.threads,
         )

@@ -7,11 +7,8 @@ markers' Wilcoxon statistics are scanpy's, computed by :mod:`osteoimmune.kernels
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable
+from concurrent.futures import Executor
 
 import anndata as ad
 import numpy as np
@@ -269,22 +266,6 @@ def umap(
         return lambda: None
     future = pool.submit(_umap_layout, *args)
     return lambda: store(future.result())
-
-
-@contextmanager
-def worker_pool(workers: int) -> Iterator[Executor | None]:
-    """Worker processes for the steps that can run beside each other (None for one worker).
-
-    The workers are forked at once, while this process holds only its imports; tasks and
-    results travel pickled.
-    """
-    if workers < 2:
-        yield None
-        return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        for started in [pool.submit(time.sleep, 0.2) for _ in range(workers)]:
-            started.result()
-        yield pool
 
 
 def embed(

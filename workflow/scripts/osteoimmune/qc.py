@@ -14,6 +14,8 @@ runs scanpy's own functions instead.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 
 import anndata as ad
 import numpy as np
@@ -317,10 +319,39 @@ def detect_doublets(
     Notes naming each sample that was skipped or had no doublets called. Adds
     ``obs['doublet_score']`` (NaN when not scored) and ``obs['predicted_doublet']``.
     """
+    return start_doublets(
+        adata,
+        seed=seed,
+        threshold=threshold,
+        min_cells=min_cells,
+        mean_center=mean_center,
+        max_cells=max_cells,
+        implementation=implementation,
+    )()
+
+
+def start_doublets(
+    adata: ad.AnnData,
+    *,
+    seed: int,
+    threshold: float | str = 0.25,
+    min_cells: int = SCRUBLET_MIN_CELLS,
+    mean_center: bool = True,
+    max_cells: int | None = None,
+    implementation: str = "osteoimmune",
+    pool: Executor | None = None,
+) -> Callable[[], list[str]]:
+    """:func:`detect_doublets`, its scrublet runs (one per sample or part) in ``pool``.
+
+    Returns a function that waits for them, stores the scores and calls in ``obs`` and
+    returns the notes; without a pool everything is done before returning. The same
+    scores either way: each run depends only on its cells and the seed.
+    """
     check_implementation(implementation)
-    scores = np.full(adata.n_obs, np.nan)
-    calls = np.zeros(adata.n_obs, dtype=bool)
-    notes = []
+    notes, runs = [], []
+    options = dict(
+        seed=seed, threshold=threshold, mean_center=mean_center, implementation=implementation
+    )
     for sample, idx in adata.obs.groupby("sample", observed=True).indices.items():
         if len(idx) < min_cells:
             notes.append(f"sample {sample}: {len(idx)} cells (< {min_cells}), doublets not scored")
@@ -335,25 +366,37 @@ def detect_doublets(
                 max_cells,
             )
         for part in parts:
-            cells = idx[part]
-            try:
-                scores[cells], calls[cells], used = _scrublet_sample(
-                    counts_matrix(cells_of(adata, cells)),
-                    seed=seed,
-                    threshold=threshold,
-                    mean_center=mean_center,
-                    implementation=implementation,
-                )
-            except (ValueError, IndexError, np.linalg.LinAlgError) as err:
-                notes.append(f"sample {sample}: scrublet failed ({err}), doublets not scored")
-                scores[cells], calls[cells] = np.nan, False
-                continue
-            if used is None:
-                notes.append(f"sample {sample}: doublet scores not bimodal, no doublets called")
-        log.info("sample %s: doublets scored, %d called", sample, calls[idx].sum())
-    adata.obs["doublet_score"] = scores
-    adata.obs["predicted_doublet"] = calls
-    return notes
+            counts = counts_matrix(cells_of(adata, idx[part]))
+            run = pool.submit(_scrublet_sample, counts, **options) if pool else None
+            if run is None:
+                try:
+                    run = _scrublet_sample(counts, **options)
+                except (ValueError, IndexError, np.linalg.LinAlgError) as err:
+                    run = err
+            runs.append((sample, idx, idx[part], run))
+
+    def finish() -> list[str]:
+        scores = np.full(adata.n_obs, np.nan)
+        calls = np.zeros(adata.n_obs, dtype=bool)
+        for k, (sample, idx, cells, run) in enumerate(runs):
+            if isinstance(run, Future):
+                try:
+                    run = run.result()
+                except (ValueError, IndexError, np.linalg.LinAlgError) as err:
+                    run = err
+            if isinstance(run, Exception):
+                notes.append(f"sample {sample}: scrublet failed ({run}), doublets not scored")
+            else:
+                scores[cells], calls[cells], used = run
+                if used is None:
+                    notes.append(f"sample {sample}: doublet scores not bimodal, no doublets called")
+            if k + 1 == len(runs) or runs[k + 1][0] != sample:
+                log.info("sample %s: doublets scored, %d called", sample, calls[idx].sum())
+        adata.obs["doublet_score"] = scores
+        adata.obs["predicted_doublet"] = calls
+        return notes
+
+    return finish
 
 
 def coarse_groups(
@@ -574,6 +617,7 @@ def prepare_qc(
     doublet_mean_center: bool,
     doublet_max_cells: int | None = None,
     lineage_max_cells: int | None = None,
+    pool: Executor | None = None,
     lineage_aware: bool,
     lineage_resolution: float,
     min_group_cells: int,
@@ -587,6 +631,7 @@ def prepare_qc(
     ``max_cells`` of :func:`detect_doublets`;
     ``lineage_resolution``, ``min_group_cells`` and ``lineage_max_cells`` as
     ``resolution``, ``min_group_cells`` and ``max_cells`` of :func:`assign_qc_groups`;
+    with a ``pool`` of worker processes, scrublet runs there beside the coarse clustering;
     ``lineage_aware`` and ``remove_doublets`` (as in :func:`flag_cells`) only word the note.
     """
     if value_type != "counts":
@@ -594,20 +639,22 @@ def prepare_qc(
             f"values are {value_type}, not counts: count-based QC, doublet detection and "
             "lineage-aware thresholds skipped, only cells with no detected genes removed"
         ]
-    notes = detect_doublets(
+    finish_doublets = start_doublets(
         adata,
         seed=seed,
         threshold=doublet_threshold,
         mean_center=doublet_mean_center,
         max_cells=doublet_max_cells,
+        pool=pool,
     )
-    assign_qc_groups(
+    assign_qc_groups(  # here, while the pool's workers score doublets
         adata,
         seed=seed,
         resolution=lineage_resolution,
         min_group_cells=min_group_cells,
         max_cells=lineage_max_cells,
     )
+    notes = finish_doublets()
     mode = "within coarse clusters (lineage-aware)" if lineage_aware else "per sample"
     doublets = "scrublet doublets removed" if remove_doublets else "doublets scored, kept"
     return [f"adaptive MAD thresholds on counts {mode}; {doublets}", *notes]
