@@ -76,8 +76,8 @@ def input_mb(folder: Path) -> pd.Series:
     """
     cmd = [
         sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(folder), "--configfile", str(ROOT / "config" / "config.yaml"),
-        "--config", f"registry={folder / 'datasets.yaml'}", "datasets=[bench]",
+        "--directory", str(folder.resolve()), "--configfile", str(ROOT / "config" / "config.yaml"),
+        "--config", f"registry={folder.resolve() / 'datasets.yaml'}", "datasets=[bench]",
         "--detailed-summary",
     ]  # fmt: skip
     text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout

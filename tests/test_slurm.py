@@ -50,6 +50,20 @@ def test_requests_grow_with_input_and_attempt_up_to_the_cap():
     assert runtime_request(400, 30, cap_min=1440) == "1440m"
 
 
+def test_rules_measured_in_the_benchmark_request_their_own_memory(tmp_path):
+    """A measured rule scales by its own peak per input MB; read jobs by their data files."""
+    from osteoimmune.slurm import RULE_MEMORY_PER_INPUT_MB, manifest_mb
+
+    assert memory_request(400, 1, cap_mb=64000, rule="not_a_rule") == 7000
+    for rule, ratio in RULE_MEMORY_PER_INPUT_MB.items():
+        assert memory_request(400, 1, cap_mb=64000, rule=rule) == int(1000 + ratio * 400)
+    assert set(RULE_MEMORY_PER_INPUT_MB) >= {"qc_sample", "cluster_cells", "filter_cells"}
+    manifest = tmp_path / "fetch_manifest.json"
+    manifest.write_text('{"files": [{"bytes": 3000000}, {"bytes": 500000}]}')
+    assert manifest_mb(manifest) == 3.5
+    assert manifest_mb(tmp_path / "not_fetched_yet.json") == 0.0
+
+
 def test_a_job_killed_for_memory_is_explained_in_its_rule_log(tmp_path):
     main, rule_log, slurm = _main_log(tmp_path, SLURM_LOG)
     (job,) = failed_jobs(main.read_text())

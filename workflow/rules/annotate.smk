@@ -19,7 +19,7 @@ rule train_reference:
     benchmark:
         "benchmarks/train_reference/{reference}.tsv"
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("train_reference"),
         runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
@@ -63,7 +63,7 @@ rule annotate_cells:
     benchmark:
         "benchmarks/annotate_cells/{dataset}.tsv"
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("annotate_cells"),
         runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"

@@ -31,7 +31,7 @@ rule cluster_cells:
     benchmark:
         "benchmarks/cluster_cells/{dataset}.tsv"
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("cluster_cells"),
         runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"

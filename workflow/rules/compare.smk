@@ -29,7 +29,7 @@ rule compare_conditions:
     benchmark:
         "benchmarks/compare_conditions/{dataset}.tsv"
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("compare_conditions"),
         runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
@@ -68,7 +68,7 @@ rule enrichment:
     benchmark:
         "benchmarks/enrichment/{dataset}.tsv"
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("enrichment"),
         runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
@@ -103,7 +103,7 @@ rule compare_expression:
     benchmark:
         "benchmarks/compare_expression/{dataset}.tsv"
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("compare_expression"),
         runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
@@ -127,7 +127,7 @@ rule compare_composition:
     benchmark:
         "benchmarks/compare_composition/{dataset}.tsv"
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("compare_composition"),
         runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
@@ -154,7 +154,7 @@ rule infer_communication:
     benchmark:
         "benchmarks/infer_communication/{dataset}.tsv"
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("infer_communication"),
         runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"

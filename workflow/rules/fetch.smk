@@ -69,7 +69,7 @@ checkpoint read_dataset:
     benchmark:
         "benchmarks/read_dataset/{dataset}.tsv"
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("read_dataset", fetched=True),
         runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
@@ -112,7 +112,7 @@ rule read_sample:
     benchmark:
         "benchmarks/read_sample/{dataset}/{sample}.tsv"
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("read_sample", fetched=True),
         runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"

@@ -32,7 +32,7 @@ rule qc_sample:
     benchmark:
         "benchmarks/qc_sample/{dataset}/{sample}.tsv"
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("qc_sample"),
         runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"
@@ -68,7 +68,7 @@ rule filter_cells:
     benchmark:
         "benchmarks/filter_cells/{dataset}.tsv"
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("filter_cells"),
         runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"

@@ -66,7 +66,7 @@ rule report_dataset:
     benchmark:
         "benchmarks/report_dataset/{dataset}.tsv"
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("report_dataset"),
         runtime=runtime(),
     conda:
         "../../envs/report.yaml"
@@ -101,7 +101,7 @@ rule report_index:
     log:
         "logs/report_index/index.log",
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("report_index"),
         runtime=runtime(),
     conda:
         "../../envs/report.yaml"

@@ -2,7 +2,12 @@
 # capped by config `resources:` (the model and its measurements: osteoimmune/slurm.py and the
 # README's "On a SLURM cluster"). Local runs use them only to schedule jobs within --resources.
 
-from osteoimmune.slurm import explain_failures, memory_request, runtime_request  # noqa: E402
+from osteoimmune.slurm import (  # noqa: E402
+    explain_failures,
+    manifest_mb,
+    memory_request,
+    runtime_request,
+)
 
 
 def _resource_caps():
@@ -10,11 +15,16 @@ def _resource_caps():
     return config["resources"]["max_mem_mb"], config["resources"]["max_runtime_min"]
 
 
-def mem_mb():
-    """mem_mb of a job from its input's size and attempt (osteoimmune.slurm.memory_request)."""
+def mem_mb(rule, *, fetched=False):
+    """mem_mb of a job of ``rule`` from its input's size and attempt (osteoimmune.slurm).
+
+    ``fetched``: the job reads the files of its input manifest (read_dataset, read_sample):
+    their size counts, not the manifest's.
+    """
 
     def resource(wildcards, input, attempt):
-        return memory_request(input.size_mb, attempt, cap_mb=_resource_caps()[0])
+        size = manifest_mb(input.manifest) if fetched else input.size_mb
+        return memory_request(size, attempt, cap_mb=_resource_caps()[0], rule=rule)
 
     return resource
 

@@ -42,7 +42,7 @@ rule score_signatures:
     benchmark:
         "benchmarks/score_signatures/{dataset}.tsv"
     resources:
-        mem_mb=mem_mb(),
+        mem_mb=mem_mb("score_signatures"),
         runtime=runtime(),
     conda:
         "../../envs/analysis.yaml"

@@ -18,6 +18,7 @@ resource and the setting to raise into the rule's log and to the terminal.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,27 @@ MEMORY = re.compile(
 TIME = re.compile(r"due to time limit|time limit exhausted|\bTIMEOUT\b", re.IGNORECASE)
 MEMORY_BASE_MB = 1000
 MEMORY_PER_INPUT_MB = 15
+# Peak memory per input MB of each rule, measured on 100,000 resampled cells of a full
+# transcriptome (bench/README.md, `bench/scaling.py --memory-model`; Snakemake's peak of the
+# job's processes: qc_sample 5.0, cluster_cells 6.1, filter_cells 3.0, infer_communication 2.4,
+# report_dataset 2.3, annotate/score/enrichment/compare_conditions 1.6-1.7, pseudobulk and
+# composition 0.5-0.6), doubled (an intermediate written with gzip instead of lzf is ~3x
+# smaller for the same cells; retries raise the request further) and at least 3. Rules not
+# listed (the read jobs, whose input formats range from h5ad to gzipped text, reference
+# training, the index) keep MEMORY_PER_INPUT_MB.
+RULE_MEMORY_PER_INPUT_MB = {
+    "qc_sample": 10,
+    "filter_cells": 6,
+    "cluster_cells": 12,
+    "annotate_cells": 4,
+    "score_signatures": 4,
+    "enrichment": 4,
+    "compare_expression": 3,
+    "compare_composition": 3,
+    "compare_conditions": 4,
+    "infer_communication": 5,
+    "report_dataset": 5,
+}
 RUNTIME_BASE_MIN = 15
 RUNTIME_PER_INPUT_MB = 0.1
 
@@ -40,10 +62,29 @@ def memory_request(
     *,
     cap_mb: int,
     base_mb: float = MEMORY_BASE_MB,
-    per_input_mb: float = MEMORY_PER_INPUT_MB,
+    per_input_mb: float | None = None,
+    rule: str | None = None,
 ) -> int:
-    """``mem_mb`` of a job: (base + per_input_mb x input MB) x attempt, at most ``cap_mb``."""
+    """``mem_mb`` of a job: (base + per_input_mb x input MB) x attempt, at most ``cap_mb``.
+
+    ``per_input_mb`` defaults to the rule's measured ratio (:data:`RULE_MEMORY_PER_INPUT_MB`),
+    or :data:`MEMORY_PER_INPUT_MB` for a rule not measured.
+    """
+    if per_input_mb is None:
+        per_input_mb = RULE_MEMORY_PER_INPUT_MB.get(rule, MEMORY_PER_INPUT_MB)
     return int(min((base_mb + per_input_mb * input_mb) * attempt, cap_mb))
+
+
+def manifest_mb(path: str | Path) -> float:
+    """MB of the files a fetch manifest lists: what a read job really reads (0 before the fetch).
+
+    The read jobs' only input is the manifest, a few KB; their memory follows the data files.
+    """
+    try:
+        files = json.loads(Path(path).read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return 0.0
+    return sum(float(item.get("bytes") or 0) for item in files) / 1e6
 
 
 def runtime_request(
