@@ -234,3 +234,8 @@ RUN_ONLY_KEYS = ("datasets", "mirror", "offline", "strict_checksums", "checksum_
 def report_config(wildcards):
     """The config the report shows and depends on (all but RUN_ONLY_KEYS)."""
     return {key: value for key, value in config.items() if key not in RUN_ONLY_KEYS}
+
+
+def qc_threads(wildcards, input):
+    """Two threads for a sample file of 50 MB or more (thousands of cells), else one."""
+    return 2 if input.size_mb >= 50 else 1

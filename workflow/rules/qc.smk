@@ -25,8 +25,9 @@ rule qc_sample:
         min_genes=config["qc"]["min_genes"],
         min_counts=config["qc"]["min_counts"],
         seed=config["seed"],
-    # scrublet in a worker process beside the coarse clustering (osteoimmune.workers)
-    threads: 2
+    # a large sample: scrublet in a worker process beside the coarse clustering
+    # (osteoimmune.workers); small ones run in one process, side by side
+    threads: qc_threads
     log:
         "logs/qc_sample/{dataset}/{sample}.log",
     benchmark:
