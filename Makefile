@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
+# Jobs run side by side only while their memory requests (workflow/rules/resources.smk) fit
+# in MEM_MB: 80% of this machine's memory (Linux), or set it (make run MEM_MB=16000).
+MEM_MB ?= $(shell awk '/^MemTotal:/ {print int($$2 / 1024 * 0.8)}' /proc/meminfo 2>/dev/null)
 
 .PHONY: setup browser run test test-slurm lint lock envs clean
 
@@ -22,7 +25,7 @@ $(VENV)/.installed: envs/requirements.lock pyproject.toml
 # still running here), and --rerun-incomplete redoes the outputs it left unfinished.
 run: setup
 	$(BIN)/python -m osteoimmune.runguard
-	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
+	$(BIN)/snakemake --cores $(CORES) $(if $(MEM_MB),--resources mem_mb=$(MEM_MB)) --rerun-incomplete
 
 test: setup browser
 	$(BIN)/python -m pytest

@@ -78,6 +78,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("h5ad", type=Path)
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument(
+        "--mem-mb",
+        type=int,
+        default=20000,
+        help="Snakemake --resources mem_mb: jobs run side by side only while their requests fit",
+    )
     parser.add_argument("--until", choices=["report", "clustered"], default="report")
     parser.add_argument("--tag", default="", help="suffix of the output folder's name")
     args = parser.parse_args(argv)
@@ -99,6 +105,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         str(ROOT / "config" / "config.yaml"),
         "--cores",
         str(args.cores),
+        "--resources",
+        f"mem_mb={args.mem_mb}",
         "--config",
         f"registry={workdir / 'datasets.yaml'}",
         f"datasets=[{DATASET}]",
@@ -114,7 +122,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     table = job_table(workdir)
     table.to_csv(workdir / "jobs.tsv", sep="\t", index=False)
-    summary = {"wall_s": wall, "largest_mib": largest, "cores": args.cores, "until": args.until}
+    summary = {
+        "wall_s": wall,
+        "largest_mib": largest,
+        "cores": args.cores,
+        "mem_mb": args.mem_mb,
+        "until": args.until,
+    }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(table.to_markdown(index=False, floatfmt=".1f"))
     print(

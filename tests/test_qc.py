@@ -556,3 +556,51 @@ def test_doublets_scored_by_worker_processes_equal_those_scored_here():
         assert finish() == notes
     pd.testing.assert_frame_equal(adata.obs, here.obs)
     assert here.obs["doublet_score"].notna().all()
+
+
+def test_doublet_parts_are_handed_to_the_pool_a_few_at_a_time():
+    """A sample of many parts: at most ``in_flight`` parts' counts queued or running at once,
+    not all of them cut up front; the scores are those scored here."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from osteoimmune.qc import start_doublets
+
+    class Counting(ThreadPoolExecutor):
+        def __init__(self):
+            super().__init__(4)
+            self.lock, self.open, self.most = threading.Lock(), 0, 0
+
+        def submit(self, fn, *args, **kwargs):
+            with self.lock:
+                self.open += 1
+                self.most = max(self.most, self.open)
+            future = super().submit(fn, *args, **kwargs)
+            future.add_done_callback(self._done)  # before start_doublets' own callback
+            return future
+
+        def _done(self, _):
+            with self.lock:
+                self.open -= 1
+
+    adata, _ = with_doublets(make_populations([300, 300, 200]), n_doublets=60)
+    adata.obs["sample"] = "s1"
+    here = adata.copy()
+    detect_doublets(here, seed=0, threshold=0.25, max_cells=150)  # 860 cells: 6 parts
+    with Counting() as pool:
+        start_doublets(adata, seed=0, threshold=0.25, max_cells=150, pool=pool, in_flight=2)()
+    assert pool.most == 2
+    pd.testing.assert_frame_equal(adata.obs, here.obs)
+
+
+def test_a_job_asks_for_a_second_thread_exactly_when_it_uses_workers(tmp_path):
+    """qc_sample and cluster_cells: threads from the cell count, by the scripts' own rule."""
+    from osteoimmune.workers import PARALLEL_MIN_CELLS, h5ad_cells, threads_for_file, workers_for
+
+    for n in (PARALLEL_MIN_CELLS - 1, PARALLEL_MIN_CELLS):
+        path = tmp_path / f"{n}.h5ad"
+        ad.AnnData(sp.csr_matrix((n, 3), dtype=np.float32)).write_h5ad(path)
+        assert h5ad_cells(path) == n
+        expected = 2 if n >= PARALLEL_MIN_CELLS else 1
+        assert threads_for_file(path, 2) == workers_for(n, 2) == expected
+    assert threads_for_file(tmp_path / "not_yet_written.h5ad", 2) == 1

@@ -191,6 +191,14 @@ def test_matsushita_bone_programs_peak_in_the_authors_populations(run):
     assert means["score_bm_stromal_LEPR_CAR_niche"].idxmax() == "RE"
 
 
+def test_final_h5ad_is_written_with_gzip_at_level_1(run):
+    """The h5ad a user opens: gzip, which every HDF5 reader has, at the fast level 1."""
+    path = run / "results" / "matsushita2023_bm_stroma" / "matsushita2023_bm_stroma.h5ad"
+    with h5py.File(path, "r") as f:
+        data = f["X"]["data"] if isinstance(f["X"], h5py.Group) else f["X"]
+        assert (data.compression, data.compression_opts) == ("gzip", 1)
+
+
 @pytest.mark.parametrize("dataset", sorted(set(SHAPES) - UNSCORED))
 def test_scores_are_calibrated_and_states_called_in_the_gate(run, dataset):
     folder = run / "results" / dataset

@@ -25,7 +25,8 @@ rule cluster_cells:
         cluster=config["cluster"],
         compression=INTERMEDIATE_COMPRESSION,
         seed=config["seed"],
-    threads: 2
+    # enough cells: UMAP and the stability subsamples in a worker process (osteoimmune.workers)
+    threads: job_threads
     log:
         "logs/cluster_cells/{dataset}.log",
     benchmark:

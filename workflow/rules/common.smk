@@ -25,6 +25,7 @@ from osteoimmune.registry import (  # noqa: E402
     select_datasets,
 )
 from osteoimmune.samplesheet import design_rows, study_covariates  # noqa: E402
+from osteoimmune.workers import threads_for_file  # noqa: E402
 
 
 def _repo_path(path):
@@ -236,6 +237,10 @@ def report_config(wildcards):
     return {key: value for key, value in config.items() if key not in RUN_ONLY_KEYS}
 
 
-def qc_threads(wildcards, input):
-    """Two threads for a sample file of 50 MB or more (thousands of cells), else one."""
-    return 2 if input.size_mb >= 50 else 1
+def job_threads(wildcards, input):
+    """Two threads for a job whose h5ad has enough cells for worker processes, else one.
+
+    The job's script decides with the same rule (osteoimmune.workers.workers_for), so that a
+    job holds the second core exactly when it uses it.
+    """
+    return threads_for_file(input.h5ad, 2)

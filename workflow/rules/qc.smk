@@ -27,7 +27,7 @@ rule qc_sample:
         seed=config["seed"],
     # a large sample: scrublet in a worker process beside the coarse clustering
     # (osteoimmune.workers); small ones run in one process, side by side
-    threads: qc_threads
+    threads: job_threads
     log:
         "logs/qc_sample/{dataset}/{sample}.log",
     benchmark:

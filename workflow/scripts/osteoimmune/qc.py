@@ -14,6 +14,7 @@ runs scanpy's own functions instead.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 
@@ -275,7 +276,21 @@ def doublet_parts(n_cells: int, *, max_cells: int | None, seed: int) -> list[np.
     return [np.sort(part) for part in np.array_split(order, n_parts)]
 
 
-def detect_doublets(
+def detect_doublets(adata: ad.AnnData, **options) -> list[str]:
+    """Score doublets per sample with scanpy's scrublet on raw counts (in place).
+
+    :func:`start_doublets` without a pool, waited for: the same options, returns its notes.
+    """
+    return start_doublets(adata, **options)()
+
+
+def _rows(counts, cells: np.ndarray, n_obs: int) -> sparse.csr_matrix:
+    """The rows ``cells`` of a counts matrix as sparse CSR float32 (:func:`counts_matrix`)."""
+    whole = len(cells) == n_obs and np.array_equal(cells, np.arange(n_obs))
+    return sparse.csr_matrix(counts if whole else counts[cells], dtype=np.float32)
+
+
+def start_doublets(
     adata: ad.AnnData,
     *,
     seed: int,
@@ -284,8 +299,16 @@ def detect_doublets(
     mean_center: bool = True,
     max_cells: int | None = None,
     implementation: str = "osteoimmune",
-) -> list[str]:
-    """Score doublets per sample with scanpy's scrublet on raw counts (in place).
+    pool: Executor | None = None,
+    in_flight: int = 2,
+) -> Callable[[], list[str]]:
+    """Score doublets per sample with scanpy's scrublet on raw counts, in ``pool`` if given.
+
+    Returns a function that waits for the scrublet runs (one per sample or part), stores
+    ``obs['doublet_score']`` (NaN when not scored) and ``obs['predicted_doublet']``, and
+    returns notes naming each sample that was skipped or had no doublets called. Without a
+    pool every run is done before returning. The same scores either way: each run depends
+    only on its cells and the seed.
 
     Parameters
     ----------
@@ -313,39 +336,13 @@ def detect_doublets(
     implementation
         ``osteoimmune`` (the sparse kernel when ``mean_center``) or ``scanpy``
         (``sc.pp.scrublet`` in every case).
-
-    Returns
-    -------
-    Notes naming each sample that was skipped or had no doublets called. Adds
-    ``obs['doublet_score']`` (NaN when not scored) and ``obs['predicted_doublet']``.
-    """
-    return start_doublets(
-        adata,
-        seed=seed,
-        threshold=threshold,
-        min_cells=min_cells,
-        mean_center=mean_center,
-        max_cells=max_cells,
-        implementation=implementation,
-    )()
-
-
-def start_doublets(
-    adata: ad.AnnData,
-    *,
-    seed: int,
-    threshold: float | str = 0.25,
-    min_cells: int = SCRUBLET_MIN_CELLS,
-    mean_center: bool = True,
-    max_cells: int | None = None,
-    implementation: str = "osteoimmune",
-    pool: Executor | None = None,
-) -> Callable[[], list[str]]:
-    """:func:`detect_doublets`, its scrublet runs (one per sample or part) in ``pool``.
-
-    Returns a function that waits for them, stores the scores and calls in ``obs`` and
-    returns the notes; without a pool everything is done before returning. The same
-    scores either way: each run depends only on its cells and the seed.
+    pool
+        Worker processes for the runs, while this process goes on (qc_sample's coarse
+        clustering). A thread here cuts each run's counts and hands them to the pool, at most
+        ``in_flight`` runs at a time, the next when one is done: a sample of many parts holds
+        the counts of a few of them, not of all (300,000 cells: 12 parts of ~400 MB).
+    in_flight
+        How many runs the pool holds at once (its workers, for them all to be busy).
     """
     check_implementation(implementation)
     notes, runs = [], []
@@ -365,20 +362,46 @@ def start_doublets(
                 len(parts),
                 max_cells,
             )
-        for part in parts:
-            counts = counts_matrix(cells_of(adata, idx[part]))
-            run = pool.submit(_scrublet_sample, counts, **options) if pool else None
-            if run is None:
-                try:
-                    run = _scrublet_sample(counts, **options)
-                except (ValueError, IndexError, np.linalg.LinAlgError) as err:
-                    run = err
-            runs.append((sample, idx, idx[part], run))
+        runs.extend((sample, idx, idx[part]) for part in parts)
+    # the matrix itself, not adata: this process changes adata.obs while the thread cuts rows
+    counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    results: list = [None] * len(runs)
+
+    def run_here(k: int) -> None:
+        try:
+            results[k] = _scrublet_sample(_rows(counts, runs[k][2], adata.n_obs), **options)
+        except (ValueError, IndexError, np.linalg.LinAlgError) as err:
+            results[k] = err
+
+    feeder, fed = None, []  # fed: the exception that stopped the thread, if any
+    if pool is None:
+        for k in range(len(runs)):
+            run_here(k)
+    else:
+        slots = threading.BoundedSemaphore(max(1, in_flight))
+
+        def feed() -> None:
+            try:
+                for k, (_, _, cells) in enumerate(runs):
+                    slots.acquire()
+                    part = _rows(counts, cells, adata.n_obs)
+                    run = pool.submit(_scrublet_sample, part, **options)
+                    run.add_done_callback(lambda _: slots.release())
+                    results[k] = run
+            except BaseException as err:  # raised again by finish(), in this process's thread
+                fed.append(err)
+
+        feeder = threading.Thread(target=feed, name="doublet-feeder", daemon=True)
+        feeder.start()
 
     def finish() -> list[str]:
+        if feeder is not None:
+            feeder.join()
+            if fed:
+                raise fed[0]
         scores = np.full(adata.n_obs, np.nan)
         calls = np.zeros(adata.n_obs, dtype=bool)
-        for k, (sample, idx, cells, run) in enumerate(runs):
+        for k, ((sample, idx, cells), run) in enumerate(zip(runs, results, strict=True)):
             if isinstance(run, Future):
                 try:
                     run = run.result()
@@ -628,7 +651,7 @@ def prepare_qc(
     The first note says which QC mode applies; later ones name skipped samples. Non-count
     input gets one note saying that count-based steps were skipped. ``doublet_threshold`` and
     ``doublet_mean_center`` and ``doublet_max_cells`` as ``threshold``, ``mean_center`` and
-    ``max_cells`` of :func:`detect_doublets`;
+    ``max_cells`` of :func:`start_doublets`;
     ``lineage_resolution``, ``min_group_cells`` and ``lineage_max_cells`` as
     ``resolution``, ``min_group_cells`` and ``max_cells`` of :func:`assign_qc_groups`;
     with a ``pool`` of worker processes, scrublet runs there beside the coarse clustering;

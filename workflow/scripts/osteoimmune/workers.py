@@ -12,6 +12,9 @@ import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
 
 # Below this many cells a job runs its steps one after the other: starting the workers
 # (a fresh interpreter importing scanpy, ~3 s) costs more than the steps it would overlap.
@@ -23,6 +26,24 @@ PRELOAD = ("osteoimmune.qc", "osteoimmune.cluster", "osteoimmune.stability")
 def workers_for(n_cells: int, threads: int) -> int:
     """How many worker processes a job of ``n_cells`` cells and ``threads`` threads uses."""
     return threads if n_cells >= PARALLEL_MIN_CELLS else 1
+
+
+def h5ad_cells(path) -> int:
+    """The number of cells of an h5ad file, from its obs index alone (no matrix is read)."""
+    with h5py.File(path, "r") as f:
+        obs = f["obs"]
+        return obs[obs.attrs["_index"]].shape[0]
+
+
+def threads_for_file(path, threads: int = 2) -> int:
+    """Threads a job on the h5ad at ``path`` asks for: as many as it uses (:func:`workers_for`).
+
+    One while the file is not written yet: Snakemake asks again once a job's input exists
+    (before it runs, for the job it then starts).
+    """
+    if not Path(path).exists():
+        return 1
+    return workers_for(h5ad_cells(path), threads)
 
 
 @contextmanager
