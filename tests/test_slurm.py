@@ -87,6 +87,41 @@ def test_a_failure_slurm_did_not_cause_is_left_alone(tmp_path):
     assert not rule_log.exists()
 
 
+LIMITED = """
+rule all:
+    input: expand("out/{i}.txt", i=range(3))
+
+rule first:
+    output: "first.txt"
+    resources: mem_mb=15000
+    shell: "touch {output}"
+
+rule job:
+    input: "first.txt"
+    output: "out/{i}.txt"
+    resources: mem_mb=15000
+    shell: "date +%s.%N > {output}; sleep 1; date +%s.%N >> {output}"
+"""
+
+
+def test_a_local_run_keeps_its_jobs_within_the_memory_limit(tmp_path):
+    """make run gives Snakemake the memory limit, and Snakemake keeps to it: jobs whose
+    requests do not fit together run one after the other, also after a job that ran alone
+    (Snakemake 9.16 freed the memory of such a job without having reserved it, and ran two
+    of these 15 GB jobs side by side within 20 GB, as it ran scoring, enrichment and
+    communication of 300,000 cells side by side)."""
+    dry = subprocess.run(["make", "-n", "run"], cwd=REPO, capture_output=True, text=True)
+    assert re.search(r"snakemake --cores \d+ --resources mem_mb=\d+ ", dry.stdout), dry.stdout
+    (tmp_path / "Snakefile").write_text(LIMITED)
+    snakemake = [sys.executable, "-m", "snakemake", "--cores", "2", "--resources", "mem_mb=20000"]
+    subprocess.run([*snakemake, "-q"], cwd=tmp_path, check=True, capture_output=True)
+    spans = sorted(
+        tuple(map(float, path.read_text().split())) for path in (tmp_path / "out").glob("*.txt")
+    )
+    assert len(spans) == 3
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
+
+
 # --------------------------------------------------------------------- a real SLURM cluster
 
 cluster = pytest.mark.skipif(
