@@ -86,6 +86,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     )
     parser.add_argument("--until", choices=["report", "clustered"], default="report")
     parser.add_argument("--tag", default="", help="suffix of the output folder's name")
+    parser.add_argument(
+        "--config",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config keys to set for this run (Snakemake --config), e.g. to compare settings",
+    )
     args = parser.parse_args(argv)
     workdir = ROOT / "bench" / "out" / f"workflow_{args.h5ad.stem}{args.tag}"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -110,6 +117,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         "--config",
         f"registry={workdir / 'datasets.yaml'}",
         f"datasets=[{DATASET}]",
+        *args.config,
         "--",
         TARGETS[args.until],
     ]
@@ -127,6 +135,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         "largest_mib": largest,
         "cores": args.cores,
         "mem_mb": args.mem_mb,
+        "config": args.config,
         "until": args.until,
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -12,8 +12,11 @@ from osteoimmune.stability import (
     STABILITY_COLUMNS,
     choose_resolution,
     cluster_over_resolutions,
+    leiden_grid,
     resolution_key,
     small_dataset_caveat,
+    stability_table,
+    subsample_runs,
 )
 from osteoimmune.workers import worker_pool
 
@@ -170,3 +173,27 @@ def test_worker_processes_give_the_same_clusters_stability_and_umap():
     assert serial.obs["leiden"].tolist() == pooled.obs["leiden"].tolist()
     with worker_pool(1) as none:
         assert none is None
+
+
+def test_subsamples_no_worker_has_started_are_clustered_here_with_the_same_result():
+    """The cluster job does not wait on a busy worker: stability_table runs the subsamples
+    still queued itself (from the last), and the table is the one made without a pool."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    serial, pooled = make_adata(), make_adata()
+    table, _ = cluster_step(serial)
+    prepare(pooled, seed=0)
+    release = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(release.wait, 60)  # the only worker is busy: nothing else starts
+        runs = subsample_runs(pooled, resolutions=RESOLUTIONS, repeats=5, seed=0, pool=pool)
+        leiden_grid(pooled, resolutions=RESOLUTIONS, seed=0)
+        pooled_table = stability_table(
+            pooled, resolutions=RESOLUTIONS, repeats=5, seed=0, runs=runs
+        )
+        assert all(result.future.cancelled() for _, result in runs)  # all taken back
+        release.set()
+        busy.result()
+    expected = table.drop(columns="chosen").reset_index(drop=True)
+    pd.testing.assert_frame_equal(pooled_table, expected)

@@ -58,13 +58,14 @@ def subsample_runs(
     seed: int,
     fraction: float = 0.8,
     pool: Executor | None = None,
-) -> list[tuple[np.ndarray, dict | Future]]:
+) -> list[tuple[np.ndarray, dict | _Pending]]:
     """The subsamples of :func:`stability_table` and their Leiden clusters at each resolution.
 
     Subsample ``r`` (cells drawn without replacement, seeded by ``seed``) keeps its cells'
     edges of the full kNN graph (no new search) and is clustered with ``seed + r``. With a
-    ``pool`` (process workers), the clusterings run there and a :class:`Future` stands for
-    each; the results are the same either way.
+    ``pool`` (process workers), the clusterings run there and a :class:`_Pending` stands for
+    each (:func:`stability_table` runs those no worker has started yet itself); the results
+    are the same either way.
     """
     graph = adata.obsp[adata.uns["neighbors"]["connectivities_key"]].tocsr()
     n_sub = max(int(round(fraction * adata.n_obs)), 3)
@@ -73,10 +74,38 @@ def subsample_runs(
     for r in range(repeats):
         cells = np.sort(rng.choice(adata.n_obs, size=n_sub, replace=False))
         args = (graph[cells][:, cells], tuple(float(res) for res in resolutions), seed + r)
-        runs.append(
-            (cells, pool.submit(_subsample_leiden, *args) if pool else _subsample_leiden(*args))
-        )
+        if pool is None:
+            runs.append((cells, _subsample_leiden(*args)))
+        else:
+            runs.append((cells, _Pending(pool.submit(_subsample_leiden, *args), args)))
     return runs
+
+
+class _Pending:
+    """A subsample clustering handed to a worker, with what it needs to run it here instead."""
+
+    def __init__(self, future: Future, args: tuple):
+        self.future, self.args = future, args
+
+    def take_back(self) -> dict | None:
+        """Its clusters, made here if no worker has started it yet, else None."""
+        return _subsample_leiden(*self.args) if self.future.cancel() else None
+
+
+def _collect(runs: list) -> list[dict]:
+    """The clusters of every subsample, in order.
+
+    Those no worker has started are run here (from the last, as the workers take them from
+    the first); then the workers' are waited for.
+    """
+    labels: list = [None if isinstance(result, _Pending) else result for _, result in runs]
+    for r in reversed(range(len(runs))):
+        if labels[r] is None:
+            labels[r] = runs[r][1].take_back()
+    for r, (_, result) in enumerate(runs):
+        if labels[r] is None:
+            labels[r] = result.future.result()
+    return labels
 
 
 def stability_table(
@@ -104,7 +133,8 @@ def stability_table(
         Fraction of cells in each subsample, drawn without replacement.
     runs
         The subsamples' clusterings from :func:`subsample_runs` (at least these resolutions),
-        made beforehand, e.g. by worker processes while the grid ran; None makes them here.
+        made beforehand, e.g. by worker processes while the grid ran (those the workers have
+        not started yet are run here); None makes them here.
 
     Returns
     -------
@@ -115,8 +145,7 @@ def stability_table(
             adata, resolutions=resolutions, repeats=repeats, seed=seed, fraction=fraction
         )
     ari = np.empty((len(resolutions), repeats))
-    for r, (cells, result) in enumerate(runs):
-        labels = result.result() if isinstance(result, Future) else result
+    for r, ((cells, _), labels) in enumerate(zip(runs, _collect(runs), strict=True)):
         for i, resolution in enumerate(resolutions):
             full = adata.obs[resolution_key(resolution)].to_numpy()[cells]
             ari[i, r] = adjusted_rand_score(full, labels[float(resolution)])
