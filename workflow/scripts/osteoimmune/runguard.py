@@ -200,8 +200,14 @@ def follow_workflow() -> int | None:
 
 
 def _in_snakemake_job() -> bool:
-    # Snakemake's preamble of a rule script sets snakemake.script.snakemake first thing
-    return getattr(sys.modules.get("snakemake.script"), "snakemake", None) is not None
+    # Snakemake's preamble of a rule script first thing unpickles the job's `snakemake`
+    # object: into the script's own globals (Snakemake 9.17+), or into snakemake.script
+    # (before); its class is named Snakemake either way
+    for module in ("__main__", "snakemake.script"):
+        job = getattr(sys.modules.get(module), "snakemake", None)
+        if type(job).__name__ == "Snakemake":
+            return True
+    return False
 
 
 def _snakemake_ancestor(pid: int) -> tuple[int, int] | None:
