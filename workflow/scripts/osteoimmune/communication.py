@@ -414,8 +414,13 @@ def _member(names: pd.Series, gene: str) -> np.ndarray:
 
 def _pair_hits(results: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
     # Panel pairs x result rows: the ligand and the receptor are members of the complexes.
+    # A table repeats each complex for every pair of cell types: each distinct name is
+    # tested once, and the answer spread to its rows.
+    ligands, ligand_names = pd.factorize(results["ligand_complex"].astype(str))
+    receptors, receptor_names = pd.factorize(results["receptor_complex"].astype(str))
+    ligand_names, receptor_names = pd.Series(ligand_names), pd.Series(receptor_names)
     hits = [
-        _member(results["ligand_complex"], ligand) & _member(results["receptor_complex"], rec)
+        _member(ligand_names, ligand)[ligands] & _member(receptor_names, rec)[receptors]
         for ligand, rec in zip(pairs["ligand"], pairs["receptor"], strict=True)
     ]
     return np.array(hits, dtype=bool).reshape(len(pairs), len(results))

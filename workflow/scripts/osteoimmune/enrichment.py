@@ -285,12 +285,16 @@ def _benjamini_hochberg(p_values: np.ndarray, n_tests: int) -> np.ndarray:
 
 
 def _enrich_one(
-    query: list[str], sets: dict[str, list[str]], background: list[str]
+    query: list[str],
+    sets: dict[str, list[str]],
+    ids: tuple[dict[str, str], dict[str, str]],
+    encoded: dict[str, list[str]],
 ) -> pd.DataFrame:
-    to_id, from_id = _neutral_ids(background)
+    # ids: the background's neutral ids (_neutral_ids); encoded: the sets in them
+    to_id, from_id = ids
     result = gseapy.enrich(
         gene_list=[to_id[g] for g in query],
-        gene_sets={term: [to_id[g] for g in genes] for term, genes in sets.items()},
+        gene_sets=encoded,
         background=list(from_id),
         outdir=None,
         no_plot=True,
@@ -392,8 +396,11 @@ def overrepresentation(
         log.warning("ORA: %d marker genes are not in the background; left out.", n_missing)
     matched = _match_sets(gene_sets, universe, case_insensitive=case_insensitive, species=species)
     sets = {term: genes for term, genes in matched.items() if genes}
+    # the background's ids and the sets in them, made once for all groups
+    ids = _neutral_ids(universe)
+    encoded = {term: [ids[0][g] for g in genes] for term, genes in sets.items()}
     tables = [
-        _enrich_one(query, sets, universe).assign(group=group)
+        _enrich_one(query, sets, ids, encoded).assign(group=group)
         for group, query in found.items()
         if query and sets
     ]
