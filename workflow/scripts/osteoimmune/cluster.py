@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 
 import anndata as ad
+import harmonypy
 import numpy as np
 import pandas as pd
 import scanpy as sc
@@ -166,9 +167,10 @@ def knn_transformer(n_obs: int, knn: str = "auto") -> str:
 
 
 # Harmony's convergence tolerances as in R harmony >= 1.2 (``harmony_options()``; Seurat v5's
-# HarmonyIntegration uses the same epsilon.harmony). harmonypy 0.0.10 defaults to 100x tighter
+# HarmonyIntegration uses the same epsilon.harmony). harmonypy 0.0.10 defaulted to 100x tighter
 # ones (1e-5, 1e-4), which on 17k cells ran 9 rounds of up to 20 k-means iterations: 22 s
-# instead of 8 s for a 98% identical 15-NN graph (bench/README.md).
+# instead of 8 s for a 98% identical 15-NN graph (bench/README.md). harmonypy >= 2 (a C++
+# port of R harmony >= 1.2, lambda estimated per cluster) keeps them as its defaults.
 HARMONY_DEFAULTS = {"epsilon_cluster": 1e-3, "epsilon_harmony": 1e-2}
 
 
@@ -187,18 +189,26 @@ def integrate(
         return "X_pca", f"one {batch_key}: no batch integration"
     options = HARMONY_DEFAULTS | {k: v for k, v in (harmony or {}).items() if v is not None}
     if "nclust" not in options and adata.n_obs < 45:
-        # harmonypy's default, round(cells / 30) soft clusters, is under 2 below 45 cells, and
-        # harmonypy 0.0.10 fails with 0 or 1 cluster: too few cells to integrate
+        # harmonypy's default, round(cells / 30) soft clusters, is under 2 below 45 cells:
+        # too few cells to integrate
         return "X_pca", f"{adata.n_obs} cells: too few for harmony, no batch integration"
-    sc.external.pp.harmony_integrate(
-        adata,
-        key=batch_key,
-        basis="X_pca",
-        adjusted_basis="X_pca_harmony",
+    # harmonypy itself, not scanpy 1.11's harmony_integrate, which transposes harmonypy 2's
+    # cells x PCs result. One thread: the same result on every machine (its default is one
+    # per physical core).
+    result = harmonypy.run_harmony(
+        np.asarray(adata.obsm["X_pca"]),
+        adata.obs[[batch_key]],
+        batch_key,
         random_state=seed,
         verbose=False,
+        ncores=1,
         **options,
     )
+    corrected = np.asarray(result.Z_corr)
+    if corrected.shape != adata.obsm["X_pca"].shape:
+        msg = f"harmonypy returned {corrected.shape}, not cells x PCs {adata.obsm['X_pca'].shape}."
+        raise RuntimeError(msg)
+    adata.obsm["X_pca_harmony"] = corrected
     return "X_pca_harmony", f"harmony across {batches} values of obs['{batch_key}']"
 
 
