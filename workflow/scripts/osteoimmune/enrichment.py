@@ -286,7 +286,6 @@ def _benjamini_hochberg(p_values: np.ndarray, n_tests: int) -> np.ndarray:
 
 def _enrich_one(
     query: list[str],
-    sets: dict[str, list[str]],
     ids: tuple[dict[str, str], dict[str, str]],
     encoded: dict[str, list[str]],
 ) -> pd.DataFrame:
@@ -314,7 +313,7 @@ def _enrich_one(
             "n_query": len(query),
             "pval": pvals,
             # Over every set with genes in the background; sets without a hit have p = 1.
-            "fdr": _benjamini_hochberg(pvals, len(sets)),
+            "fdr": _benjamini_hochberg(pvals, len(encoded)),
             "odds_ratio": result["Odds Ratio"].astype(float),
             # gseapy lists the overlap in set order, which varies between runs: sorted
             "genes": [_decode(g, from_id, sort=True) for g in result["Genes"]],
@@ -400,7 +399,7 @@ def overrepresentation(
     ids = _neutral_ids(universe)
     encoded = {term: [ids[0][g] for g in genes] for term, genes in sets.items()}
     tables = [
-        _enrich_one(query, sets, ids, encoded).assign(group=group)
+        _enrich_one(query, ids, encoded).assign(group=group)
         for group, query in found.items()
         if query and sets
     ]
