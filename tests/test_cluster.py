@@ -234,3 +234,59 @@ def test_normalising_leaves_counts_read_back_as_the_same_object_raw(tmp_path):
     normalize(back, value_type="counts")
     assert (back.layers["counts"] != raw).nnz == 0
     assert abs(back.X.max() - raw.max()) > 1  # X was transformed
+
+
+def test_markers_cap_large_clusters_and_still_rank_their_genes_first():
+    """max_cells_per_group tests a large cluster on a seeded subsample of its cells."""
+    from scipy import stats
+
+    adata = make_adata(n_per_group=300)
+    normalize(adata, value_type="counts")
+    adata.obs["leiden"] = pd.Categorical(adata.obs["group"])
+    full = markers(adata, n_genes=adata.n_vars)
+    capped = markers(adata, n_genes=adata.n_vars, max_cells_per_group=100, seed=1)
+    params = adata.uns["rank_genes_groups"]["params"]
+    assert params["max_cells_per_group"] == 100 and params["seed"] == 1
+    for cluster in "abc":
+        mine_full = full[full["cluster"] == cluster].set_index("gene")["score"]
+        mine = capped[capped["cluster"] == cluster].set_index("gene")["score"]
+        group = "abc".index(cluster)
+        planted = {f"G{i}" for i in range(group * 30, (group + 1) * 30)}
+        assert set(mine.index[:30]) == planted
+        # the statistic of 100 + 200 cells instead of 300 + 600: about sqrt(3) smaller
+        ratio = mine_full[mine.index[:30]] / mine[:30]
+        assert 1.4 < ratio.median() < 2.1
+        rho = stats.spearmanr(mine_full, mine.loc[mine_full.index]).statistic
+        assert rho > 0.9
+    # seeded: the same table again; another seed draws other cells
+    again = markers(adata, n_genes=adata.n_vars, max_cells_per_group=100, seed=1)
+    pd.testing.assert_frame_equal(capped, again)
+    other = markers(adata, n_genes=adata.n_vars, max_cells_per_group=100, seed=2)
+    assert not np.allclose(other["score"], capped["score"])
+
+
+def test_markers_cap_changes_nothing_when_every_cluster_is_smaller():
+    adata = make_adata()
+    normalize(adata, value_type="counts")
+    adata.obs["leiden"] = pd.Categorical(adata.obs["group"])
+    full = markers(adata, n_genes=20)
+    record = dict(adata.uns["rank_genes_groups"]["params"])
+    capped = markers(adata, n_genes=20, max_cells_per_group=80, seed=5)
+    pd.testing.assert_frame_equal(full, capped)
+    assert adata.uns["rank_genes_groups"]["params"] == record  # no cap recorded
+
+
+def test_markers_cap_keeps_small_clusters_whole_and_leaves_x_alone():
+    adata = make_adata()
+    normalize(adata, value_type="counts")
+    labels = np.repeat(["a", "b", "c"], 80).astype(object)
+    labels[:10] = "tiny"
+    adata.obs["leiden"] = pd.Categorical(labels)
+    before = adata.X.copy()
+    table = markers(adata, n_genes=5, max_cells_per_group=20, seed=0, implementation="scanpy")
+    assert set(table["cluster"]) == {"a", "b", "c", "tiny"}
+    assert (adata.X != before).nnz == 0 and adata.n_obs == 240
+    # "tiny" (10 cells) is tested whole against 3 x 20 capped cells: its planted block
+    # (genes of "a") still leads
+    tiny = table[table["cluster"] == "tiny"]["gene"]
+    assert set(tiny) <= {f"G{i}" for i in range(30)}

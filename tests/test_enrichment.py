@@ -262,6 +262,7 @@ def test_rule_ranks_cell_types_and_finds_the_raised_set(tmp_path, offline):
         "min_size": 5,
         "max_size": 500,
         "permutations": 200,
+        "max_cells_per_group": 40,  # both types ranked on 40 of their 55-60 cells
         "top_n": 25,
         "max_padj": 0.05,
     }

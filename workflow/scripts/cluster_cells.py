@@ -69,7 +69,12 @@ def _graph_and_clusters(adata, *, params, seed, pool):
     )
     if clustering["caveat"]:
         log.warning(clustering["caveat"])
-    genes = markers(adata, n_genes=params["n_markers"])
+    genes = markers(
+        adata,
+        n_genes=params["n_markers"],
+        max_cells_per_group=params["marker_max_cells_per_cluster"],
+        seed=seed,
+    )
     finish_umap()
     log.info("UMAP layout stored")
     return table, genes

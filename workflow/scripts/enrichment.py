@@ -16,13 +16,31 @@ log = logging.getLogger("osteoimmune")
 UNASSIGNED = "unassigned"
 
 
-def cell_type_ranking(adata: ad.AnnData, *, group_key: str, min_cells: int) -> pd.DataFrame:
-    """Every gene ranked per cell type (Wilcoxon vs the rest) for prerank GSEA."""
+def cell_type_ranking(
+    adata: ad.AnnData,
+    *,
+    group_key: str,
+    min_cells: int,
+    max_cells_per_group: int | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Every gene ranked per cell type (Wilcoxon vs the rest) for prerank GSEA.
+
+    A cell type of more than ``max_cells_per_group`` cells is ranked on that many of them
+    (seeded; see :func:`osteoimmune.cluster.markers`).
+    """
     sizes = adata.obs[group_key].value_counts()
     keep = [g for g in sizes.index if sizes[g] >= min_cells and g != UNASSIGNED]
     if not keep:
         return pd.DataFrame(columns=["cluster", "rank", "gene", "score"])
-    return markers(adata, n_genes=adata.n_vars, groupby=group_key).query("cluster in @keep")
+    ranking = markers(
+        adata,
+        n_genes=adata.n_vars,
+        groupby=group_key,
+        max_cells_per_group=max_cells_per_group,
+        seed=seed,
+    )
+    return ranking.query("cluster in @keep")
 
 
 def main(*, h5ad, leiden_markers, params, user_sets, seed, threads, out):
@@ -37,7 +55,13 @@ def main(*, h5ad, leiden_markers, params, user_sets, seed, threads, out):
     log.info("%d gene sets for %s", len(sets), species)
     group_key = params["group_key"]
     adata.obs[group_key] = adata.obs[group_key].astype("category")
-    ranking = cell_type_ranking(adata, group_key=group_key, min_cells=params["min_cells"])
+    ranking = cell_type_ranking(
+        adata,
+        group_key=group_key,
+        min_cells=params["min_cells"],
+        max_cells_per_group=params["max_cells_per_group"],
+        seed=seed,
+    )
     prerank = prerank_by_group(
         ranking,
         sets,

@@ -332,6 +332,8 @@ def markers(
     n_genes: int = 25,
     groupby: str = "leiden",
     implementation: str = "osteoimmune",
+    max_cells_per_group: int | None = None,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Top marker genes per cluster: Wilcoxon test of each cluster against the rest.
 
@@ -341,6 +343,14 @@ def markers(
     ``uns['rank_genes_groups']``.
     Clusters of a single cell (or whose rest has a single cell) cannot be tested and are
     left out of the table, with a log message.
+
+    With ``max_cells_per_group``, a cluster of more cells is represented in the test by that
+    many of them, drawn at random with ``seed`` (the same cells every run), both as the group
+    and in the rest of the other clusters; smaller clusters keep every cell. The cost of the
+    test grows with the cells tested, and a few thousand cells per cluster rank its genes as
+    all of them do (statistics are then those of the cells tested: the z-scores of large
+    clusters are smaller). ``uns['rank_genes_groups']['params']`` records the cap when it
+    was applied.
 
     Returns
     -------
@@ -364,9 +374,19 @@ def markers(
     if not groups:
         return pd.DataFrame(columns=columns)
     n_genes = min(n_genes, adata.n_vars)
+    tested = adata
+    if max_cells_per_group is not None and sizes.max() > max_cells_per_group:
+        tested = _marker_subsample(adata, groupby=groupby, max_cells=max_cells_per_group, seed=seed)
+        log.info(
+            "Markers: clusters of more than %d cells are tested on %d of them (%d of %d cells)",
+            max_cells_per_group,
+            max_cells_per_group,
+            tested.n_obs,
+            adata.n_obs,
+        )
     if implementation == "scanpy":
         sc.tl.rank_genes_groups(
-            adata,
+            tested,
             groupby,
             groups=groups,
             reference="rest",
@@ -375,7 +395,12 @@ def markers(
             use_raw=False,
         )
     else:
-        wilcoxon_vs_rest(adata, groupby=groupby, groups=groups, n_genes=n_genes)
+        wilcoxon_vs_rest(tested, groupby=groupby, groups=groups, n_genes=n_genes)
+    if tested is not adata:
+        record = tested.uns["rank_genes_groups"]
+        record["params"]["max_cells_per_group"] = int(max_cells_per_group)
+        record["params"]["seed"] = int(seed)
+        adata.uns["rank_genes_groups"] = record
     table = sc.get.rank_genes_groups_df(adata, group=groups)
     if "group" not in table:  # a single group comes back without its column
         table["group"] = groups[0]
@@ -391,3 +416,26 @@ def markers(
         }
     )
     return table[columns]
+
+
+def _marker_subsample(adata: ad.AnnData, *, groupby: str, max_cells: int, seed: int) -> ad.AnnData:
+    """The cells the marker test sees: at most ``max_cells`` of each group, drawn with ``seed``.
+
+    Only X's rows (log-normalised), the grouping and ``uns['log1p']`` are kept: no layers.
+    """
+    labels = adata.obs[groupby].astype(str).to_numpy()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for value in sorted(set(labels)):
+        mine = np.flatnonzero(labels == value)
+        if len(mine) > max_cells:
+            mine = rng.choice(mine, size=max_cells, replace=False)
+        rows.append(mine)
+    rows = np.sort(np.concatenate(rows))
+    uns = {"log1p": dict(adata.uns["log1p"])} if "log1p" in adata.uns else {}
+    return ad.AnnData(
+        X=adata.X[rows],
+        obs=adata.obs[[groupby]].iloc[rows],
+        var=pd.DataFrame(index=adata.var_names),
+        uns=uns,
+    )
