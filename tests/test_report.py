@@ -24,6 +24,7 @@ from osteoimmune.report import (
     dataset_report,
     index_row,
     key_signature_block,
+    markers_note,
     rankl_opg_note,
     render,
 )
@@ -226,6 +227,7 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
         }
     )
     config = {"seed": 0, "compare": {"group_key": "cell_type", "min_donors": 3}}
+    scored.uns["rank_genes_groups"] = {"params": {"max_cells_per_group": 2000, "seed": 0}}
     html = dataset_report(
         scored,
         entry=entry,
@@ -276,6 +278,8 @@ def test_dataset_report_escapes_text_and_embeds_every_figure(scored, tmp_path):
     assert "No osteoimmune axis between the cell types of this dataset." in html
     assert "&lt;i&gt;authors&lt;/i&gt;" in html
     assert "Lyz2, Cd14" in html
+    # the Leiden markers' cap, recorded by osteoimmune.cluster.markers, is said
+    assert "Clusters of more than 2,000 cells were tested on 2,000 of their cells" in html
     for data, name in zip(sources, files, strict=True):
         assert base64.b64decode(data) == (tmp_path / "figures" / name).read_bytes()
         svg = (tmp_path / "figures" / name).with_suffix(".svg")
@@ -475,3 +479,10 @@ def test_large_scatter_plots_are_drawn_as_one_image_in_the_svg(tmp_path):
     for svg, vector in zip(large, small, strict=True):  # the points are one image
         assert "<image" in svg and svg.count("<use ") < 100
         assert len(svg) < len(vector) / 5
+
+
+def test_markers_note_says_when_large_clusters_were_subsampled():
+    assert markers_note({}) == ""
+    assert markers_note({"rank_genes_groups": {"params": {"method": "wilcoxon"}}}) == ""
+    note = markers_note({"rank_genes_groups": {"params": {"max_cells_per_group": 2000, "seed": 7}}})
+    assert "more than 2,000 cells were tested on 2,000" in note and "seed 7" in note

@@ -450,6 +450,7 @@ def dataset_report(
         ),
         stability_table=table_html(tables["stability"], index=False),
         markers_table=table_html(top_markers(tables["markers"]), index=False),
+        markers_note=markers_note(adata.uns),
         coverage_table=table_html(
             tables["coverage"], empty="No signature set applies to this species."
         ),
@@ -677,6 +678,20 @@ def composition_wide(composition: pd.DataFrame) -> pd.DataFrame:
         values="n_cells",
         aggfunc="sum",
         fill_value=0,
+    )
+
+
+def markers_note(uns) -> str:
+    """Say when large clusters' markers were tested on a subsample of their cells."""
+    params = uns.get("rank_genes_groups", {}).get("params", {})
+    cap = params.get("max_cells_per_group")
+    if cap is None:
+        return ""
+    return (
+        f"Clusters of more than {int(cap):,} cells were tested on {int(cap):,} of their cells, "
+        f"drawn with seed {int(params.get('seed', 0))}, as the cluster and in the rest of the "
+        "others (config cluster.marker_max_cells_per_cluster); their scores and p-values are "
+        "those of the cells tested."
     )
 
 
