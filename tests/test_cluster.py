@@ -290,3 +290,21 @@ def test_markers_cap_keeps_small_clusters_whole_and_leaves_x_alone():
     # (genes of "a") still leads
     tiny = table[table["cluster"] == "tiny"]["gene"]
     assert set(tiny) <= {f"G{i}" for i in range(30)}
+
+
+def test_capped_cells_draws_at_most_the_cap_per_group_and_keeps_small_groups_whole():
+    from osteoimmune.samples import capped_cells
+
+    labels = np.array(["big"] * 50 + ["small"] * 5 + ["out"] * 30)
+    within = np.ones(len(labels), dtype=bool)
+    within[:10] = False  # ten "big" cells are not eligible
+    rows = capped_cells(labels, ["big", "small"], max_cells=20, seed=0, within=within)
+    assert np.all(np.diff(rows) > 0)
+    picked = pd.Series(labels[rows]).value_counts()
+    assert picked.to_dict() == {"big": 20, "small": 5}
+    assert rows.min() >= 10  # only eligible cells
+    np.testing.assert_array_equal(
+        rows, capped_cells(labels, ["big", "small"], max_cells=20, seed=0, within=within)
+    )
+    every = capped_cells(labels, ["big", "small"], max_cells=None, seed=0)
+    np.testing.assert_array_equal(every, np.arange(55))

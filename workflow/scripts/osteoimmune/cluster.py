@@ -19,6 +19,7 @@ import scanpy as sc
 from osteoimmune.jit import cache_umap_functions
 from osteoimmune.kernels import check_implementation
 from osteoimmune.kernels.wilcoxon import wilcoxon_vs_rest
+from osteoimmune.samples import capped_cells
 from osteoimmune.values import VALUE_TYPES, normalization_note
 
 log = logging.getLogger(__name__)
@@ -424,14 +425,7 @@ def _marker_subsample(adata: ad.AnnData, *, groupby: str, max_cells: int, seed: 
     Only X's rows (log-normalised), the grouping and ``uns['log1p']`` are kept: no layers.
     """
     labels = adata.obs[groupby].astype(str).to_numpy()
-    rng = np.random.default_rng(seed)
-    rows = []
-    for value in sorted(set(labels)):
-        mine = np.flatnonzero(labels == value)
-        if len(mine) > max_cells:
-            mine = rng.choice(mine, size=max_cells, replace=False)
-        rows.append(mine)
-    rows = np.sort(np.concatenate(rows))
+    rows = capped_cells(labels, sorted(set(labels)), max_cells=max_cells, seed=seed)
     uns = {"log1p": dict(adata.uns["log1p"])} if "log1p" in adata.uns else {}
     return ad.AnnData(
         X=adata.X[rows],

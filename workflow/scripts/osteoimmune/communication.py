@@ -39,6 +39,7 @@ from osteoimmune.compare import (
 from osteoimmune.errors import CommunicationError
 from osteoimmune.figures import plt
 from osteoimmune.panels import CELL_TYPES, UNASSIGNED
+from osteoimmune.samples import capped_cells
 from osteoimmune.states import lr_pairs
 
 log = logging.getLogger(__name__)
@@ -189,14 +190,7 @@ def _unit(
     groups = sorted(counts.index[counts >= min_cells])
     if len(groups) < 2:  # LIANA's log2FC needs a rest to compare each group against
         return None, counts
-    rng = np.random.default_rng(seed)
-    rows = []
-    for group in groups:
-        mine = np.flatnonzero(keep & (labels == group))
-        if max_cells is not None and len(mine) > max_cells:
-            mine = np.sort(rng.choice(mine, size=max_cells, replace=False))
-        rows.append(mine)
-    rows = np.sort(np.concatenate(rows))
+    rows = capped_cells(labels, groups, max_cells=max_cells, seed=seed, within=keep)
     obs = pd.DataFrame(
         {groupby: pd.Categorical(labels[rows], categories=groups)}, index=adata.obs_names[rows]
     )

@@ -38,6 +38,31 @@ def cells_of(adata: ad.AnnData, idx: np.ndarray) -> ad.AnnData:
     return adata[idx]
 
 
+def capped_cells(
+    labels: np.ndarray,
+    groups,
+    *,
+    max_cells: int | None,
+    seed: int,
+    within: np.ndarray | None = None,
+) -> np.ndarray:
+    """Rows of the cells of ``groups``, at most ``max_cells`` of each, drawn with ``seed``.
+
+    Groups are drawn in the order given (the draws depend on it); a group of at most
+    ``max_cells`` cells (or any group when ``max_cells`` is None) keeps every cell. Only cells
+    in ``within`` (a boolean mask) count. Returns the rows sorted.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for group in groups:
+        mine = labels == group
+        mine = np.flatnonzero(mine if within is None else mine & within)
+        if max_cells is not None and len(mine) > max_cells:
+            mine = rng.choice(mine, size=max_cells, replace=False)
+        rows.append(mine)
+    return np.sort(np.concatenate(rows)) if rows else np.array([], dtype=np.int64)
+
+
 def split_by_sample(adata: ad.AnnData, out_dir: Path) -> pd.DataFrame:
     """Write each sample's cells to ``out_dir/<slug>.h5ad``; return the sample table.
 
