@@ -266,6 +266,64 @@ def test_large_groups_are_ranked_on_a_seeded_subsample(by_condition, monkeypatch
     assert not capped["magnitude_rank"].equals(full["magnitude_rank"])
 
 
+def test_liana_positions_lookup_gives_liana_own_result(by_condition, monkeypatch):
+    """The indexed gene lookup swapped into LIANA 1.10 changes nothing in the results."""
+    from liana.method._pipe_utils import _get_mean_perms as liana_module
+
+    from osteoimmune import communication as module
+
+    original = liana_module._get_positions
+    calls = []
+    indexed = module._indexed_positions
+    monkeypatch.setattr(module, "_indexed_positions", lambda *a: calls.append(1) or indexed(*a))
+    options = dict(resource_names=["mouseconsensus", "baccin2019"], **RUN)
+    fast = communication(by_condition, **options)
+    assert calls and liana_module._get_positions is original  # used, then put back
+    monkeypatch.setattr(module, "LIANA_POSITIONS_VERSION", "another release")
+    calls.clear()
+    own = communication(by_condition, **options)
+    assert not calls  # another LIANA version runs its own lookup
+    assert len(fast) > 100
+    pd.testing.assert_frame_equal(fast, own)
+
+
+def test_indexed_positions_match_liana_helper():
+    """Same dicts as LIANA's per-row scan: first position of a gene, IndexError when absent."""
+    from liana.method._pipe_utils._get_mean_perms import _get_positions
+
+    from osteoimmune.communication import _indexed_positions
+
+    rng = np.random.default_rng(0)
+    genes = [f"g{i}" for i in range(50)]
+    obs = pd.DataFrame({"@label": pd.Categorical(["b", "a", "c", "a"] * 5)})
+    adata = ad.AnnData(X=np.zeros((20, 50), dtype=np.float32), obs=obs)
+    adata.var_names = genes
+    lr_res = pd.DataFrame(
+        {"ligand": rng.choice(genes, 400), "receptor": rng.choice(genes[10:], 400)}
+    )
+    assert _indexed_positions(adata, lr_res) == _get_positions(adata, lr_res)
+    lr_res.loc[7, "receptor"] = "absent"
+    for helper in (_indexed_positions, _get_positions):
+        with pytest.raises(IndexError):
+            helper(adata, lr_res)
+
+
+def test_liana_lookup_is_put_back_when_liana_fails(by_condition, monkeypatch):
+    import liana as li
+    from liana.method._pipe_utils import _get_mean_perms as liana_module
+
+    original = liana_module._get_positions
+
+    def fail(*args, **kwargs):
+        assert liana_module._get_positions is not original  # swapped during the call
+        raise RuntimeError("LIANA failed")
+
+    monkeypatch.setattr(li.mt, "rank_aggregate", fail)
+    with pytest.raises(RuntimeError, match="LIANA failed"):
+        communication(by_condition, resource_names=["mouseconsensus"], **RUN)
+    assert liana_module._get_positions is original
+
+
 # --------------------------------------------------------------------------- axes
 
 
