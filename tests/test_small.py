@@ -61,3 +61,51 @@ def test_ten_cells_with_a_minimal_entry_get_a_caveat_and_one_cluster(mirror, tmp
     assert f"Only {adata.n_obs} cells after QC" in caveat and "one cluster" in caveat
     assert "doi" not in page[page.index("<h2>Provenance") : page.index("<h2>Design")]
     assert "tiny/report.html" in (workdir / "results" / "index.html").read_text()
+
+
+def test_marker_cap_is_recorded_in_the_h5ad_and_said_in_the_report(mirror, tmp_path):
+    """A low marker cap, set by the user, reaches the final h5ad and the report's markers.
+
+    Test input rebuilt from the mirror's bytes: 300 real cells of the Luecken 2021 CITE-seq
+    counts, registered as a user's local file, with clusters of more than 25 cells.
+    """
+    source = ad.read_h5ad(mirror / CITE)
+    cells = np.sort(np.random.default_rng(1).choice(source.n_obs, 300, replace=False))
+    part = ad.AnnData(X=source.layers["counts"][cells], var=source.var[[]])
+    part.obs_names = source.obs_names[cells]
+    part.write_h5ad(tmp_path / "part.h5ad")
+    entry = {
+        "title": "Three hundred cells",
+        "species": "human",
+        "tissue": "bone marrow",
+        "paper": "test input: 300 cells of Luecken et al. 2021",
+        "license": "CC-BY-4.0",
+        "values": "counts",
+        "metadata": {k: {"constant": v} for k, v in (("sample", "s1"), ("donor", "d1"))}
+        | {"condition": {"constant": "c"}},
+        "files": [{"role": "counts", "format": "h5ad", "path": str(tmp_path / "part.h5ad")}],
+    }
+    registry = tmp_path / "datasets.yaml"
+    registry.write_text(yaml.safe_dump({"datasets": {"part": entry}}, sort_keys=False))
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"cluster": {"marker_max_cells_per_cluster": 25}}))
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    result = snakemake(
+        workdir,
+        f"registry={registry}",
+        "datasets=all",
+        options=["--configfile", str(REPO / "config" / "config.yaml"), str(extra)],
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+
+    results = workdir / "results" / "part"
+    adata = ad.read_h5ad(results / "part.h5ad", backed="r")
+    sizes = adata.obs["leiden"].value_counts()
+    assert sizes.max() > 25  # so the cap applied
+    params = adata.uns["rank_genes_groups"]["params"]
+    assert params["max_cells_per_group"] == 25 and "seed" in params
+    page = re.sub(r"\s+", " ", (results / "report.html").read_text())
+    assert "Clusters of more than 25 cells were tested on 25 of their cells" in page
+    table = pd.read_csv(results / "tables" / "markers.tsv", sep="\t", dtype={"cluster": str})
+    assert set(table["cluster"]) == set(sizes.index.astype(str))
