@@ -194,6 +194,11 @@ print(",".join(cache_umap_functions()), file=sys.stderr)
 neighbors(adata, rep="X_pca", n_neighbors=15, seed=0, knn="exact")
 umap(adata, rep="X_pca", seed=0)
 np.save(sys.argv[1], adata.obsm["X_umap"])
+import numba
+import pynndescent.distances as distances
+stats = distances.squared_euclidean.stats  # compiled for its signatures on import
+print(f"pynndescent hits={sum(stats.cache_hits.values())} misses={sum(stats.cache_misses.values())}"
+      f" njit_restored={numba.njit.__module__ == 'numba.core.decorators'}", file=sys.stderr)
 """
 
 
@@ -204,7 +209,7 @@ def test_umap_functions_are_compiled_once_and_give_the_same_embedding(tmp_path):
     import sys
 
     env = os.environ | {"NUMBA_CACHE_DIR": str(tmp_path / "numba")}
-    runs = []
+    runs, pynndescent = [], []
     for i in range(2):  # the first compiles and stores, the second loads
         out = tmp_path / f"umap{i}.npy"
         done = subprocess.run(
@@ -215,11 +220,42 @@ def test_umap_functions_are_compiled_once_and_give_the_same_embedding(tmp_path):
             text=True,
         )
         runs.append(np.load(out))
+        pynndescent.append(done.stderr.splitlines()[-1])
     cached = {name for line in done.stderr.splitlines() for name in line.split(",")}
     assert {"umap.umap_.smooth_knn_dist", "umap.layouts.clip"} <= cached
     stored = " ".join(p.name for p in (tmp_path / "numba").rglob("*.nbi"))
     assert "smooth_knn_dist" in stored and "optimize_layout_euclidean_single_epoch" in stored
+    # pynndescent's import-time compilations: stored by the first run, loaded by the second
+    assert "squared_euclidean" in stored
+    assert pynndescent == [
+        "pynndescent hits=0 misses=2 njit_restored=True",
+        "pynndescent hits=2 misses=0 njit_restored=True",
+    ]
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_numba_cache_falls_back_to_compiling_where_it_cannot_be_written():
+    """caching(): cache=True added, the caller's choice kept, uncached when numba refuses."""
+    from osteoimmune.jit import caching
+
+    calls = []
+
+    def njit(*args, **kwargs):  # numba.njit's two forms, refusing any cache like numba
+        calls.append(kwargs.get("cache"))
+        if kwargs.get("cache"):
+            if args and callable(args[0]):
+                raise RuntimeError("cannot cache function: no locator available")
+            return lambda function: (_ for _ in ()).throw(RuntimeError("no locator"))
+        return args[0] if args and callable(args[0]) else (lambda function: function)
+
+    def kernel():
+        return 1
+
+    assert caching(njit)(kernel) is kernel and calls == [True, None]
+    calls.clear()
+    assert caching(njit)("f4(f4)", fastmath=True)(kernel) is kernel and calls == [True, None]
+    calls.clear()
+    assert caching(njit)(cache=False)(kernel) is kernel and calls == [False]
 
 
 def test_normalising_leaves_counts_read_back_as_the_same_object_raw(tmp_path):
