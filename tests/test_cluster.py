@@ -198,7 +198,7 @@ import numba
 import pynndescent.distances as distances
 stats = distances.squared_euclidean.stats  # compiled for its signatures on import
 print(f"pynndescent hits={sum(stats.cache_hits.values())} misses={sum(stats.cache_misses.values())}"
-      f" njit_restored={numba.njit.__module__ == 'numba.core.decorators'}", file=sys.stderr)
+      f" njit_restored={numba.njit is numba.core.decorators.njit}", file=sys.stderr)
 """
 
 

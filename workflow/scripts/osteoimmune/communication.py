@@ -364,20 +364,17 @@ def _indexed_positions(adata, lr_res) -> tuple[dict, dict, dict]:
 
     LIANA compares ``var_names`` with each entity of each row of its long table (source x
     target x interaction rows): ~30% of a rank_aggregate run at 25 cell types. Same dicts
-    (first position of each entity; IndexError for an entity not in var_names, as LIANA).
+    (IndexError for an entity not in var_names, as LIANA); var_names are unique
+    (:func:`communication` checks).
     """
     labels = adata.obs["@label"].cat.categories
-    index = pd.Index(adata.var_names)
-    first = ~index.duplicated()
-    genes = pd.Index(index[first])
-    rows = np.flatnonzero(first)
 
     def positions(entities: pd.Series) -> dict:
         unique = pd.unique(entities)
-        found = genes.get_indexer(unique)
+        found = adata.var_names.get_indexer(unique)
         if (found < 0).any():
             raise IndexError(f"{unique[found < 0][0]!r} is not in var_names")
-        return dict(zip(unique, rows[found], strict=True))
+        return dict(zip(unique, found.astype(np.int64), strict=True))
 
     labels_pos = {labels[pos]: pos for pos in range(labels.shape[0])}
     return positions(lr_res["ligand"]), positions(lr_res["receptor"]), labels_pos
