@@ -69,6 +69,53 @@ def donor_gap(adata, rep):
     return float(np.mean(gaps))
 
 
+def test_leiden_grid_from_one_graph_gives_scanpys_clusters_at_every_resolution_and_seed():
+    """One igraph graph for a whole grid: the labels and uns of sc.tl.leiden at each
+    resolution and seed, on the full graph and on a subsample's subgraph (stability)."""
+    import scanpy as sc
+
+    from osteoimmune.cluster import leiden_grid
+    from osteoimmune.stability import _subsample_leiden
+
+    adata = make_adata(n_per_group=150)
+    prepare(adata)
+    resolutions = [0.2, 0.5, 1.0, 2.0, 4.0]
+    for seed in (0, 7):
+        keys = [f"ours_{res}" for res in resolutions]
+        leiden_grid(adata, resolutions=resolutions, seed=seed, keys=keys)
+        found = set()
+        for res, key in zip(resolutions, keys, strict=True):
+            sc.tl.leiden(
+                adata,
+                resolution=res,
+                random_state=seed,
+                flavor="igraph",
+                n_iterations=2,
+                directed=False,
+                key_added="scanpy",
+            )
+            pd.testing.assert_series_equal(adata.obs[key], adata.obs["scanpy"], check_names=False)
+            assert adata.uns[key] == adata.uns["scanpy"]
+            found.add(adata.obs[key].nunique())
+        assert len(found) > 2  # the grid's resolutions do give different clusterings
+        cells = np.sort(np.random.default_rng(seed).choice(adata.n_obs, 360, replace=False))
+        graph = adata.obsp["connectivities"][cells][:, cells]
+        sub = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(len(cells))]))
+        sub.obsp["connectivities"] = graph
+        sub.uns["neighbors"] = {"connectivities_key": "connectivities", "params": {}}
+        labels = _subsample_leiden(graph, tuple(resolutions), seed + 1)
+        for res in resolutions:
+            sc.tl.leiden(
+                sub,
+                resolution=res,
+                random_state=seed + 1,
+                flavor="igraph",
+                n_iterations=2,
+                directed=False,
+            )
+            np.testing.assert_array_equal(labels[res], sub.obs["leiden"].to_numpy())
+
+
 def test_harmony_options_reach_harmony_and_loose_tolerances_correct_like_tight_ones():
     adata = make_adata()
     shifted = (adata.obs["donor"] == "d2").to_numpy()

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from osteoimmune.cluster import leiden
+from osteoimmune import cluster
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +30,16 @@ def resolution_key(resolution: float) -> str:
 
 def leiden_grid(adata: ad.AnnData, *, resolutions: Sequence[float], seed: int) -> None:
     """Leiden at every resolution into ``obs['leiden_<resolution>']``."""
-    for resolution in resolutions:
-        key = resolution_key(resolution)
-        leiden(adata, resolution=resolution, seed=seed, key_added=key)
+    keys = [resolution_key(resolution) for resolution in resolutions]
+    cluster.leiden_grid(adata, resolutions=resolutions, seed=seed, keys=keys)
+    for resolution, key in zip(resolutions, keys, strict=True):
         log.info("Leiden at resolution %s: %d clusters", resolution, adata.obs[key].nunique())
 
 
 def _subsample_leiden(graph, resolutions: tuple[float, ...], seed: int) -> dict[float, np.ndarray]:
     """Leiden at each resolution on one subsample's graph (run here or in a worker process)."""
-    sub = ad.AnnData(
-        obs=pd.DataFrame(index=pd.RangeIndex(graph.shape[0]).astype(str)),
-        obsp={"connectivities": graph},
-    )
-    sub.uns["neighbors"] = {"connectivities_key": "connectivities", "params": {}}
-    labels = {}
-    for resolution in resolutions:
-        leiden(sub, resolution=resolution, seed=seed)
-        labels[float(resolution)] = sub.obs["leiden"].to_numpy()
-    return labels
+    memberships = cluster.leiden_memberships(graph, resolutions=resolutions, seed=seed)
+    return {res: np.asarray(cluster.leiden_labels(m)) for res, m in memberships.items()}
 
 
 def subsample_runs(
