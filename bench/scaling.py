@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from osteoimmune.slurm import data_mb
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -68,11 +70,11 @@ def scaling_table(folders: list[Path]) -> pd.DataFrame:
 
 
 def input_mb(folder: Path) -> pd.Series:
-    """MB of the input files of each rule's largest job in a workflow folder.
+    """MiB of the input data of each rule's largest job in a workflow folder.
 
     From Snakemake's ``--detailed-summary`` of the run (which files each output was made
-    from), the same sizes as the ``input.size_mb`` the resource model of
-    ``workflow/rules/resources.smk`` sees.
+    from), measured as the resource model of ``workflow/rules/resources.smk`` does
+    (``osteoimmune.slurm.data_mb``: h5ad arrays uncompressed, other files' bytes).
     """
     cmd = [
         sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
@@ -85,7 +87,7 @@ def input_mb(folder: Path) -> pd.Series:
     sizes = {}
     for _, row in summary.drop_duplicates(["rule", "input-file(s)"]).iterrows():
         files = [folder / f for f in str(row["input-file(s)"]).split(",") if f and f != "-"]
-        mb = sum(f.stat().st_size for f in files if f.is_file()) / 1e6
+        mb = data_mb(files)
         sizes[row["rule"]] = max(mb, sizes.get(row["rule"], 0.0))
     return pd.Series(sizes, name="input MB")
 

@@ -510,6 +510,41 @@ def test_counts_equal_to_x_are_written_once_and_read_back_as_one_object(tmp_path
     assert (back.layers["counts"] != adata.layers["counts"]).nnz == 0
 
 
+def test_uncompressed_h5ad_stores_sparse_arrays_contiguously_and_reads_back_the_same(tmp_path):
+    """Uncompressed intermediates: one contiguous block per sparse array, a standard h5ad."""
+    import anndata as ad
+    import h5py
+
+    from osteoimmune.samples import write_h5ad
+
+    adata = make_adata()
+    adata.layers["normalised"] = adata.X * 0.5
+    adata.obs["label"] = pd.Categorical(np.resize(["a", "b", "c"], adata.n_obs))
+    adata.obsm["X_pca"] = np.arange(adata.n_obs * 2, dtype=float).reshape(-1, 2)
+    adata.uns["osteoimmune"] = {"dataset": "toy", "seed": 0}
+    tiny = adata[:2].copy()  # arrays shorter than anndata's chunks
+    for name, data, compression in [
+        ("plain.h5ad", adata, None),
+        ("tiny.h5ad", tiny, None),
+        ("lzf.h5ad", adata, "lzf"),
+    ]:
+        write_h5ad(data, tmp_path / name, compression=compression)
+        with h5py.File(tmp_path / name, "r") as handle:
+            for key in ("X/data", "X/indices", "X/indptr", "layers/normalised/data"):
+                assert handle[key].compression == compression
+                # anndata's own writer keeps sparse arrays resizable, in chunks
+                assert (handle[key].chunks is None) == (compression is None)
+        back = ad.read_h5ad(tmp_path / name)
+        assert (back.X != data.X).nnz == 0
+        assert (back.layers["normalised"] != data.layers["normalised"]).nnz == 0
+        pd.testing.assert_frame_equal(back.obs, data.obs)
+        np.testing.assert_array_equal(back.obsm["X_pca"], data.obsm["X_pca"])
+        assert back.uns["osteoimmune"] == data.uns["osteoimmune"]
+        backed = ad.read_h5ad(tmp_path / name, backed="r")  # as the report reads it
+        assert (backed.X[:2] != data.X[:2]).nnz == 0
+        backed.file.close()
+
+
 def test_coarse_groups_of_a_large_sample_from_a_subsample_find_the_same_lineages():
     """Above max_cells the groups come from a subsample; every cell joins its population's."""
     from osteoimmune.qc import coarse_groups

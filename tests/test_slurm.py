@@ -64,6 +64,35 @@ def test_rules_measured_in_the_benchmark_request_their_own_memory(tmp_path):
     assert manifest_mb(tmp_path / "not_fetched_yet.json") == 0.0
 
 
+def test_memory_follows_the_data_not_the_compression_of_an_h5ad_input(tmp_path):
+    """The same cells written uncompressed, lzf or gzip ask for the same memory."""
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    from osteoimmune.samples import write_h5ad
+    from osteoimmune.slurm import data_mb
+
+    rng = np.random.default_rng(0)
+    counts = sp.random(3000, 2000, density=0.1, format="csr", dtype=np.float32, rng=rng)
+    counts.data = np.floor(counts.data * 4) + 1  # counts compress, like real ones
+    adata = ad.AnnData(X=counts, layers={"counts": counts.copy()})
+    sizes, files = {}, {}
+    for compression in (None, "lzf", "gzip"):
+        path = tmp_path / f"{compression}.h5ad"
+        write_h5ad(adata, path, compression=compression)
+        sizes[compression], files[compression] = data_mb([path]), path.stat().st_size / 2**20
+    arrays = 2 * (counts.data.nbytes + counts.indices.nbytes + counts.indptr.nbytes) / 2**20
+    assert files["gzip"] < files["lzf"] < files[None]  # what input.size_mb would have said
+    for compression, mb in sizes.items():
+        assert arrays <= mb < arrays * 1.01, compression  # + obs and var names
+    table = tmp_path / "table.tsv"
+    table.write_text("a\tb\n" * 1000)
+    both = data_mb([table, tmp_path / "None.h5ad"])  # a table counts its bytes
+    assert both == pytest.approx(sizes[None] + 4000 / 2**20)
+    assert data_mb([tmp_path / "not_there_yet.h5ad"]) == 0.0
+
+
 def test_a_job_killed_for_memory_is_explained_in_its_rule_log(tmp_path):
     main, rule_log, slurm = _main_log(tmp_path, SLURM_LOG)
     (job,) = failed_jobs(main.read_text())

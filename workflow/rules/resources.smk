@@ -3,6 +3,7 @@
 # README's "On a SLURM cluster"). Local runs use them only to schedule jobs within --resources.
 
 from osteoimmune.slurm import (  # noqa: E402
+    data_mb,
     explain_failures,
     manifest_mb,
     memory_request,
@@ -16,14 +17,14 @@ def _resource_caps():
 
 
 def mem_mb(rule, *, fetched=False):
-    """mem_mb of a job of ``rule`` from its input's size and attempt (osteoimmune.slurm).
+    """mem_mb of a job of ``rule`` from its input's data and attempt (osteoimmune.slurm).
 
     ``fetched``: the job reads the files of its input manifest (read_dataset, read_sample):
     their size counts, not the manifest's.
     """
 
     def resource(wildcards, input, attempt):
-        size = manifest_mb(input.manifest) if fetched else input.size_mb
+        size = manifest_mb(input.manifest) if fetched else data_mb(input)
         return memory_request(size, attempt, cap_mb=_resource_caps()[0], rule=rule)
 
     return resource

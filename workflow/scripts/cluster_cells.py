@@ -4,7 +4,7 @@ import logging
 
 from osteoimmune.cluster import embed, markers, normalize, select_hvg, umap
 from osteoimmune.runlog import logged
-from osteoimmune.samples import read_counts_once
+from osteoimmune.samples import read_counts_once, write_h5ad
 from osteoimmune.stability import cluster_over_resolutions, small_dataset_caveat
 from osteoimmune.workers import worker_pool, workers_for
 
@@ -28,7 +28,7 @@ def main(*, h5ad, params, seed, out, stability, marker_table, compression="gzip"
     adata.uns["osteoimmune"]["seed"] = seed
     table.to_csv(stability, sep="\t", index=False)
     genes.to_csv(marker_table, sep="\t", index=False)
-    adata.write_h5ad(out, compression=compression)
+    write_h5ad(adata, out, compression=compression)
 
 
 def _graph_and_clusters(adata, *, params, seed, pool):

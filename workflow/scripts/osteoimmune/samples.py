@@ -133,6 +133,21 @@ def share_counts(adata: ad.AnnData) -> bool:
 COUNTS_IN_X = "counts_in_X"
 
 
+def write_h5ad(adata: ad.AnnData, path, *, compression: str | None = None) -> None:
+    """Write ``adata`` to h5ad; uncompressed, its sparse matrices are stored contiguously.
+
+    anndata stores a sparse matrix's arrays resizable, hence in chunks of ~100 KB, also
+    uncompressed; in one contiguous block they are written and read back several times
+    faster (100,000 cells, X and counts of 2.9 GB: read 0.8 s from the page cache instead of
+    6-13 s with lzf; bench/README.md). The file is a standard h5ad either way. ``compression``
+    is h5py's (``lzf``, ``gzip``) or None.
+    """
+    if compression is None:
+        ad.io.write_h5ad(path, adata, dataset_kwargs={"maxshape": None})
+    else:
+        adata.write_h5ad(path, compression=compression)
+
+
 def write_counts_once(adata: ad.AnnData, path, *, compression: str | None = None) -> bool:
     """Write ``adata`` to h5ad with its raw counts once when ``X`` equals ``layers['counts']``.
 
@@ -143,13 +158,13 @@ def write_counts_once(adata: ad.AnnData, path, *, compression: str | None = None
     left as it was. Returns whether the counts were written once.
     """
     if not share_counts(adata):
-        adata.write_h5ad(path, compression=compression)
+        write_h5ad(adata, path, compression=compression)
         return False
     counts = adata.layers.pop("counts")
     meta = adata.uns.setdefault("osteoimmune", {})
     meta[COUNTS_IN_X] = True
     try:
-        adata.write_h5ad(path, compression=compression)
+        write_h5ad(adata, path, compression=compression)
     finally:
         adata.layers["counts"] = counts
         del meta[COUNTS_IN_X]

@@ -1,7 +1,9 @@
 """Cluster jobs: what each asks for, and why one failed (out of memory or time) said plainly.
 
 Requests (:func:`memory_request`, :func:`runtime_request`) grow with the size of what a job
-reads and with each retry, and never pass the config's caps. Memory per input MB is each
+reads and with each retry, and never pass the config's caps. Memory follows the data a job
+loads, not its files' compression: an h5ad input counts with its arrays uncompressed
+(:func:`data_mb`). Memory per input MB is each
 rule's own, measured on 100,000 resampled cells of a full transcriptome
 (:data:`RULE_MEMORY_PER_INPUT_MB`, bench/README.md); the default run's jobs (inputs of 1-13
 MB) peak at 220-880 MB, under the 1,000 MB base. The whole 100,000-cell workflow, fetch to
@@ -23,6 +25,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
+
 # What slurmstepd / slurmctld write when a job is killed for memory or time.
 MEMORY = re.compile(
     r"exceeded memory limit|exceeded job memory limit|oom[-_ ]kill|out_of_memory|out of memory",
@@ -35,22 +39,24 @@ MEMORY_PER_INPUT_MB = 15
 # transcriptome (bench/README.md, `bench/scaling.py --memory-model`; Snakemake's peak of the
 # job's processes: qc_sample 5.0, cluster_cells 6.1, filter_cells 3.0, infer_communication 2.4,
 # report_dataset 2.3, annotate/score/enrichment/compare_conditions 1.6-1.7, pseudobulk and
-# composition 0.5-0.6), doubled (an intermediate written with gzip instead of lzf is ~3x
-# smaller for the same cells; retries raise the request further) and at least 3. Rules not
-# listed (the read jobs, whose input formats range from h5ad to gzipped text, reference
-# training, the index) keep MEMORY_PER_INPUT_MB.
+# composition 0.5-0.6 MiB per MB of lzf-compressed input), doubled and at least 3; since inputs
+# count uncompressed (data_mb), the ratios of the rules that read lzf or gzip files are scaled
+# by those files' compression at 100k (lzf intermediates: 0.655, the final gzip h5ad: 0.289),
+# so that the requests stay those measured. Rules not listed (the read jobs, whose input
+# formats range from h5ad to gzipped text, reference training, the index) keep
+# MEMORY_PER_INPUT_MB.
 RULE_MEMORY_PER_INPUT_MB = {
-    "qc_sample": 10,
-    "filter_cells": 6,
-    "cluster_cells": 12,
-    "annotate_cells": 4,
-    "score_signatures": 4,
-    "enrichment": 4,
-    "compare_expression": 3,
-    "compare_composition": 3,
-    "compare_conditions": 4,
-    "infer_communication": 5,
-    "report_dataset": 5,
+    "qc_sample": 10,  # its input was always uncompressed
+    "filter_cells": 6,  # idem
+    "cluster_cells": 7.83,  # 12 x 0.652 (qc.h5ad: 975 of 1,495 MB)
+    "annotate_cells": 2.62,  # 4 x 0.655 (lzf intermediates)
+    "score_signatures": 2.62,
+    "enrichment": 2.62,
+    "compare_expression": 1.96,  # 3 x 0.655
+    "compare_composition": 1.96,
+    "compare_conditions": 1.16,  # 4 x 0.289 (the final h5ad, gzip)
+    "infer_communication": 3.27,  # 5 x 0.655
+    "report_dataset": 1.45,  # 5 x 0.289
 }
 RUNTIME_BASE_MIN = 15
 RUNTIME_PER_INPUT_MB = 0.1
@@ -73,6 +79,39 @@ def memory_request(
     if per_input_mb is None:
         per_input_mb = RULE_MEMORY_PER_INPUT_MB.get(rule, MEMORY_PER_INPUT_MB)
     return int(min((base_mb + per_input_mb * input_mb) * attempt, cap_mb))
+
+
+def data_mb(paths) -> float:
+    """MiB of the data in a job's input files (h5ad arrays counted uncompressed).
+
+    An HDF5 file (h5ad) counts the bytes of its arrays uncompressed, any other file its size,
+    a file not there yet 0. A job's memory follows the arrays it loads, which an lzf or gzip
+    intermediate holds in 1.5-3.5x fewer bytes than an uncompressed one (config
+    ``intermediate_compression``): the file's size would make the request depend on the
+    compression. Read from the files' metadata only; MiB as Snakemake's ``input.size_mb``.
+    """
+    total = 0
+    for path in map(Path, paths):
+        if not path.is_file():
+            continue
+        if h5py.is_hdf5(path):
+            with h5py.File(path, "r") as handle:
+                total += _array_bytes(handle)
+        else:
+            total += path.stat().st_size
+    return total / 2**20
+
+
+def _array_bytes(handle: h5py.File) -> int:
+    """Bytes of every array of an open HDF5 file, uncompressed."""
+    sizes: list[int] = []
+
+    def add(_: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset):
+            sizes.append(obj.size * obj.dtype.itemsize)
+
+    handle.visititems(add)
+    return sum(sizes)
 
 
 def manifest_mb(path: str | Path) -> float:
