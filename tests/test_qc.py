@@ -3,6 +3,7 @@
 import logging
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -574,6 +575,34 @@ def test_read_parts_reads_only_the_matrices_a_job_uses(tmp_path):
     counts = read_parts(tmp_path / "a.h5ad", x=False, layers=("counts",))
     assert counts.X is None and (counts.layers["counts"] != adata.layers["counts"]).nnz == 0
     assert counts.shape == adata.shape
+
+
+def test_annotations_written_alone_go_back_onto_the_matrices(tmp_path):
+    """score_signatures writes its scores without the matrices; export_h5ad joins them."""
+    from osteoimmune.samples import annotations, read_parts, with_annotations, write_h5ad
+
+    data = make_adata()
+    data.obsp["connectivities"] = sp.identity(data.n_obs, format="csr", dtype=np.float32)
+    data.varm["PCs"] = np.ones((data.n_vars, 2))
+    data.write_h5ad(tmp_path / "data.h5ad")
+    scored = data.copy()
+    scored.obs["score_x"] = np.arange(scored.n_obs, dtype=float)
+    scored.obsm["signature_p"] = pd.DataFrame({"x": 0.5}, index=scored.obs_names)
+    scored.uns["signature_coverage"] = {"x": 1}
+    write_h5ad(annotations(scored), tmp_path / "scores.h5ad")
+    with h5py.File(tmp_path / "scores.h5ad", "r") as handle:
+        assert "X" not in handle and not handle["layers"].keys()  # no matrices
+    alone = read_parts(tmp_path / "scores.h5ad", x=False)
+    joined = with_annotations(ad.read_h5ad(tmp_path / "data.h5ad"), alone)
+    assert joined.obs.equals(scored.obs) and joined.var.equals(data.var)
+    assert joined.uns["signature_coverage"] == {"x": 1}
+    assert joined.obsm["signature_p"].equals(scored.obsm["signature_p"])
+    assert (joined.X != data.X).nnz == 0
+    assert (joined.layers["counts"] != data.layers["counts"]).nnz == 0
+    assert (joined.obsp["connectivities"] != data.obsp["connectivities"]).nnz == 0
+    assert np.array_equal(joined.varm["PCs"], data.varm["PCs"])
+    with pytest.raises(QCError, match="other obs names"):
+        with_annotations(data[1:].copy(), alone)
 
 
 def test_doublets_scored_by_worker_processes_equal_those_scored_here():

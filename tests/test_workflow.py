@@ -191,6 +191,20 @@ def test_matsushita_bone_programs_peak_in_the_authors_populations(run):
     assert means["score_bm_stromal_LEPR_CAR_niche"].idxmax() == "RE"
 
 
+def test_final_h5ad_is_the_annotated_matrices_with_the_scores(run):
+    """score_signatures writes the scores alone; export_h5ad puts them on the matrices."""
+    folder = run / "results" / "matsushita2023_bm_stroma"
+    final = ad.read_h5ad(folder / "matsushita2023_bm_stroma.h5ad")
+    annotated = ad.read_h5ad(folder / "intermediate" / "annotated.h5ad")
+    scores = ad.read_h5ad(folder / "intermediate" / "scores.h5ad")
+    assert scores.X is None and not scores.layers  # small: no matrices
+    assert final.obs.equals(scores.obs) and "score_osteoblast_lineage_core" in final.obs
+    assert list(final.obsm) == list(scores.obsm) and "signature_p" in final.obsm
+    assert (final.X != annotated.X).nnz == 0
+    assert (final.layers["counts"] != annotated.layers["counts"]).nnz == 0
+    assert (final.obsp["connectivities"] != annotated.obsp["connectivities"]).nnz == 0
+
+
 def test_final_h5ad_is_written_with_gzip_at_level_1(run):
     """The h5ad a user opens: gzip, which every HDF5 reader has, at the fast level 1."""
     path = run / "results" / "matsushita2023_bm_stroma" / "matsushita2023_bm_stroma.h5ad"

@@ -4,7 +4,7 @@
 
 rule compare_conditions:
     input:
-        h5ad=rules.score_signatures.output.h5ad,
+        h5ad=rules.score_signatures.output.scores,
     output:
         aggregates=report(
             "results/{dataset}/tables/donor_aggregates.tsv",

@@ -2,7 +2,7 @@
 
 rule report_dataset:
     input:
-        h5ad=rules.score_signatures.output.h5ad,
+        h5ad=rules.score_signatures.output.scores,
         manifests=fetch_manifests,
         design=rules.filter_cells.output.design,
         qc=rules.filter_cells.output.summary,

@@ -1,14 +1,12 @@
 """Snakemake rule compare_composition: cell-type proportions per sample, tested per cell type."""
 
-import anndata as ad
-
 from osteoimmune.composition import composition_test, sample_proportions
 from osteoimmune.runlog import logged
-from osteoimmune.samples import comparison_unit
+from osteoimmune.samples import comparison_unit, read_parts
 
 
 def main(*, h5ad, params, reference, paired, proportions_out, test_out):
-    adata = ad.read_h5ad(h5ad, backed="r")
+    adata = read_parts(h5ad, x=False)
     obs, covariates = adata.obs.copy(), list(adata.uns["osteoimmune"].get("covariates", []))
     group_key, unit = params["group_key"], comparison_unit(obs)
     reference = reference or obs["condition"].cat.categories[0]

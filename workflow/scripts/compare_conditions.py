@@ -1,15 +1,14 @@
 """Snakemake rule compare_conditions: per-donor aggregates and tests across donors."""
 
-import anndata as ad
-
 from osteoimmune.compare import compare_conditions, design_note, donor_aggregates
 from osteoimmune.runlog import logged
+from osteoimmune.samples import read_parts
 
 PREFIX = {"z": "z_", "score": "score_"}
 
 
 def main(*, h5ad, params, reference, aggregates_out, comparison_out, note_out):
-    obs = ad.read_h5ad(h5ad, backed="r").obs
+    obs = read_parts(h5ad, x=False).obs
     group_key = params["group_key"]
     scores = [c for c in obs.columns if c.startswith(PREFIX[params["values"]])]
     aggregates = donor_aggregates(

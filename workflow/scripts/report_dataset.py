@@ -8,6 +8,7 @@ import pandas as pd
 
 from osteoimmune.report import dataset_report
 from osteoimmune.runlog import logged
+from osteoimmune.samples import read_parts
 
 # Inputs of rule report_dataset that are not tables; every other input is a TSV table, passed
 # to the report under its input name (workflow/rules/report.smk lists them).
@@ -85,8 +86,8 @@ def main(
     fig_dir,
     sources=None,
 ):
-    # the report draws from obs, obsm and uns: the expression matrices stay on disk
-    adata = ad.read_h5ad(h5ad, backed="r")
+    # the report draws from obs, obsm and uns: the matrices and the graph stay on disk
+    adata = read_parts(h5ad, x=False)
     # group and condition labels stay text (e.g. Leiden "0", conditions "2", "4", "6")
     groups = (settings["compare_group_key"], settings["enrichment_group_key"])
     text = {key: str for key in ("donor", "condition", "condition_a", "condition_b", *groups)}

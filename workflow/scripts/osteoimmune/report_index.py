@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anndata as ad
 import pandas as pd
 
 from osteoimmune.report import index_row, key_signature_block, render, software_versions
 from osteoimmune.report_conditions import top_changes, top_genes
+from osteoimmune.samples import read_parts
 
 # The files the index reads of a dataset, relative to results/ (the report_index rule's inputs
 # for the datasets of the run).
@@ -51,11 +51,9 @@ def read_table(path: Path, **kwargs) -> pd.DataFrame:
 
 def dataset_row(files: dict[str, Path], *, dataset: str, entry: dict | None) -> dict:
     """One dataset's row of the index: summary, key signatures and top changes."""
-    adata = ad.read_h5ad(files["h5ad"], backed="r")
-    try:
-        row = index_row(adata, entry=entry or {"title": "(not in the registry)", "species": ""})
-    finally:
-        adata.file.close()
+    # annotations only: the matrices and the graph are not read
+    adata = read_parts(files["h5ad"], x=False)
+    row = index_row(adata, entry=entry or {"title": "(not in the registry)", "species": ""})
     coverage = read_table(files["coverage"], index_col=0)
     row["key"] = key_signature_block(
         read_table(files["by_group"], dtype={"group": str}),

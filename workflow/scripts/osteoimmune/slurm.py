@@ -35,27 +35,28 @@ TIME = re.compile(r"due to time limit|time limit exhausted|\bTIMEOUT\b", re.IGNO
 MEMORY_BASE_MB = 1000
 MEMORY_PER_INPUT_MB = 15
 # Peak memory per input MB of each rule, measured on 100,000 resampled cells of a full
-# transcriptome (bench/README.md, `bench/scaling.py --memory-model`; Snakemake's peak of the
-# job's processes: qc_sample 5.0, cluster_cells 6.1, filter_cells 3.0, infer_communication 2.4,
-# report_dataset 2.3, annotate/score/enrichment/compare_conditions 1.6-1.7, pseudobulk and
-# composition 0.5-0.6 MiB per MB of lzf-compressed input), doubled and at least 3; since inputs
-# count uncompressed (data_mb), the ratios of the rules that read lzf or gzip files are scaled
-# by those files' compression at 100k (lzf intermediates: 0.655, the final gzip h5ad: 0.289),
-# so that the requests stay those measured. Rules not listed (the read jobs, whose input
-# formats range from h5ad to gzipped text, reference training, the index) keep
-# MEMORY_PER_INPUT_MB.
+# transcriptome with inputs counted uncompressed (bench/README.md, `bench/scaling.py
+# --memory-model`; Snakemake's peak of the job's processes per input MB: qc_sample 4.59,
+# cluster_cells 4.08, report_dataset 4.17, filter_cells 3.08, compare_conditions 2.77,
+# infer_communication 1.47, annotate_cells 1.24, compare_expression 1.12, export_h5ad 1.08,
+# enrichment 0.99, score_signatures 0.64, compare_composition 0.11), doubled and rounded up.
+# The rules that read only the annotations of a large h5ad (composition, scoring's X) have
+# small ratios; the report and compare_conditions read the small scores file, so theirs are
+# high on few MB. Rules not listed (the read jobs, whose input formats range from h5ad to
+# gzipped text, reference training, the index) keep MEMORY_PER_INPUT_MB.
 RULE_MEMORY_PER_INPUT_MB = {
-    "qc_sample": 10,  # its input was always uncompressed
-    "filter_cells": 6,  # idem
-    "cluster_cells": 7.83,  # 12 x 0.652 (qc.h5ad: 975 of 1,495 MB)
-    "annotate_cells": 2.62,  # 4 x 0.655 (lzf intermediates)
-    "score_signatures": 2.62,
-    "enrichment": 2.62,
-    "compare_expression": 1.96,  # 3 x 0.655
-    "compare_composition": 1.96,
-    "compare_conditions": 1.16,  # 4 x 0.289 (the final h5ad, gzip)
-    "infer_communication": 3.27,  # 5 x 0.655
-    "report_dataset": 1.45,  # 5 x 0.289
+    "qc_sample": 9.2,
+    "filter_cells": 6.2,
+    "cluster_cells": 8.2,
+    "annotate_cells": 2.5,
+    "score_signatures": 1.3,
+    "export_h5ad": 2.2,
+    "enrichment": 2.0,
+    "compare_expression": 2.3,
+    "compare_composition": 0.3,
+    "compare_conditions": 5.6,
+    "infer_communication": 3.0,
+    "report_dataset": 8.4,
 }
 RUNTIME_BASE_MIN = 15
 RUNTIME_PER_INPUT_MB = 0.1
