@@ -11,6 +11,7 @@ import sys
 import pytest
 import yaml
 from conftest import REPO
+from conftest import snakemake as run_workflow
 
 from osteoimmune.slurm import (
     diagnose,
@@ -149,6 +150,25 @@ def test_a_local_run_keeps_its_jobs_within_the_memory_limit(tmp_path):
     )
     assert len(spans) == 3
     assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
+
+
+def test_the_longest_jobs_after_annotation_start_first(tmp_path):
+    """Enrichment, then communication, then scoring: the report waits for all three, so
+    they are not left behind the short jobs or the h5ad export (which only the index waits
+    for). Snakemake's dry run lists each job's priority when it is not 0."""
+    result = run_workflow(tmp_path, 'datasets=["paul2015_bm_myeloid"]', options=["-n"])
+    assert result.returncode == 0, result.stderr
+    jobs = re.split(r"\n(?=(?:local)?rule )", result.stdout)
+    priority = {}
+    for job in jobs:
+        name = re.match(r"(?:local)?rule (\w+):", job)
+        if name:
+            found = re.search(r"^\s+priority: (\d+)$", job, re.MULTILINE)
+            priority[name.group(1)] = int(found.group(1)) if found else 0
+    assert priority["enrichment"] > priority["infer_communication"]
+    assert priority["infer_communication"] > priority["score_signatures"]
+    assert priority["score_signatures"] > priority["export_h5ad"]
+    assert priority["score_signatures"] > priority["compare_expression"]
 
 
 # --------------------------------------------------------------------- a real SLURM cluster

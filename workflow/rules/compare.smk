@@ -63,6 +63,9 @@ rule enrichment:
         user_sets=config["signatures"]["user_sets"],
         seed=config["seed"],
     threads: 1
+    # The longest jobs after annotation start first (enrichment, then communication, then
+    # scoring; bench/README.md): the report waits for all of them, the h5ad export for none.
+    priority: 3
     log:
         "logs/enrichment/{dataset}.log",
     benchmark:
@@ -149,6 +152,7 @@ rule infer_communication:
         reference=lambda wildcards: REGISTRY[wildcards.dataset].get("reference_condition"),
         seed=config["seed"],
     threads: 1
+    priority: 2
     log:
         "logs/infer_communication/{dataset}.log",
     benchmark:

@@ -39,6 +39,8 @@ rule score_signatures:
         gate=lambda wildcards: REGISTRY[wildcards.dataset].get("polarization_gate"),
         seed=config["seed"],
         compression=INTERMEDIATE_COMPRESSION,
+    # after enrichment and communication (compare.smk), before the h5ad export
+    priority: 1
     log:
         "logs/score_signatures/{dataset}.log",
     benchmark:
