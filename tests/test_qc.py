@@ -603,6 +603,14 @@ def test_annotations_written_alone_go_back_onto_the_matrices(tmp_path):
     assert np.array_equal(joined.varm["PCs"], data.varm["PCs"])
     with pytest.raises(QCError, match="other obs names"):
         with_annotations(data[1:].copy(), alone)
+    # the workflow's export step names both files
+    from export_h5ad import main as export
+
+    data[1:].copy().write_h5ad(tmp_path / "other.h5ad")
+    with pytest.raises(QCError, match=r"scores\.h5ad does not fit .*other\.h5ad"):
+        export(h5ad=tmp_path / "other.h5ad", scores=tmp_path / "scores.h5ad", out=tmp_path / "o")
+    export(h5ad=tmp_path / "data.h5ad", scores=tmp_path / "scores.h5ad", out=tmp_path / "f.h5ad")
+    assert ad.read_h5ad(tmp_path / "f.h5ad").obs.equals(scored.obs)
 
 
 def test_doublets_scored_by_worker_processes_equal_those_scored_here():

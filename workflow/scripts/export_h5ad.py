@@ -4,6 +4,7 @@ import logging
 
 import anndata as ad
 
+from osteoimmune.errors import QCError
 from osteoimmune.runlog import logged
 from osteoimmune.samples import read_parts, with_annotations
 
@@ -11,7 +12,11 @@ log = logging.getLogger("osteoimmune")
 
 
 def main(*, h5ad, scores, out):
-    adata = with_annotations(ad.read_h5ad(h5ad), read_parts(scores, x=False))
+    try:
+        adata = with_annotations(ad.read_h5ad(h5ad), read_parts(scores, x=False))
+    except QCError as err:
+        msg = f"{scores} does not fit {h5ad}: {err}"
+        raise QCError(msg) from err
     # gzip, which every HDF5 reader has, at level 1: on 20,000 resampled cells 1.5x faster
     # to write than the default level 4 for a 20% larger file (bench/README.md). A job of its
     # own: at 100,000 cells this write takes ~27 s, now beside the later jobs, not before them.
