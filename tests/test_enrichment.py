@@ -267,6 +267,8 @@ def test_rule_ranks_cell_types_and_finds_the_raised_set(tmp_path, offline):
         "max_padj": 0.05,
     }
     enrichment_rule(
+        # one file with the matrices and the annotations serves as both
+        matrices=tmp_path / "scored.h5ad",
         h5ad=tmp_path / "scored.h5ad",
         leiden_markers=tmp_path / "markers.tsv",
         params=params,

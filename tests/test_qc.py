@@ -608,9 +608,41 @@ def test_annotations_written_alone_go_back_onto_the_matrices(tmp_path):
 
     data[1:].copy().write_h5ad(tmp_path / "other.h5ad")
     with pytest.raises(QCError, match=r"scores\.h5ad does not fit .*other\.h5ad"):
-        export(h5ad=tmp_path / "other.h5ad", scores=tmp_path / "scores.h5ad", out=tmp_path / "o")
-    export(h5ad=tmp_path / "data.h5ad", scores=tmp_path / "scores.h5ad", out=tmp_path / "f.h5ad")
+        export(
+            matrices=tmp_path / "other.h5ad", scores=tmp_path / "scores.h5ad", out=tmp_path / "o"
+        )
+    export(
+        matrices=tmp_path / "data.h5ad", scores=tmp_path / "scores.h5ad", out=tmp_path / "f.h5ad"
+    )
     assert ad.read_h5ad(tmp_path / "f.h5ad").obs.equals(scored.obs)
+
+
+def test_annotated_cells_are_read_from_the_matrices_and_the_annotations_alone(tmp_path):
+    """annotate_cells writes annotations alone; the later jobs join them to the clustered file."""
+    from osteoimmune.samples import annotations, read_annotated, write_h5ad
+
+    data = make_adata()
+    data.obsp["connectivities"] = sp.identity(data.n_obs, format="csr", dtype=np.float32)
+    write_h5ad(data, tmp_path / "clustered.h5ad")
+    typed = data.copy()
+    typed.obs["cell_type"] = pd.Categorical(["B cell"] * typed.n_obs)
+    typed.uns["annotation"] = {"reference": {"id": "", "note": "none"}}
+    write_h5ad(annotations(typed), tmp_path / "annotated.h5ad")
+    with h5py.File(tmp_path / "annotated.h5ad", "r") as handle:
+        assert (
+            "X" not in handle and not handle["layers"].keys() and not handle.get("obsp", {}).keys()
+        )
+    cells = read_annotated(tmp_path / "clustered.h5ad", tmp_path / "annotated.h5ad")
+    assert cells.obs.equals(typed.obs) and cells.uns["annotation"]["reference"]["note"] == "none"
+    assert (cells.X != data.X).nnz == 0 and not cells.layers
+    counts = read_annotated(
+        tmp_path / "clustered.h5ad", tmp_path / "annotated.h5ad", x=False, layers=("counts",)
+    )
+    assert counts.X is None and (counts.layers["counts"] != data.layers["counts"]).nnz == 0
+    # files of two runs: an error naming both
+    write_h5ad(data[1:].copy(), tmp_path / "other.h5ad")
+    with pytest.raises(QCError, match=r"annotated\.h5ad does not fit .*other\.h5ad"):
+        read_annotated(tmp_path / "other.h5ad", tmp_path / "annotated.h5ad")
 
 
 def test_doublets_scored_by_worker_processes_equal_those_scored_here():

@@ -234,7 +234,8 @@ def test_log_normalized_mirror_data_through_the_rules_keep_the_input_values(mirr
     keys = ("results", "summary", "samples", "genes", "enrichment", "pseudobulk")
     de = {k: tmp_path / f"de_{k}.tsv" for k in keys}
     compare_expression.main(
-        h5ad=tmp_path / "clustered.h5ad", params={}, enrichment_min_size=5,
+        matrices=tmp_path / "clustered.h5ad", h5ad=tmp_path / "clustered.h5ad", params={},
+        enrichment_min_size=5,
         enrichment_max_size=500, reference=None,
         paired=False, seed=0, out=de,
     )  # fmt: skip

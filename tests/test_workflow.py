@@ -166,6 +166,7 @@ def test_user_gmt_set_is_scored_by_the_score_step(run, tmp_path):
     names = ("coverage", "agreement", "by_group", "states", "genes")
     tables = {name: tmp_path / f"{name}.tsv" for name in names}
     score_rule(
+        matrices=folder / "intermediate" / "clustered.h5ad",
         h5ad=folder / "intermediate" / "annotated.h5ad",
         params=params,
         seed=0,
@@ -191,18 +192,22 @@ def test_matsushita_bone_programs_peak_in_the_authors_populations(run):
     assert means["score_bm_stromal_LEPR_CAR_niche"].idxmax() == "RE"
 
 
-def test_final_h5ad_is_the_annotated_matrices_with_the_scores(run):
-    """score_signatures writes the scores alone; export_h5ad puts them on the matrices."""
+def test_final_h5ad_is_the_clustered_matrices_with_the_annotations_and_scores(run):
+    """annotate_cells and score_signatures write annotations alone; export_h5ad joins them."""
     folder = run / "results" / "matsushita2023_bm_stroma"
     final = ad.read_h5ad(folder / "matsushita2023_bm_stroma.h5ad")
+    clustered = ad.read_h5ad(folder / "intermediate" / "clustered.h5ad")
     annotated = ad.read_h5ad(folder / "intermediate" / "annotated.h5ad")
     scores = ad.read_h5ad(folder / "intermediate" / "scores.h5ad")
-    assert scores.X is None and not scores.layers  # small: no matrices
+    for small in (annotated, scores):  # no matrices, no graph
+        assert small.X is None and not small.layers and not small.obsp
+    assert "cell_type" in annotated.obs and "cell_type" not in clustered.obs
     assert final.obs.equals(scores.obs) and "score_osteoblast_lineage_core" in final.obs
+    assert final.obs[annotated.obs.columns].equals(annotated.obs)
     assert list(final.obsm) == list(scores.obsm) and "signature_p" in final.obsm
-    assert (final.X != annotated.X).nnz == 0
-    assert (final.layers["counts"] != annotated.layers["counts"]).nnz == 0
-    assert (final.obsp["connectivities"] != annotated.obsp["connectivities"]).nnz == 0
+    assert (final.X != clustered.X).nnz == 0
+    assert (final.layers["counts"] != clustered.layers["counts"]).nnz == 0
+    assert (final.obsp["connectivities"] != clustered.obsp["connectivities"]).nnz == 0
 
 
 def test_final_h5ad_is_written_with_gzip_at_level_1(run):

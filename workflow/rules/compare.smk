@@ -39,7 +39,9 @@ rule compare_conditions:
 
 rule enrichment:
     input:
-        # the annotated cells (no scores needed): runs beside score_signatures
+        # the annotated cells (no scores needed): runs beside score_signatures; the matrices
+        # from the clustered file, the annotations alone from annotate_cells
+        matrices=rules.cluster_cells.output.h5ad,
         h5ad=rules.annotate_cells.output.h5ad,
         markers=rules.cluster_cells.output.markers,
     output:
@@ -83,7 +85,9 @@ rule enrichment:
 # cell-type composition, and immune-to-bone communication (LIANA+), per dataset.
 rule compare_expression:
     input:
-        # the annotated cells (no scores needed): runs beside score_signatures
+        # the annotated cells (no scores needed): runs beside score_signatures; the matrices
+        # from the clustered file, the annotations alone from annotate_cells
+        matrices=rules.cluster_cells.output.h5ad,
         h5ad=rules.annotate_cells.output.h5ad,
     output:
         results="results/{dataset}/tables/pseudobulk_de.tsv.gz",
@@ -140,7 +144,9 @@ rule compare_composition:
 
 rule infer_communication:
     input:
-        # the annotated cells (no scores needed): runs beside score_signatures
+        # the annotated cells (no scores needed): runs beside score_signatures; the matrices
+        # from the clustered file, the annotations alone from annotate_cells
+        matrices=rules.cluster_cells.output.h5ad,
         h5ad=rules.annotate_cells.output.h5ad,
     output:
         results="results/{dataset}/tables/communication.tsv.gz",

@@ -6,6 +6,8 @@
 
 rule score_signatures:
     input:
+        # the matrices from the clustered file, the annotations alone from annotate_cells
+        matrices=rules.cluster_cells.output.h5ad,
         h5ad=rules.annotate_cells.output.h5ad,
     output:
         # the scores and states, without the matrices (export_h5ad joins them)
@@ -54,11 +56,11 @@ rule score_signatures:
         "../scripts/score_signatures.py"
 
 
-# The h5ad a user opens (gzip): the annotated cells with their scores. A job of its own, so
+# The h5ad a user opens (gzip): the clustered matrices with the annotations and scores. A job of its own, so
 # that its write (~27 s at 100,000 cells) runs beside communication and the report.
 rule export_h5ad:
     input:
-        h5ad=rules.annotate_cells.output.h5ad,
+        matrices=rules.cluster_cells.output.h5ad,
         scores=rules.score_signatures.output.scores,
     output:
         h5ad="results/{dataset}/{dataset}.h5ad",

@@ -18,7 +18,7 @@ from osteoimmune.reference import (
     sources_table,
 )
 from osteoimmune.runlog import logged
-from osteoimmune.samples import write_h5ad
+from osteoimmune.samples import annotations, write_h5ad
 from osteoimmune.signatures import load_library
 
 log = logging.getLogger("osteoimmune")
@@ -135,7 +135,8 @@ def main(
     agreement.to_csv(output.agreement, sep="\t", index=False)
     confusion.to_csv(output.confusion, sep="\t")
     composition_table(adata.obs).to_csv(output.composition, sep="\t", index=False)
-    write_h5ad(adata, output.h5ad, compression=compression)
+    # the annotations alone: the later jobs read the matrices from the clustered file
+    write_h5ad(annotations(adata), output.h5ad, compression=compression)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from osteoimmune.pseudobulk import (
     pseudobulk,
 )
 from osteoimmune.runlog import logged
-from osteoimmune.samples import comparison_unit, read_parts
+from osteoimmune.samples import comparison_unit, read_annotated
 from osteoimmune.signatures import load_library
 from osteoimmune.tables import write_tsv
 
@@ -38,9 +38,20 @@ def not_counts(value_type, out):
     log.info(reason)
 
 
-def main(*, h5ad, params, enrichment_min_size, enrichment_max_size, reference, paired, seed, out):
+def main(
+    *,
+    matrices,
+    h5ad,
+    params,
+    enrichment_min_size,
+    enrichment_max_size,
+    reference,
+    paired,
+    seed,
+    out,
+):
     # the raw counts only: no X
-    adata = read_parts(h5ad, x=False, layers=("counts",))
+    adata = read_annotated(matrices, h5ad, x=False, layers=("counts",))
     meta = adata.uns["osteoimmune"]
     if meta["value_type"] != "counts" or "counts" not in adata.layers:
         return not_counts(meta["value_type"], out)
@@ -72,6 +83,7 @@ def main(*, h5ad, params, enrichment_min_size, enrichment_max_size, reference, p
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
         main(
+            matrices=snakemake.input.matrices,
             h5ad=snakemake.input.h5ad,
             params=snakemake.params.pseudobulk,
             enrichment_min_size=snakemake.params.enrichment_min_size,

@@ -8,7 +8,7 @@ import pandas as pd
 from osteoimmune.cluster import markers
 from osteoimmune.enrichment import gene_set_dict, overrepresentation, prerank_by_group
 from osteoimmune.runlog import logged
-from osteoimmune.samples import read_parts
+from osteoimmune.samples import read_annotated
 from osteoimmune.scoring import add_user_sets
 from osteoimmune.signatures import load_library
 
@@ -43,9 +43,9 @@ def cell_type_ranking(
     return ranking.query("cluster in @keep")
 
 
-def main(*, h5ad, leiden_markers, params, user_sets, seed, threads, out):
+def main(*, matrices, h5ad, leiden_markers, params, user_sets, seed, threads, out):
     # X only: no raw counts
-    adata = read_parts(h5ad)
+    adata = read_annotated(matrices, h5ad)
     meta = adata.uns["osteoimmune"]
     species, upper = meta["species"], meta["gene_symbol_case"] == "upper"
     library = load_library()
@@ -97,6 +97,7 @@ def main(*, h5ad, leiden_markers, params, user_sets, seed, threads, out):
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
         main(
+            matrices=snakemake.input.matrices,
             h5ad=snakemake.input.h5ad,
             leiden_markers=snakemake.input.markers,
             params=snakemake.params.enrichment,

@@ -1,4 +1,4 @@
-"""Snakemake rule export_h5ad: the h5ad a user opens, the annotated cells with their scores."""
+"""Snakemake rule export_h5ad: the h5ad a user opens, the clustered matrices with the scores."""
 
 import logging
 
@@ -11,11 +11,11 @@ from osteoimmune.samples import read_parts, with_annotations
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, h5ad, scores, out):
+def main(*, matrices, scores, out):
     try:
-        adata = with_annotations(ad.read_h5ad(h5ad), read_parts(scores, x=False))
+        adata = with_annotations(ad.read_h5ad(matrices), read_parts(scores, x=False))
     except QCError as err:
-        msg = f"{scores} does not fit {h5ad}: {err}"
+        msg = f"{scores} does not fit {matrices}: {err}"
         raise QCError(msg) from err
     # gzip, which every HDF5 reader has, at level 1: on 20,000 resampled cells 1.5x faster
     # to write than the default level 4 for a 20% larger file (bench/README.md). A job of its
@@ -26,4 +26,8 @@ def main(*, h5ad, scores, out):
 
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
-        main(h5ad=snakemake.input.h5ad, scores=snakemake.input.scores, out=snakemake.output.h5ad)
+        main(
+            matrices=snakemake.input.matrices,
+            scores=snakemake.input.scores,
+            out=snakemake.output.h5ad,
+        )

@@ -10,15 +10,15 @@ from osteoimmune.communication import (
     sample_design,
 )
 from osteoimmune.runlog import logged
-from osteoimmune.samples import comparison_unit, read_parts
+from osteoimmune.samples import comparison_unit, read_annotated
 from osteoimmune.tables import write_tsv
 
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, h5ad, params, min_donors, reference, seed, out):
+def main(*, matrices, h5ad, params, min_donors, reference, seed, out):
     # X only: no raw counts
-    adata = read_parts(h5ad)
+    adata = read_annotated(matrices, h5ad)
     species, group_key = adata.uns["osteoimmune"]["species"], params["group_key"]
     bone = receivers(adata, groupby=group_key, min_cells=params["min_cells"])
     log.info("bone-lineage receivers: %s", ", ".join(bone) or "none in this dataset")
@@ -49,6 +49,7 @@ def main(*, h5ad, params, min_donors, reference, seed, out):
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
         main(
+            matrices=snakemake.input.matrices,
             h5ad=snakemake.input.h5ad,
             params=snakemake.params.communication,
             min_donors=snakemake.params.min_donors,

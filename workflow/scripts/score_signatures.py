@@ -5,7 +5,7 @@ import logging
 import pandas as pd
 
 from osteoimmune.runlog import logged
-from osteoimmune.samples import annotations, read_parts, write_h5ad
+from osteoimmune.samples import annotations, read_annotated, write_h5ad
 from osteoimmune.scoring import (
     add_user_sets,
     calibrated_scores,
@@ -19,9 +19,9 @@ from osteoimmune.states import call_polarization, gene_table, per_gene_genes, st
 log = logging.getLogger("osteoimmune")
 
 
-def main(*, h5ad, params, seed, out, tables, gate=None, compression=None):
+def main(*, matrices, h5ad, params, seed, out, tables, gate=None, compression=None):
     # X only: scores need no raw counts and no graph
-    adata = read_parts(h5ad)
+    adata = read_annotated(matrices, h5ad)
     meta = adata.uns["osteoimmune"]
     species, upper = meta["species"], meta["gene_symbol_case"] == "upper"
     library = load_library()
@@ -80,6 +80,7 @@ def main(*, h5ad, params, seed, out, tables, gate=None, compression=None):
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
         main(
+            matrices=snakemake.input.matrices,
             h5ad=snakemake.input.h5ad,
             params=snakemake.params.signatures,
             gate=snakemake.params.gate,

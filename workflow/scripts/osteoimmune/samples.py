@@ -151,9 +151,9 @@ def write_h5ad(adata: ad.AnnData, path, *, compression: str | None = None) -> No
 def annotations(adata: ad.AnnData) -> ad.AnnData:
     """``adata``'s obs, var, uns and obsm, without its matrices (``X``, layers) and graph.
 
-    What a job adds to the cells (scores, states) written on its own: a small file that the
-    jobs reading only annotations read in place of the whole data (:func:`read_parts` with
-    ``x=False``), and that :func:`with_annotations` puts back on the matrices.
+    What a job adds to the cells (cell types, scores, states) written on its own: a small file
+    that the jobs reading only annotations read in place of the whole data (:func:`read_parts`
+    with ``x=False``), and that :func:`with_annotations` puts back on the matrices.
     """
     return ad.AnnData(obs=adata.obs, var=adata.var, uns=adata.uns, obsm=dict(adata.obsm))
 
@@ -234,6 +234,24 @@ def read_parts(path, *, x: bool = True, layers: tuple[str, ...] = ()) -> ad.AnnD
         stored = handle["layers"] if "layers" in handle else {}
         chosen = {name: read_elem(stored[name]) for name in layers if name in stored}
     return ad.AnnData(X=matrix, layers=chosen, **parts)
+
+
+def read_annotated(
+    matrices, annotated, *, x: bool = True, layers: tuple[str, ...] = ()
+) -> ad.AnnData:
+    """The annotated cells: ``matrices``' ``X`` and/or layers under ``annotated``'s annotations.
+
+    annotate_cells writes its annotations alone (:func:`annotations`); the matrices stay in the
+    clustered file, written once. ``x`` and ``layers`` as in :func:`read_parts`. Files of
+    different runs (other cells or genes) are an error naming both.
+    """
+    try:
+        return with_annotations(
+            read_parts(matrices, x=x, layers=layers), read_parts(annotated, x=False)
+        )
+    except QCError as err:
+        msg = f"{annotated} does not fit {matrices}: {err}"
+        raise QCError(msg) from err
 
 
 def apply_design(adata: ad.AnnData, design: list[dict], *, covariates: dict[str, str]) -> None:
