@@ -56,8 +56,9 @@ rule score_signatures:
         "../scripts/score_signatures.py"
 
 
-# The h5ad a user opens (gzip): the clustered matrices with the annotations and scores. A job of its own, so
-# that its write (~27 s at 100,000 cells) runs beside communication and the report.
+# The h5ad a user opens (gzip): the clustered matrices with the annotations and scores. A job
+# of its own, so that its write (~27 s at 100,000 cells) runs beside communication and the
+# report.
 rule export_h5ad:
     input:
         matrices=rules.cluster_cells.output.h5ad,

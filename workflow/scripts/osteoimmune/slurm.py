@@ -6,7 +6,7 @@ loads, not its files' compression: an h5ad input counts with its arrays uncompre
 (:func:`data_mb`). Memory per input MB is each rule's own, measured on 100,000 resampled
 cells of a full transcriptome (:data:`RULE_MEMORY_PER_INPUT_MB`, bench/README.md); the
 default run's jobs (inputs of 1-13 MB) peak at 220-880 MB, under the 1,000 MB base. The whole
-100,000-cell workflow, fetch to report, took 10 min on 2 cores when this was set (6.4 min
+100,000-cell workflow, fetch to report, took 10 min on 2 cores when this was set (6.3 min
 now) and the slowest default-run job 21 s: 15 min plus 0.1 min per input MB leaves a wide
 margin for slower, shared nodes.
 
