@@ -639,6 +639,11 @@ def test_annotated_cells_are_read_from_the_matrices_and_the_annotations_alone(tm
         tmp_path / "clustered.h5ad", tmp_path / "annotated.h5ad", x=False, layers=("counts",)
     )
     assert counts.X is None and (counts.layers["counts"] != data.layers["counts"]).nnz == 0
+    whole = read_annotated(
+        tmp_path / "clustered.h5ad", tmp_path / "annotated.h5ad", everything=True
+    )
+    assert (whole.obsp["connectivities"] != data.obsp["connectivities"]).nnz == 0
+    assert whole.obs.equals(typed.obs) and "counts" in whole.layers
     # files of two runs: an error naming both
     write_h5ad(data[1:].copy(), tmp_path / "other.h5ad")
     with pytest.raises(QCError, match=r"annotated\.h5ad does not fit .*other\.h5ad"):

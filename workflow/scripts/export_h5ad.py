@@ -2,21 +2,14 @@
 
 import logging
 
-import anndata as ad
-
-from osteoimmune.errors import QCError
 from osteoimmune.runlog import logged
-from osteoimmune.samples import read_parts, with_annotations
+from osteoimmune.samples import read_annotated
 
 log = logging.getLogger("osteoimmune")
 
 
 def main(*, matrices, scores, out):
-    try:
-        adata = with_annotations(ad.read_h5ad(matrices), read_parts(scores, x=False))
-    except QCError as err:
-        msg = f"{scores} does not fit {matrices}: {err}"
-        raise QCError(msg) from err
+    adata = read_annotated(matrices, scores, everything=True)
     # gzip, which every HDF5 reader has, at level 1: on 20,000 resampled cells 1.5x faster
     # to write than the default level 4 for a 20% larger file (bench/README.md). A job of its
     # own: at 100,000 cells this write takes ~27 s, now beside the later jobs, not before them.

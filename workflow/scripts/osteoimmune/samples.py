@@ -237,18 +237,24 @@ def read_parts(path, *, x: bool = True, layers: tuple[str, ...] = ()) -> ad.AnnD
 
 
 def read_annotated(
-    matrices, annotated, *, x: bool = True, layers: tuple[str, ...] = ()
+    matrices,
+    annotated,
+    *,
+    x: bool = True,
+    layers: tuple[str, ...] = (),
+    everything: bool = False,
 ) -> ad.AnnData:
     """The annotated cells: ``matrices``' ``X`` and/or layers under ``annotated``'s annotations.
 
-    annotate_cells writes its annotations alone (:func:`annotations`); the matrices stay in the
-    clustered file, written once. ``x`` and ``layers`` as in :func:`read_parts`. Files of
-    different runs (other cells or genes) are an error naming both.
+    annotate_cells and score_signatures write their annotations alone (:func:`annotations`);
+    the matrices stay in the clustered file, written once. ``x`` and ``layers`` as in
+    :func:`read_parts`; ``everything`` reads all of ``matrices`` (also the graph and ``varm``),
+    as the user's h5ad holds them. Files of different runs (other cells or genes) are an
+    error naming both.
     """
+    data = ad.read_h5ad(matrices) if everything else read_parts(matrices, x=x, layers=layers)
     try:
-        return with_annotations(
-            read_parts(matrices, x=x, layers=layers), read_parts(annotated, x=False)
-        )
+        return with_annotations(data, read_parts(annotated, x=False))
     except QCError as err:
         msg = f"{annotated} does not fit {matrices}: {err}"
         raise QCError(msg) from err
